@@ -1,0 +1,3 @@
+"""ladd: Latent Adversarial Diffusion Distillation."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,78 @@
+"""The `ladd` command: thin subcommands over library functions.
+
+Errors a user can fix (bad config, bad prompt file, missing asset) print one clear line and exit with code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from ladd import config as C
+
+log = logging.getLogger("ladd")
+
+
+class UsageError(Exception):
+    """Raised for input a user can fix; printed without a traceback, exit code 2."""
+
+
+def _recipe(sub, name: str, help: str, cfg_cls_path: str, fn_path: str):
+    import importlib
+
+    module, cls_name = cfg_cls_path.rsplit(".", 1)
+    cls = getattr(importlib.import_module(module), cls_name)
+    p = sub.add_parser(name, help=help, description=help)
+    C.add_arguments(p, cls)
+
+    def run(args):
+        mod, fn = fn_path.rsplit(".", 1)
+        cfg = C.from_args(cls, args)
+        getattr(importlib.import_module(mod), fn)(cfg)
+
+    p.set_defaults(func=run)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ladd", description="Latent Adversarial Diffusion Distillation.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    nano = sub.add_parser("nano", help="build the nano world's assets (prompts, VAE, evaluator, teacher)")
+    nsub = nano.add_subparsers(dest="nano_command", metavar="RECIPE")
+    nsub.required = True
+    _recipe(nsub, "make-prompts", "write an evaluation prompt file (JSON lines) over all six categories",
+            "ladd.nano.prompts.MakePromptsConfig", "ladd.nano.prompts.make_prompts_cmd")
+    _recipe(nsub, "train-vae", "train the nano AutoencoderKL on ShapeWorld",
+            "ladd.nano.train_vae.VAETrainConfig", "ladd.nano.train_vae.train_vae")
+    _recipe(nsub, "train-evaluator", "train the nano evaluator CNN (cell read-back + degradation features)",
+            "ladd.nano.train_evaluator.EvaluatorTrainConfig", "ladd.nano.train_evaluator.train_evaluator")
+    _recipe(nsub, "train-teacher", "train the nano SD3-architecture teacher with rectified flow",
+            "ladd.nano.train_teacher.TeacherTrainConfig", "ladd.nano.train_teacher.train_teacher")
+
+    from ladd import commands
+
+    commands.add_eval(sub)
+    commands.add_sample(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    from ladd.models.io import AssetError
+
+    try:
+        args.func(args)
+    except (UsageError, C.ConfigError, AssetError, FileNotFoundError, ValueError) as e:
+        print(f"ladd: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

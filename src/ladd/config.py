@@ -1,0 +1,103 @@
+"""Typed configs: dataclasses, YAML presets, dotted command-line overrides, validation with helpful errors."""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from pathlib import Path
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A config value is wrong; the message names the field and the fix."""
+
+
+def to_dict(cfg) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def _coerce(name: str, tp, value):
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        return from_dict(tp, value or {}, prefix=name + ".")
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if value is None:
+            return None
+        return _coerce(name, args[0], value)
+    if origin in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{name} must be a list, got {value!r}")
+        (inner, *_) = typing.get_args(tp) or (object,)
+        return origin(_coerce(name, inner, v) for v in value)
+    if tp is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if tp in (int, str, bool) and not isinstance(value, tp):
+        raise ConfigError(f"{name} must be {tp.__name__}, got {value!r}")
+    return value
+
+
+def from_dict(cls, data: dict, prefix: str = ""):
+    """Build dataclass ``cls`` from ``data``; unknown keys are an error that lists the valid ones."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{prefix.rstrip('.') or 'config'} must be a mapping, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - fields)
+    if unknown:
+        raise ConfigError(f"unknown config field(s) {[prefix + u for u in unknown]}; valid: {sorted(fields)}")
+    kwargs = {k: _coerce(prefix + k, hints[k], v) for k, v in data.items()}
+    return cls(**kwargs)
+
+
+def apply_override(data: dict, override: str) -> None:
+    """Apply ``a.b.c=value`` (value parsed as YAML) to the nested dict ``data``."""
+    if "=" not in override:
+        raise ConfigError(f"override {override!r} must look like field.sub=value (e.g. train.steps=100)")
+    key, raw = override.split("=", 1)
+    node = data
+    *parents, leaf = key.split(".")
+    for p in parents:
+        node = node.setdefault(p, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"override {override!r}: {p} is not a section")
+    node[leaf] = yaml.safe_load(raw)
+
+
+def load(cls, preset: str | Path | None = None, overrides: typing.Iterable[str] = ()):
+    """``cls`` from defaults, then the YAML ``preset``, then dotted ``overrides``; validated."""
+    data: dict = {}
+    if preset is not None:
+        path = Path(preset)
+        if not path.is_file():
+            raise ConfigError(f"config preset {path} does not exist; presets live in configs/")
+        data = yaml.safe_load(path.read_text()) or {}
+    for o in overrides:
+        apply_override(data, o)
+    return from_dict(cls, data)
+
+
+def save(cfg, path: str | Path) -> None:
+    Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+
+
+def add_arguments(parser, cls) -> None:
+    """Flat ``--field-name`` options for every field of ``cls`` (used by the nano recipes)."""
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        tp = hints[f.name]
+        if typing.get_origin(tp) in (typing.Union, types.UnionType):
+            tp = [a for a in typing.get_args(tp) if a is not type(None)][0]
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        flag = "--" + f.name.replace("_", "-")
+        if tp is bool:
+            parser.add_argument(flag, type=lambda s: s.lower() in ("1", "true", "yes"), default=default,
+                                help=f"(default: {default})")
+        else:
+            parser.add_argument(flag, type=tp, default=default, help=f"(default: {default})")
+
+
+def from_args(cls, args):
+    return cls(**{f.name: getattr(args, f.name) for f in dataclasses.fields(cls)})

@@ -1,0 +1,200 @@
+"""`ladd eval`: generate K images per prompt of a prompt file (or read them, or render real ones), read them back
+with the nano evaluator, and report alignment, FD, diversity, NFE and latency.
+
+Image files (``--images DIR``, and what ``--save-images`` writes): ``DIR/{i:05d}_{k:02d}.png`` is image ``k`` of
+prompt ``i``, where ``i`` counts the non-empty lines of the prompt file from 0.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from tqdm.auto import tqdm
+
+from ladd.evaluation import metrics
+from ladd.evaluation.grid import save_grid
+from ladd.nano.prompts import read_prompts
+
+log = logging.getLogger(__name__)
+REAL_SEED_OFFSET = 10_000_019  # reference images use seeds disjoint from any evaluated run's
+
+
+@dataclass
+class EvalConfig:
+    model: str = "nano-teacher"
+    prompts: str = "prompts/nano-eval.jsonl"
+    per_prompt: int = 4
+    steps: int | None = None
+    guidance: float | None = None
+    sampler: str | None = None
+    seed: int = 0
+    out: str = "runs/eval"
+    images: str | None = None
+    save_images: bool = False
+    batch_size: int = 64
+    height: int = 64
+    width: int = 64
+    evaluator: str = "nano-evaluator"
+    cache_dir: str = "cache/eval"
+    limit: int | None = None
+
+
+def load_evaluator(name: str = "nano-evaluator"):
+    from ladd.models.io import load_state, read_config
+    from ladd.models.registry import resolve
+    from ladd.nano.evaluator import Evaluator
+
+    path = resolve(name)
+    return load_state(Evaluator(**read_config(path)), path).eval(), path
+
+
+@torch.no_grad()
+def read_back(evaluator, images: np.ndarray, batch: int = 256) -> tuple[list[list[dict]], np.ndarray]:
+    """(objects read back per image, FD features ``[N, D]``) of uint8 images ``[N, H, W, 3]``."""
+    from ladd.nano.evaluator import decode_readback
+    from ladd.nano.recipe import to_tensor
+
+    objs, feats = [], []
+    for i in range(0, len(images), batch):
+        out = evaluator(to_tensor(images[i:i + batch]))
+        objs += decode_readback(out)
+        feats.append(out["features"].double().numpy())
+    return objs, np.concatenate(feats)
+
+
+def render_real(prompts: list[dict], index: list[tuple[int, int]], seed: int, height: int, width: int):
+    from ladd.nano.shapeworld import render_spec
+    from ladd.generate import image_seed
+
+    return np.stack([render_spec(prompts[i]["objects"], image_seed(seed, i, k), height, width)[0] for i, k in index])
+
+
+def reference_stats(cfg: EvalConfig, prompts, index, evaluator, evaluator_path: Path):
+    """FD reference: features of real ShapeWorld images of the same prompts (other seeds), cached on disk."""
+    h = hashlib.sha1(json.dumps([prompts, index, cfg.height, cfg.width]).encode())
+    h.update(Path(evaluator_path, "model.safetensors").read_bytes())
+    path = Path(cfg.cache_dir) / f"ref-{h.hexdigest()[:16]}.npz"
+    if path.exists():
+        d = np.load(path)
+        return d["mu"], d["sigma"], float(d["diversity"])
+    real = render_real(prompts, index, cfg.seed + REAL_SEED_OFFSET, cfg.height, cfg.width)
+    _, feats = read_back(evaluator, real)
+    mu, sigma = metrics.feature_stats(feats)
+    div = metrics.diversity(feats, [i for i, _ in index])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.stem + ".tmp.npz")
+    np.savez(tmp, mu=mu, sigma=sigma, diversity=div)
+    os.replace(tmp, path)
+    return mu, sigma, div
+
+
+def load_images(folder: str, index: list[tuple[int, int]], height: int, width: int) -> np.ndarray:
+    out = []
+    for i, k in index:
+        path = Path(folder) / f"{i:05d}_{k:02d}.png"
+        if not path.is_file():
+            raise FileNotFoundError(f"{path} is missing: --images expects DIR/{{prompt:05d}}_{{k:02d}}.png for every "
+                                    f"prompt line i (from 0) and k < --per-prompt")
+        img = Image.open(path).convert("RGB")
+        out.append(np.asarray(img if img.size == (width, height) else img.resize((width, height), Image.BICUBIC)))
+    return np.stack(out)
+
+
+def produce(cfg: EvalConfig, prompts, index):
+    """(images, seconds spent generating, settings) for the model, image folder or real renderer."""
+    from ladd.generate import generate, image_seed
+    from ladd.models.registry import load_generator
+
+    if cfg.images:
+        return load_images(cfg.images, index, cfg.height, cfg.width), float("nan"), {"steps": 0, "guidance": 0.0,
+                                                                                     "nfe_per_image": 0}
+    if cfg.model == "real":
+        return render_real(prompts, index, cfg.seed, cfg.height, cfg.width), float("nan"), {
+            "steps": 0, "guidance": 0.0, "nfe_per_image": 0}
+    gen = load_generator(cfg.model)
+    steps = cfg.steps or gen.recommended["steps"]
+    guidance = gen.recommended["guidance"] if cfg.guidance is None else cfg.guidance
+    sampler = cfg.sampler or gen.recommended["sampler"]
+    texts = [prompts[i]["prompt"] for i, _ in index]
+    seeds = [image_seed(cfg.seed, i, k) for i, k in index]
+    with tqdm(total=len(index), desc=f"sampling {cfg.model}", dynamic_ncols=True, mininterval=2) as bar:
+        images, seconds = generate(gen, texts, seeds, steps, guidance, sampler, cfg.height, cfg.width,
+                                   cfg.batch_size, progress=bar)
+    nfe = steps * (2 if guidance != 1.0 else 1)
+    return images, seconds, {"steps": steps, "guidance": guidance, "sampler": sampler, "nfe_per_image": nfe}
+
+
+def evaluate(cfg: EvalConfig) -> dict:
+    prompts = read_prompts(cfg.prompts)[: cfg.limit]
+    if cfg.per_prompt < 1:
+        raise ValueError(f"--per-prompt must be >= 1, got {cfg.per_prompt}")
+    from ladd.nano.shapeworld import check_size
+
+    check_size(cfg.height, cfg.width)
+    evaluator, evaluator_path = load_evaluator(cfg.evaluator)
+    index = [(i, k) for i in range(len(prompts)) for k in range(cfg.per_prompt)]
+    images, seconds, settings = produce(cfg, prompts, index)
+    readbacks, feats = read_back(evaluator, images)
+    mu_ref, sigma_ref, div_ref = reference_stats(cfg, prompts, index, evaluator, evaluator_path)
+    mu, sigma = metrics.feature_stats(feats)
+    pidx = [i for i, _ in index]
+    div = metrics.diversity(feats, pidx)
+    result = {
+        "model": "real" if cfg.model == "real" and not cfg.images else (cfg.images or cfg.model),
+        **metrics.alignment(prompts, readbacks, pidx),
+        "fd": metrics.frechet_distance(mu, sigma, mu_ref, sigma_ref),
+        "diversity": div,
+        "diversity_real": div_ref,
+        "n_images": len(index),
+        "n_prompts": len(prompts),
+        "seconds_per_image": seconds / len(index),
+        **settings,
+        "prompts": cfg.prompts,
+        "seed": cfg.seed,
+    }
+    write_outputs(cfg, result, images, index, prompts, readbacks)
+    return result
+
+
+def write_outputs(cfg: EvalConfig, result: dict, images, index, prompts, readbacks) -> None:
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = out / "metrics.json.tmp"
+    tmp.write_text(json.dumps({**result, "config": asdict(cfg)}, indent=2) + "\n")
+    os.replace(tmp, out / "metrics.json")
+    with open(out / "readback.jsonl.tmp", "w") as f:
+        for (i, k), r in zip(index, readbacks):
+            ok = metrics.satisfies(prompts[i]["objects"], r)
+            f.write(json.dumps({"prompt_index": i, "k": k, "prompt": prompts[i]["prompt"], "ok": ok, "read": r}) + "\n")
+    os.replace(out / "readback.jsonl.tmp", out / "readback.jsonl")
+    # grid: one row per prompt for a spread of prompts over the file, per_prompt images each (at most 8)
+    rows = np.linspace(0, len(prompts) - 1, min(16, len(prompts))).round().astype(int)
+    k = min(cfg.per_prompt, 8)
+    pick = [n for n, (i, kk) in enumerate(index) if i in set(rows.tolist()) and kk < k]
+    save_grid(images[pick], out / "grid.png", ncols=k)
+    if cfg.save_images:
+        img_dir = out / "images"
+        img_dir.mkdir(exist_ok=True)
+        for (i, kk), img in zip(index, images):
+            Image.fromarray(img).save(img_dir / f"{i:05d}_{kk:02d}.png")
+
+
+def format_table(rows: list[dict]) -> str:
+    """A Markdown table of evaluation results (one row per result)."""
+    cats = sorted({c for r in rows for c in r["alignment_by_category"]})
+    head = ["model", "steps", "cfg", "NFE", "align"] + cats + ["FD", "div", "s/img"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        vals = [str(r.get("label", r["model"])), str(r["steps"]), f"{r['guidance']:g}", str(r["nfe_per_image"]),
+                f"{r['alignment']:.3f}"] + [f"{r['alignment_by_category'].get(c, float('nan')):.2f}" for c in cats]
+        vals += [f"{r['fd']:.2f}", f"{r['diversity']:.2f}", f"{r['seconds_per_image']:.4f}"]
+        lines.append("| " + " | ".join(vals) + " |")
+    return "\n".join(lines)

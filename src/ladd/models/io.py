@@ -1,0 +1,72 @@
+"""Save and load models as ``config.json`` + ``model.safetensors`` (+ an optional ``card.md``), atomically.
+
+Loading checks every key and shape and says which file is wrong and how to fix it. Nothing is pickled.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+
+class AssetError(RuntimeError):
+    """A model folder is missing, incomplete or corrupt."""
+
+
+def save_model(model: torch.nn.Module, out_dir: str | Path, config: dict, card: str | None = None) -> Path:
+    """Write ``config.json`` and ``model.safetensors`` into ``out_dir`` via a temporary folder and a rename."""
+    out_dir = Path(out_dir)
+    tmp = out_dir.with_name(out_dir.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    save_file(state, tmp / "model.safetensors")
+    (tmp / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    if card is not None:
+        (tmp / "card.md").write_text(card)
+    if out_dir.exists():
+        old = out_dir.with_name(out_dir.name + ".old")
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(out_dir, old)
+        os.replace(tmp, out_dir)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, out_dir)
+    return out_dir
+
+
+def read_config(model_dir: str | Path) -> dict:
+    path = Path(model_dir) / "config.json"
+    if not path.is_file():
+        raise AssetError(f"{path} is missing: {model_dir} is not a ladd model folder "
+                         "(expected config.json + model.safetensors; rebuild it with its documented command)")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise AssetError(f"{path} is not valid JSON ({e}); restore it from git or rebuild the asset") from e
+
+
+def load_state(model: torch.nn.Module, model_dir: str | Path) -> torch.nn.Module:
+    """Load ``model.safetensors`` into ``model`` with strict key and shape checks."""
+    path = Path(model_dir) / "model.safetensors"
+    if not path.is_file():
+        raise AssetError(f"{path} is missing; rebuild the asset with the command in {Path(model_dir) / 'card.md'}")
+    try:
+        state = load_file(path)
+    except Exception as e:  # safetensors raises several types for truncated or garbage files
+        raise AssetError(f"{path} is corrupt ({e}); restore it from git or rebuild the asset") from e
+    own = model.state_dict()
+    missing = sorted(set(own) - set(state))
+    extra = sorted(set(state) - set(own))
+    wrong = [f"{k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
+             for k in own.keys() & state.keys() if own[k].shape != state[k].shape]
+    if missing or extra or wrong:
+        raise AssetError(f"{path} does not match its config.json: missing {missing[:3]}, unexpected {extra[:3]}, "
+                         f"wrong shapes {wrong[:3]}; the two files come from different models")
+    model.load_state_dict(state)
+    return model

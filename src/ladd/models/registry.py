@@ -1,0 +1,62 @@
+"""Model names -> folders, and a loaded text-to-image generator (denoiser + VAE + text encoder + its card).
+
+Names: ``nano-teacher``, ``nano-student`` (shipped under ``assets/nano``), or a path to a model folder. A model
+folder's ``config.json`` may carry ``ladd_recommended`` (steps, guidance, sampler), ``ladd_text_encoder`` and
+``ladd_vae`` (a path, relative to the folder or absolute; default: the nano VAE).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ladd.models.io import AssetError, read_config
+
+NAMED = {"nano-teacher": "nano/teacher", "nano-student": "nano/student", "nano-vae": "nano/vae",
+         "nano-evaluator": "nano/evaluator"}
+
+
+def assets_dir() -> Path:
+    """``$LADD_ASSETS`` or the ``assets/`` folder of this checkout."""
+    return Path(os.environ.get("LADD_ASSETS", Path(__file__).resolve().parents[3] / "assets"))
+
+
+def resolve(name_or_path: str) -> Path:
+    if name_or_path in NAMED:
+        path = assets_dir() / NAMED[name_or_path]
+        if not path.is_dir():
+            raise AssetError(f"model {name_or_path!r} is not at {path}; it ships with the repository (git checkout "
+                             f"assets/) or set LADD_ASSETS to the folder holding nano/")
+        return path
+    path = Path(name_or_path)
+    if not path.is_dir():
+        raise AssetError(f"model {name_or_path!r} is neither a known name ({sorted(NAMED)}) nor a folder")
+    return path
+
+
+@dataclass
+class Generator:
+    name: str
+    path: Path
+    model: object  # SD3Adapter: velocity(x, t, cond)
+    vae: object  # VAE
+    text_encoder: object  # encode(prompts) -> TextEmbeddings
+    recommended: dict = field(default_factory=dict)
+
+
+def load_generator(name_or_path: str) -> Generator:
+    from ladd.models.teacher import load_teacher
+    from ladd.models.text_encoder import load_text_encoder
+    from ladd.models.vae import load_vae
+
+    path = resolve(name_or_path)
+    config = read_config(path)
+    vae_path = Path(config.get("ladd_vae", str(assets_dir() / "nano/vae")))
+    if not vae_path.is_absolute():
+        vae_path = path / vae_path
+    text = config.get("ladd_text_encoder", {"name": "minilm", "max_length": 40})
+    recommended = {"steps": 50, "guidance": 4.0, "sampler": "euler", **config.get("ladd_recommended", {})}
+    return Generator(name=name_or_path, path=path, model=load_teacher(path).eval().requires_grad_(False),
+                     vae=load_vae(vae_path), text_encoder=load_text_encoder(text["name"], text["max_length"]),
+                     recommended=recommended)

@@ -1,0 +1,98 @@
+"""The teacher adapter for SD3-architecture models (diffusers ``SD3Transformer2DModel``).
+
+Everything else in ladd talks to a model through two methods:
+
+- ``velocity(x, t, cond) -> v``: ``x`` latents ``[B, C, h, w]``, ``t`` in [0, 1] ``[B]``, ``cond`` TextEmbeddings;
+  ``v = eps - x0`` in our convention (see ``ladd.flow``).
+- ``features(x, t, cond, blocks) -> list of [B, C', h', w']``: the image-token outputs of the chosen transformer
+  blocks, reshaped to the latent's patch grid (forward hooks; the discriminator's feature network).
+
+The one model-specific scale, diffusers' ``timestep = 1000 t``, lives here. SD3's transformer predicts
+``eps - x0`` directly, so no sign or scale conversion of the output is needed.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from diffusers import SD3Transformer2DModel
+
+from ladd.models.io import load_state, read_config
+from ladd.models.text_encoder import TextEmbeddings
+
+TIMESTEP_SCALE = 1000.0
+
+NANO_TEACHER_CONFIG = dict(
+    sample_size=8,
+    patch_size=1,
+    in_channels=8,
+    out_channels=8,
+    num_layers=6,
+    attention_head_dim=32,
+    num_attention_heads=4,
+    joint_attention_dim=384,
+    caption_projection_dim=128,
+    pooled_projection_dim=384,
+    pos_embed_max_size=16,
+    qk_norm="rms_norm",
+)
+
+
+class SD3Adapter(torch.nn.Module):
+    def __init__(self, transformer: SD3Transformer2DModel):
+        super().__init__()
+        self.transformer = transformer
+
+    @property
+    def config(self):
+        return self.transformer.config
+
+    @property
+    def num_blocks(self) -> int:
+        return len(self.transformer.transformer_blocks)
+
+    def velocity(self, x: torch.Tensor, t: torch.Tensor, cond: TextEmbeddings) -> torch.Tensor:
+        t = torch.as_tensor(t, dtype=x.dtype, device=x.device).expand(x.shape[0])
+        return self.transformer(hidden_states=x, encoder_hidden_states=cond.tokens.to(x.dtype),
+                                pooled_projections=cond.pooled.to(x.dtype), timestep=t * TIMESTEP_SCALE,
+                                return_dict=False)[0]
+
+    def features(self, x: torch.Tensor, t: torch.Tensor, cond: TextEmbeddings, blocks: list[int]):
+        """Image-token outputs of ``blocks`` as ``[B, inner_dim, h/p, w/p]`` maps (forward hooks).
+
+        The forward stops after the last tapped block would be ideal; diffusers has no such switch, so the rest
+        of the network runs too (cheap next to the backward pass through it in the generator step)."""
+        bad = [b for b in blocks if not -self.num_blocks <= b < self.num_blocks]
+        if bad:
+            raise ValueError(f"feature blocks {bad} out of range: the model has {self.num_blocks} blocks")
+        p = self.config.patch_size
+        h, w = x.shape[-2] // p, x.shape[-1] // p
+        taps: dict[int, torch.Tensor] = {}
+        handles = []
+        for b in blocks:
+            def hook(_module, _inputs, output, b=b):
+                image_tokens = output[1]  # JointTransformerBlock returns (text tokens, image tokens)
+                taps[b] = image_tokens.transpose(1, 2).reshape(x.shape[0], -1, h, w)
+            handles.append(self.transformer.transformer_blocks[b].register_forward_hook(hook))
+        try:
+            self.velocity(x, t, cond)
+        finally:
+            for handle in handles:
+                handle.remove()
+        return [taps[b] for b in blocks]
+
+
+def build_nano_teacher(**overrides) -> SD3Adapter:
+    return SD3Adapter(SD3Transformer2DModel.from_config({**NANO_TEACHER_CONFIG, **overrides}))
+
+
+def load_teacher(path: str | Path) -> SD3Adapter:
+    """An SD3-architecture transformer from a ladd asset folder or a diffusers transformer folder."""
+    path = Path(path)
+    if (path / "diffusion_pytorch_model.safetensors").exists() or (path / "transformer").is_dir():
+        sub = "transformer" if (path / "transformer").is_dir() else None
+        return SD3Adapter(SD3Transformer2DModel.from_pretrained(path, subfolder=sub))
+    config = read_config(path)
+    model = SD3Transformer2DModel.from_config({k: v for k, v in config.items() if not k.startswith("ladd_")})
+    return SD3Adapter(load_state(model, path).eval())

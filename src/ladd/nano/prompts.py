@@ -1,0 +1,181 @@
+"""Captions for ShapeWorld scenes, and prompt files: the evaluation contract.
+
+A prompt file is JSON lines ``{"prompt": str, "category": str, "objects": [{"shape", "color", "position",
+"size"} with any field optional]}``. The ``objects`` list is the truth an image is judged against: the evaluator
+never parses the prompt text, so prompts phrased in any way evaluate exactly.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ladd.nano.vocab import (CELL_WORDS, CELLS, COLORS, FIELDS, GENERIC_SHAPE_WORDS, MAX_OBJECTS, NUMBER_WORDS,
+                             SHAPE_WORDS, SHAPES, SIZE_WORDS)
+
+CATEGORIES = ("single_object", "two_objects", "counting", "colors", "position", "color_attr")
+BACKGROUND_WORDS = {"stripes": "striped", "checks": "checkered", "noise": "noisy", "gradient": "gradient"}
+FRAMES = ("{}", "{}", "a picture of {}", "an image of {}", "a photo of {}", "there is {}", "a drawing with {}", "{}.",
+          "render {}")
+
+
+class PromptFileError(ValueError):
+    """A prompt file line is malformed; the message names the file, the line and the fix."""
+
+
+# ------------------------------------------------------------------------------------------------------- captions
+def _pick(rng: np.random.Generator, options):
+    return options[rng.integers(len(options))]
+
+
+def _noun(obj: dict, rng, plural: bool) -> str:
+    words = _pick(rng, SHAPE_WORDS[obj["shape"]]) if obj.get("shape") else _pick(rng, GENERIC_SHAPE_WORDS)
+    return words[1] if plural else words[0]
+
+
+def describe(obj: dict, rng: np.random.Generator, count: int = 1) -> str:
+    """Words for ``count`` identical objects with the fields present in ``obj``, e.g. 'two small red circles'."""
+    words = [_pick(rng, NUMBER_WORDS[count])]
+    if obj.get("size"):
+        words.append(_pick(rng, SIZE_WORDS[obj["size"]]))
+    if obj.get("color"):
+        words.append(obj["color"])
+    words.append(_noun(obj, rng, plural=count > 1))
+    if obj.get("position"):
+        words.append(_pick(rng, CELL_WORDS[obj["position"]]))
+    if words[0] == "a" and words[1][0] in "aeiou":
+        words[0] = "an"
+    return " ".join(words)
+
+
+def join(parts: list[str], rng: np.random.Generator) -> str:
+    if len(parts) == 1:
+        return parts[0]
+    sep = _pick(rng, (", ", " and ", ", and ", " with ")) if len(parts) == 2 else ", "
+    if len(parts) == 2:
+        return parts[0] + sep + parts[1]
+    return ", ".join(parts[:-1]) + _pick(rng, (" and ", ", and ", ", ")) + parts[-1]
+
+
+def group(objects: list[dict]) -> list[tuple[dict, int]]:
+    """Merge identical partial specs without a position into (spec, count) pairs, keeping first-seen order."""
+    groups: list[tuple[dict, int]] = []
+    for o in objects:
+        for k, (g, n) in enumerate(groups):
+            if g == o and not o.get("position"):
+                groups[k] = (g, n + 1)
+                break
+        else:
+            groups.append((o, 1))
+    return groups
+
+
+def caption(scene: dict, rng: np.random.Generator) -> tuple[str, list[dict]]:
+    """A random caption of ``scene`` and the partial spec it states. Every object is named, so the caption fixes the
+    object count; any other attribute may be left out."""
+    keep = {"shape": 0.92, "color": 0.85, "size": 0.5, "position": 0.6}
+    stated = [{k: o[k] for k in FIELDS if rng.random() < keep[k]} for o in scene["objects"]]
+    order = rng.permutation(len(stated))
+    text = join([describe(g, rng, n) for g, n in group([stated[i] for i in order])], rng)
+    if rng.random() < 0.15:
+        text += f" on a {BACKGROUND_WORDS[scene['background']['kind']]} background"
+    return _pick(rng, FRAMES).format(text), stated
+
+
+# --------------------------------------------------------------------------------------------------- prompt files
+def make_prompt(category: str, rng: np.random.Generator) -> dict:
+    """One prompt of ``category`` with the objects it specifies."""
+    shapes, colors, cells = ([str(v) for v in rng.permutation(vocab)] for vocab in (SHAPES, COLORS, CELLS))
+    if category == "single_object":
+        objects = [{"shape": shapes[0]}]
+    elif category == "two_objects":
+        objects = [{"shape": shapes[0]}, {"shape": shapes[1]}]
+    elif category == "counting":
+        n = int(rng.integers(1, MAX_OBJECTS + 1))
+        objects = [{"shape": shapes[0]}] * n
+    elif category == "colors":
+        objects = [{"shape": shapes[0], "color": colors[0]}]
+    elif category == "position":
+        objects = [{"shape": shapes[i], "position": cells[i]} for i in range(int(rng.integers(1, 3)))]
+    elif category == "color_attr":
+        objects = [{"shape": shapes[0], "color": colors[0]}, {"shape": shapes[1], "color": colors[1]}]
+    else:
+        raise ValueError(f"unknown category {category!r}; expected one of {CATEGORIES}")
+    objects = [dict(o) for o in objects]
+    text = join([describe(g, rng, n) for g, n in group(objects)], rng)
+    return {"prompt": _pick(rng, FRAMES).format(text), "category": category, "objects": objects}
+
+
+@dataclass
+class MakePromptsConfig:
+    out: str = "prompts/nano-eval.jsonl"
+    per_category: int = 60
+    seed: int = 1234
+
+
+def make_prompts(per_category: int, seed: int) -> list[dict]:
+    rng = np.random.default_rng(seed)
+    return [make_prompt(c, rng) for c in CATEGORIES for _ in range(per_category)]
+
+
+def make_prompts_cmd(cfg: MakePromptsConfig) -> None:
+    write_prompts(make_prompts(cfg.per_category, cfg.seed), cfg.out)
+    print(f"wrote {cfg.per_category * len(CATEGORIES)} prompts to {cfg.out}")
+
+
+def write_prompts(prompts: list[dict], path: str | Path) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(json.dumps(p) + "\n" for p in prompts))
+    os.replace(tmp, path)
+
+
+def validate_objects(objects, where: str) -> list[dict]:
+    if not isinstance(objects, list) or not 1 <= len(objects) <= MAX_OBJECTS:
+        n = len(objects) if isinstance(objects, list) else objects
+        raise PromptFileError(f"{where}: 'objects' must be a list of 1 to {MAX_OBJECTS} objects, got {n!r}")
+    for k, obj in enumerate(objects):
+        if not isinstance(obj, dict):
+            raise PromptFileError(f"{where}: object {k} must be a JSON object like {{\"shape\": \"circle\"}}")
+        for field, value in obj.items():
+            if field not in FIELDS:
+                raise PromptFileError(f"{where}: object {k} has unknown field {field!r}; fields: {list(FIELDS)}")
+            if value is not None and value not in FIELDS[field]:
+                raise PromptFileError(f"{where}: object {k} has unknown {field} {value!r}; "
+                                      f"valid: {list(FIELDS[field])}")
+    cells = [o["position"] for o in objects if o.get("position")]
+    if len(set(cells)) != len(cells):
+        raise PromptFileError(f"{where}: two objects in one cell {cells}; each cell holds at most one object")
+    return [{k: v for k, v in o.items() if v is not None} for o in objects]
+
+
+def read_prompts(path: str | Path) -> list[dict]:
+    """Read and validate a prompt file; any problem raises PromptFileError naming the line."""
+    path = Path(path)
+    if not path.is_file():
+        raise PromptFileError(f"prompt file {path} does not exist (make one with `ladd nano make-prompts`)")
+    prompts = []
+    for n, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        where = f"{path}:{n}"
+        try:
+            item = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise PromptFileError(f"{where}: not valid JSON ({e.msg}); each line must be one JSON object") from None
+        if not isinstance(item, dict) or not isinstance(item.get("prompt"), str) or not item["prompt"].strip():
+            raise PromptFileError(f"{where}: each line needs a non-empty string field 'prompt'")
+        if "category" in item and not isinstance(item["category"], str):
+            raise PromptFileError(f"{where}: 'category' must be a string such as {CATEGORIES[0]!r}")
+        if "objects" not in item:
+            raise PromptFileError(f"{where}: missing 'objects', the spec the image is judged against")
+        prompts.append({"prompt": item["prompt"], "category": item.get("category", "uncategorized"),
+                        "objects": validate_objects(item["objects"], where)})
+    if not prompts:
+        raise PromptFileError(f"{path} holds no prompts")
+    return prompts

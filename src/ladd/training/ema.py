@@ -1,0 +1,28 @@
+"""Exponential moving average of a model's parameters (used for the nano teacher and the LADD student)."""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+
+
+class EMA(torch.nn.Module):
+    """Keeps ``shadow = decay * shadow + (1 - decay) * param`` with ``decay`` warmed up as
+    ``min(decay, (1 + n) / (10 + n))`` so early averages are not dominated by the random init."""
+
+    def __init__(self, model: torch.nn.Module, decay: float = 0.999):
+        super().__init__()
+        self.decay = decay
+        self.shadow = copy.deepcopy(model).eval().requires_grad_(False)
+        self.register_buffer("updates", torch.zeros((), dtype=torch.long))
+
+    @torch.no_grad()
+    def update(self, model: torch.nn.Module) -> None:
+        n = int(self.updates)
+        d = min(self.decay, (1 + n) / (10 + n))
+        for s, p in zip(self.shadow.parameters(), model.parameters()):
+            s.lerp_(p.detach(), 1 - d)
+        for s, b in zip(self.shadow.buffers(), model.buffers()):
+            s.copy_(b)
+        self.updates += 1
