@@ -52,6 +52,15 @@ class SD3Adapter(torch.nn.Module):
     def num_blocks(self) -> int:
         return len(self.transformer.transformer_blocks)
 
+    @property
+    def feature_dim(self) -> int:
+        """Channels of the maps ``features`` returns (the transformer's inner width)."""
+        return self.config.num_attention_heads * self.config.attention_head_dim
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, cond: TextEmbeddings) -> torch.Tensor:
+        """Same as ``velocity``; DDP/FSDP wrappers only sync gradients through ``__call__``."""
+        return self.velocity(x, t, cond)
+
     def velocity(self, x: torch.Tensor, t: torch.Tensor, cond: TextEmbeddings) -> torch.Tensor:
         t = torch.as_tensor(t, dtype=x.dtype, device=x.device).expand(x.shape[0])
         return self.transformer(hidden_states=x, encoder_hidden_states=cond.tokens.to(x.dtype),

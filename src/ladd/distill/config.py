@@ -1,0 +1,248 @@
+"""Configs for ``ladd distill``: one dataclass per concern, grouped under ``DistillConfig``.
+
+Every choice that shared/LADD.md marks *(unconfirmed)* is a field here with the LADD.md default, so that an
+ablation can settle it. Validation runs in ``__post_init__`` (i.e. while the YAML preset and the overrides are
+parsed, before any model is loaded); messages name the field and say how to fix it. The two checks that need
+the outside world have their own methods: ``DiscriminatorConfig.resolve_blocks(num_blocks)`` (needs the teacher's
+depth, which the teacher's config.json gives without loading weights) and ``TrainConfig.micro_batch(processes)``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ladd.config import ConfigError, load
+
+# P(t_s = grid[k]) for the student grid {1, (n-1)/n, ..., 1/n} (ladd.flow.student_grid).
+# 4 steps: LADD.md (unconfirmed). 2 steps: our choice, the same 0.7 on pure noise as the 4-step default and the
+# rest on t = 0.5. 1 step: the only time there is.
+DEFAULT_PROBS = {1: [1.0], 2: [0.7, 0.3], 4: [0.7, 0.1, 0.1, 0.1]}
+
+
+def _fail(name: str, problem: str, fix: str) -> None:
+    raise ConfigError(f"{name}: {problem}; {fix}")
+
+
+def _number(name: str, value) -> float:
+    """A float from an int, a float or a numeric string: PyYAML reads ``5e-5`` (no dot) as a string."""
+    if isinstance(value, bool):
+        _fail(name, f"got {value!r}", "give a number")
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        _fail(name, f"got {value!r}", "give a number, e.g. 1.0e-4")
+
+
+def _check_probs(name: str, probs: list, steps: int) -> list[float]:
+    if len(probs) == 0:
+        _fail(name, "is empty", f"give {steps} probabilities, one per student grid time")
+    probs = [_number(name, p) for p in probs]
+    if len(probs) != steps:
+        _fail(name, f"has {len(probs)} entries but the grid has student.steps={steps} times",
+              f"give exactly {steps} probabilities (or set student.steps={len(probs)})")
+    if any(p < 0 for p in probs) or abs(sum(probs) - 1.0) > 1e-6:
+        _fail(name, f"{probs} must be >= 0 and sum to 1 (sum {sum(probs):.6g})", "rescale them")
+    return probs
+
+
+@dataclass
+class StudentConfig:
+    steps: int = 4                           # size of the student grid {1, .75, .5, .25} for 4
+    probs: list[float] | None = None         # P(t_s = grid[k]); None = DEFAULT_PROBS[steps]
+    warmup_probs: list[float] | None = None  # LADD.md's optional warm-up grid, e.g. [0, 0, .5, .5]
+    warmup_steps: int = 0                    # iterations that use warmup_probs (0 = no warm-up)
+
+    def __post_init__(self):
+        if self.steps < 1:
+            _fail("student.steps", f"got {self.steps}, the student grid would be empty", "use 1, 2 or 4")
+        if self.probs is None:
+            if self.steps not in DEFAULT_PROBS:
+                _fail("student.probs", f"has no default for student.steps={self.steps}",
+                      f"give {self.steps} probabilities or use steps 1, 2 or 4")
+            self.probs = list(DEFAULT_PROBS[self.steps])
+        self.probs = _check_probs("student.probs", self.probs, self.steps)
+        if self.warmup_probs is not None:
+            self.warmup_probs = _check_probs("student.warmup_probs", self.warmup_probs, self.steps)
+        if self.warmup_steps < 0 or (self.warmup_steps > 0 and self.warmup_probs is None):
+            _fail("student.warmup_steps", f"got {self.warmup_steps}",
+                  "use 0, or a positive count together with student.warmup_probs")
+
+    def probs_at(self, step: int) -> list[float]:
+        """The grid probabilities used at training iteration ``step``."""
+        return self.warmup_probs if step < self.warmup_steps else self.probs
+
+
+@dataclass
+class DiscriminatorConfig:
+    # Tapped teacher blocks: "all" (LADD.md's default for small teachers), "spaced:K" (K evenly spaced blocks
+    # ending with the last, LADD.md's choice for large teachers; SANA uses 4 of 20) or a list of block indices.
+    # Typed Any because ladd.config coerces only one branch of a Union; checked here instead.
+    blocks: Any = "all"
+    # Heads: width 64, two residual 3x3 blocks (StyleGAN-T has one; a previous attempt's heads were too weak).
+    # Measured on the nano teacher (CPU, batch 16): 6 such heads add ~0.2x of a teacher training step per
+    # iteration; width 128 / depth 1 adds ~0.35x. The teacher passes alone already cost ~2x (see steps.py).
+    head_width: int = 64
+    head_depth: int = 2        # residual 3x3 conv blocks per head
+    norm: str = "group"        # "group" (GroupNorm) or "spectral" (spectral norm on the convs)
+    t_embed_dim: int = 128     # sinusoidal embedding of t_hat, concatenated with the pooled text embedding
+    noise_m: float = 1.0       # t_hat ~ LogitNormal(m, s) (LADD.md: m = 1, s = 1; median t_hat 0.73)
+    noise_s: float = 1.0
+    shared_t: bool = False     # real and fake share t_hat (LADD.md unconfirmed; default: independent draws)
+
+    def __post_init__(self):
+        self._check_blocks()
+        for name in ("head_width", "head_depth", "t_embed_dim"):
+            if getattr(self, name) < 1:
+                _fail(f"disc.{name}", f"got {getattr(self, name)}", "give a positive integer")
+        if self.norm not in ("group", "spectral"):
+            _fail("disc.norm", f"got {self.norm!r}", "use 'group' or 'spectral'")
+        self.noise_m, self.noise_s = _number("disc.noise_m", self.noise_m), _number("disc.noise_s", self.noise_s)
+        if not abs(self.noise_m) <= 5:
+            _fail("disc.noise_m", f"got {self.noise_m}, t_hat would be almost always 0 or 1",
+                  "use -5 <= m <= 5 (LADD.md default 1)")
+        if not 0 < self.noise_s <= 5:
+            _fail("disc.noise_s", f"got {self.noise_s}", "use 0 < s <= 5 (LADD.md default 1)")
+
+    def _check_blocks(self) -> None:
+        b = self.blocks
+        if isinstance(b, str):
+            if b == "all":
+                return
+            if b.startswith("spaced:") and b[7:].isdigit() and int(b[7:]) >= 1:
+                return
+            _fail("disc.blocks", f"got {b!r}", "use 'all', 'spaced:K' (K >= 1) or a list of block indices")
+        if not isinstance(b, (list, tuple)) or len(b) == 0:
+            _fail("disc.blocks", f"got {b!r}", "use 'all', 'spaced:K' or a non-empty list of block indices")
+        bad = [i for i in b if isinstance(i, bool) or not isinstance(i, int) or i < 0]
+        if bad:
+            _fail("disc.blocks", f"{bad} are not block indices", "give integers >= 0 (block 0 is the first)")
+        if len(set(b)) != len(b):
+            _fail("disc.blocks", f"{list(b)} has duplicates", "list each block once")
+        self.blocks = list(b)
+
+    def resolve_blocks(self, num_blocks: int) -> list[int]:
+        """The tapped block indices for a teacher with ``num_blocks`` transformer blocks."""
+        if self.blocks == "all":
+            return list(range(num_blocks))
+        if isinstance(self.blocks, str):  # "spaced:K"
+            k = int(self.blocks[7:])
+            if k > num_blocks:
+                _fail("disc.blocks", f"asks for {k} blocks but the teacher has {num_blocks}",
+                      f"use spaced:K with K <= {num_blocks}")
+            return [round((i + 1) * num_blocks / k) - 1 for i in range(k)]
+        unknown = [i for i in self.blocks if i >= num_blocks]
+        if unknown:
+            _fail("disc.blocks", f"unknown block index {unknown}: the teacher has {num_blocks} blocks "
+                  f"(0..{num_blocks - 1})", "remove them or use 'all'")
+        return list(self.blocks)
+
+
+@dataclass
+class LossConfig:
+    kind: str = "hinge"              # "hinge" (LADD.md) or "non_saturating" (softplus)
+    r1_weight: float = 0.0           # R1 on the real head inputs; LADD.md suggests about 1e-5 when on
+    misaligned_weight: float = 0.0   # real latents with shuffled prompts as extra fakes for D (0 = off)
+    distill_weight: float = 0.0      # ADD-style MSE to the teacher's x0 at the re-noised fake (0 = off)
+
+    def __post_init__(self):
+        if self.kind not in ("hinge", "non_saturating"):
+            _fail("loss.kind", f"got {self.kind!r}", "use 'hinge' or 'non_saturating'")
+        for name in ("r1_weight", "misaligned_weight", "distill_weight"):
+            value = _number(f"loss.{name}", getattr(self, name))
+            if value < 0:
+                _fail(f"loss.{name}", f"got {value}", "use 0 (off) or a positive weight")
+            setattr(self, name, value)
+
+
+@dataclass
+class OptimConfig:
+    lr_student: float = 1.0e-5
+    lr_heads: float = 1.0e-4
+    # beta1 = 0 for both, as StyleGAN-T (on which ADD/LADD build): momentum lags a moving adversarial target.
+    betas_student: list[float] = field(default_factory=lambda: [0.0, 0.99])
+    betas_heads: list[float] = field(default_factory=lambda: [0.0, 0.99])
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0           # max grad norm, for student and heads each; 0 = no clipping
+
+    def __post_init__(self):
+        for name in ("lr_student", "lr_heads"):
+            value = _number(f"optim.{name}", getattr(self, name))
+            if not value > 0:
+                _fail(f"optim.{name}", f"got {value}", "give a learning rate > 0, e.g. 1.0e-5")
+            setattr(self, name, value)
+        for name in ("betas_student", "betas_heads"):
+            betas = [_number(f"optim.{name}", b) for b in getattr(self, name)]
+            if len(betas) != 2 or not all(0 <= b < 1 for b in betas):
+                _fail(f"optim.{name}", f"got {betas}", "give two values in [0, 1), e.g. [0.0, 0.99]")
+            setattr(self, name, betas)
+        self.weight_decay, self.grad_clip = _number("optim.weight_decay", self.weight_decay), \
+            _number("optim.grad_clip", self.grad_clip)
+        if self.weight_decay < 0 or self.grad_clip < 0:
+            _fail("optim.weight_decay/grad_clip", "must be >= 0", "use 0 to switch them off")
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 2000             # LADD iterations (one G step + one D step each)
+    batch_size: int = 32          # global batch: over all processes and accumulation micro-steps
+    grad_accum: int = 1
+    mixed_precision: str = "no"   # accelerate's: "no", "fp16", "bf16"
+    ema_decay: float = 0.999      # EMA of the student; 0 = off
+    ckpt_every: int = 500
+    sample_every: int = 250       # 0 = never
+    log_every: int = 10
+    seed: int = 0
+
+    def __post_init__(self):
+        for name in ("steps", "batch_size", "grad_accum", "ckpt_every", "log_every"):
+            if getattr(self, name) < 1:
+                _fail(f"train.{name}", f"got {getattr(self, name)}", "give a positive integer")
+        if self.sample_every < 0:
+            _fail("train.sample_every", f"got {self.sample_every}", "use 0 (never) or a positive interval")
+        if self.batch_size % self.grad_accum:
+            _fail("train.batch_size", f"{self.batch_size} is not divisible by train.grad_accum={self.grad_accum}",
+                  "make batch_size a multiple of grad_accum")
+        if self.mixed_precision not in ("no", "fp16", "bf16"):
+            _fail("train.mixed_precision", f"got {self.mixed_precision!r}", "use 'no', 'fp16' or 'bf16'")
+        self.ema_decay = _number("train.ema_decay", self.ema_decay)
+        if not 0 <= self.ema_decay < 1:
+            _fail("train.ema_decay", f"got {self.ema_decay}", "use 0 (off) or a decay in (0, 1), e.g. 0.999")
+
+    def micro_batch(self, num_processes: int = 1) -> int:
+        """Samples per process per accumulation micro-step; call once the process count is known."""
+        n = self.grad_accum * num_processes
+        if self.batch_size % n:
+            _fail("train.batch_size", f"{self.batch_size} is not divisible by grad_accum x processes = "
+                  f"{self.grad_accum} x {num_processes}", f"use a multiple of {n}")
+        return self.batch_size // n
+
+
+@dataclass
+class PathsConfig:
+    teacher: str = "assets/nano/teacher"
+    vae: str = "assets/nano/vae"          # only to decode preview samples
+    data: str = "runs/nano-synth"         # synthetic shards (latents + prompt embeddings)
+    run_dir: str = "runs/nano-ladd"
+
+
+@dataclass
+class DistillConfig:
+    student: StudentConfig = field(default_factory=StudentConfig)
+    disc: DiscriminatorConfig = field(default_factory=DiscriminatorConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    paths: PathsConfig = field(default_factory=PathsConfig)
+
+    def __post_init__(self):
+        if self.student.warmup_steps > self.train.steps:
+            _fail("student.warmup_steps", f"{self.student.warmup_steps} > train.steps={self.train.steps}",
+                  "shorten the warm-up")
+
+
+def load_distill_config(preset: str | Path | None = None, overrides=()) -> DistillConfig:
+    """Defaults, then the YAML ``preset`` (e.g. configs/nano.yaml), then dotted ``overrides``
+    (``["optim.lr_heads=3e-4", "disc.blocks=[0,5]"]``); raises ``ConfigError`` before anything is loaded."""
+    return load(DistillConfig, preset, overrides)

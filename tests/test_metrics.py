@@ -1,0 +1,42 @@
+import numpy as np
+
+from ladd.evaluation.metrics import alignment, diversity, frechet_distance, satisfies
+
+
+def obj(shape, color="red", size="small", position="center"):
+    return {"shape": shape, "color": color, "size": size, "position": position}
+
+
+def test_alignment_rule():
+    spec = [{"shape": "circle", "color": "red"}, {"shape": "square"}]
+    assert satisfies(spec, [obj("square", "blue", position="top"), obj("circle", "red")])
+    assert not satisfies(spec, [obj("square", "blue"), obj("circle", "green")])  # wrong color
+    assert not satisfies(spec, [obj("circle", "red")])  # too few
+    assert not satisfies(spec, [obj("circle"), obj("square", position="top"), obj("square", position="left")])  # too many
+    assert not satisfies(spec, [obj("circle", "red"), obj("circle", "red", position="top")])  # no square
+    # counting: both objects must match the same partial spec
+    assert satisfies([{"shape": "cross"}] * 2, [obj("cross", position="top"), obj("cross", "blue")])
+    assert not satisfies([{"shape": "cross"}] * 2, [obj("cross"), obj("circle", position="top")])
+    # an assignment must be one-to-one
+    assert not satisfies([{"color": "red"}, {"shape": "circle", "color": "blue"}], [obj("circle", "red"), obj("square", "red")])
+    assert satisfies([{"position": "top left"}], [obj("triangle", position="top left")])
+
+
+def test_alignment_by_category():
+    prompts = [{"objects": [{"shape": "circle"}], "category": "a"}, {"objects": [{"shape": "square"}], "category": "b"}]
+    res = alignment(prompts, [[obj("circle")], [obj("circle")], [obj("square")]], [0, 1, 1])
+    assert res["alignment"] == 2 / 3
+    assert res["alignment_by_category"] == {"a": 1.0, "b": 0.5}
+
+
+def test_frechet_distance():
+    rng = np.random.default_rng(0)
+    mu, sigma = np.zeros(4), np.eye(4)
+    assert abs(frechet_distance(mu, sigma, mu, sigma)) < 1e-8
+    assert abs(frechet_distance(mu, sigma, mu + 1, sigma) - 4.0) < 1e-8  # mean shift of 1 in 4 dims
+    assert abs(frechet_distance(mu, sigma, mu, 4 * sigma) - 4.0) < 1e-6  # tr(I + 4I - 2*2I) = 4
+
+
+def test_diversity():
+    f = np.array([[0.0, 0], [3, 4], [1, 1], [1, 1]])
+    assert diversity(f, [0, 0, 1, 1]) == 2.5  # mean of 5 and 0
