@@ -55,6 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
     from ladd import commands
 
     commands.add_eval(sub)
+    from ladd import distill_cli
+    distill_cli.add(sub)
     commands.add_sample(sub)
     return parser
 
@@ -69,7 +71,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args.func(args)
     except (UsageError, C.ConfigError, AssetError, FileNotFoundError, ValueError) as e:
-        print(f"ladd: error: {e}", file=sys.stderr)
+        if args.verbose:
+            raise
+        print(f"ladd: error: {e}  (run with -v for the traceback)", file=sys.stderr)
         return 2
     return 0
 

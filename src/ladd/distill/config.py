@@ -188,15 +188,16 @@ class TrainConfig:
     steps: int = 2000             # LADD iterations (one G step + one D step each)
     batch_size: int = 32          # global batch: over all processes and accumulation micro-steps
     grad_accum: int = 1
-    mixed_precision: str = "no"   # accelerate's: "no", "fp16", "bf16"
+    mixed_precision: str = "no"   # accelerate's: "no" or "bf16" (fp16 is refused, see __post_init__)
     ema_decay: float = 0.999      # EMA of the student; 0 = off
     ckpt_every: int = 500
     sample_every: int = 250       # 0 = never
     log_every: int = 10
     seed: int = 0
+    keep_checkpoints: int = 2     # newest checkpoints kept in <run>/checkpoints (older ones are deleted)
 
     def __post_init__(self):
-        for name in ("steps", "batch_size", "grad_accum", "ckpt_every", "log_every"):
+        for name in ("steps", "batch_size", "grad_accum", "ckpt_every", "log_every", "keep_checkpoints"):
             if getattr(self, name) < 1:
                 _fail(f"train.{name}", f"got {getattr(self, name)}", "give a positive integer")
         if self.sample_every < 0:
@@ -204,8 +205,13 @@ class TrainConfig:
         if self.batch_size % self.grad_accum:
             _fail("train.batch_size", f"{self.batch_size} is not divisible by train.grad_accum={self.grad_accum}",
                   "make batch_size a multiple of grad_accum")
-        if self.mixed_precision not in ("no", "fp16", "bf16"):
-            _fail("train.mixed_precision", f"got {self.mixed_precision!r}", "use 'no', 'fp16' or 'bf16'")
+        if self.mixed_precision == "fp16":
+            # accelerate gives all optimizers one GradScaler and updates it inside every optimizer.step(): the
+            # second of our two optimizers would be unscaled with a changed scale
+            _fail("train.mixed_precision", "fp16 is not supported (one loss scaler cannot serve the student's and "
+                  "the heads' optimizers)", "use 'bf16' (no loss scaling needed) or 'no'")
+        if self.mixed_precision not in ("no", "bf16"):
+            _fail("train.mixed_precision", f"got {self.mixed_precision!r}", "use 'no' or 'bf16'")
         self.ema_decay = _number("train.ema_decay", self.ema_decay)
         if not 0 <= self.ema_decay < 1:
             _fail("train.ema_decay", f"got {self.ema_decay}", "use 0 (off) or a decay in (0, 1), e.g. 0.999")
@@ -217,6 +223,85 @@ class TrainConfig:
             _fail("train.batch_size", f"{self.batch_size} is not divisible by grad_accum x processes = "
                   f"{self.grad_accum} x {num_processes}", f"use a multiple of {n}")
         return self.batch_size // n
+
+
+SAMPLERS = ("euler", "renoise")
+
+
+def _check_size(name: str, value: int) -> None:
+    if value < 32 or value % 16:
+        _fail(name, f"got {value}", "use a multiple of 16 that is at least 32 (e.g. 64)")
+
+
+@dataclass
+class DataConfig:
+    """The training latents (``ladd synth``; shared/LADD.md, Synthetic data). Unset teacher settings come from
+    the teacher's ``config.json`` ``ladd_recommended`` (its many-step CFG setting)."""
+    source: str = "synthetic"        # "synthetic" (teacher samples, the paper's choice) or "real" (ShapeWorld via VAE)
+    num_samples: int = 8192
+    shard_size: int = 1024           # samples per shard file; shard k is written by process k % world_size
+    seed: int = 2                    # ShapeWorld scenes/captions and sample noise (the nano teacher saw seed 1)
+    guidance: float | None = None    # teacher CFG scale (None: the teacher's recommended)
+    steps: int | None = None         # teacher sampling steps (None: recommended)
+    sampler: str | None = None       # "euler" or "renoise" (None: recommended)
+    batch_size: int = 128            # teacher batch while sampling (CFG doubles it)
+    height: int = 64
+    width: int = 64
+
+    def __post_init__(self):
+        if self.source not in ("synthetic", "real"):
+            _fail("data.source", f"got {self.source!r}", "use 'synthetic' (teacher samples) or 'real' (VAE-encoded)")
+        for name in ("num_samples", "shard_size", "batch_size"):
+            if getattr(self, name) < 1:
+                _fail(f"data.{name}", f"got {getattr(self, name)}", "give a positive integer")
+        if self.guidance is not None:
+            self.guidance = _number("data.guidance", self.guidance)
+            if self.guidance < 0:
+                _fail("data.guidance", f"got {self.guidance}", "use 1 (no guidance) or more, or null for the default")
+        if self.steps is not None and self.steps < 1:
+            _fail("data.steps", f"got {self.steps}", "give a positive step count or null for the default")
+        if self.sampler is not None and self.sampler not in SAMPLERS:
+            _fail("data.sampler", f"got {self.sampler!r}", f"use one of {SAMPLERS} or null for the default")
+        _check_size("data.height", self.height)
+        _check_size("data.width", self.width)
+
+    @property
+    def num_shards(self) -> int:
+        return -(-self.num_samples // self.shard_size)
+
+
+@dataclass
+class EvalSettings:
+    """What ``ladd distill`` evaluates after training (ladd.evaluation.evaluate on ``prompts``): the student at
+    each of ``student_steps`` without guidance, the teacher at each of ``teacher_steps`` and at its recommended
+    setting (both with the teacher's recommended guidance and sampler)."""
+    enabled: bool = True
+    prompts: str = "prompts/nano-eval.jsonl"
+    max_prompts: int | None = None   # evenly spaced subset of the prompt file (keeps every category); None = all
+    per_prompt: int = 4
+    student_steps: list[int] = field(default_factory=lambda: [1, 2, 4])
+    sampler: str = "renoise"         # the student's sampler (LADD.md, Inference)
+    teacher_steps: list[int] = field(default_factory=lambda: [4])
+    seed: int = 0
+    batch_size: int = 64
+    grid_prompts: int = 8            # rows of the side-by-side comparison grid
+    evaluator: str = "nano-evaluator"
+    cache_dir: str = "cache/eval"
+
+    def __post_init__(self):
+        for name in ("per_prompt", "batch_size", "grid_prompts"):
+            if getattr(self, name) < 1:
+                _fail(f"eval.{name}", f"got {getattr(self, name)}", "give a positive integer")
+        if self.max_prompts is not None and self.max_prompts < 1:
+            _fail("eval.max_prompts", f"got {self.max_prompts}", "give a positive count or null for all prompts")
+        for name in ("student_steps", "teacher_steps"):
+            bad = [s for s in getattr(self, name) if s < 1]
+            if bad:
+                _fail(f"eval.{name}", f"{bad} are not step counts", "give positive integers, e.g. [1, 2, 4]")
+        if not self.student_steps:
+            _fail("eval.student_steps", "is empty", "give at least one step count, e.g. [4]")
+        if self.sampler not in SAMPLERS:
+            _fail("eval.sampler", f"got {self.sampler!r}", f"use one of {SAMPLERS}")
 
 
 @dataclass
@@ -234,6 +319,8 @@ class DistillConfig:
     loss: LossConfig = field(default_factory=LossConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    eval: EvalSettings = field(default_factory=EvalSettings)
     paths: PathsConfig = field(default_factory=PathsConfig)
 
     def __post_init__(self):

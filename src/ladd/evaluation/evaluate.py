@@ -108,6 +108,26 @@ def load_images(folder: str, index: list[tuple[int, int]], height: int, width: i
     return np.stack(out)
 
 
+@torch.no_grad()
+def reconstruct_real(cfg: EvalConfig, prompts, index):
+    """Real images through a VAE (``--model nano-vae`` or ``vae:PATH``): encode, decode; adds PSNR to the settings."""
+    from ladd.models.registry import resolve
+    from ladd.models.vae import load_vae
+    from ladd.nano.recipe import to_tensor, to_uint8
+    from ladd.nano.train_vae import psnr
+
+    vae = load_vae(resolve(cfg.model.removeprefix("vae:")))
+    real = render_real(prompts, index, cfg.seed, cfg.height, cfg.width)
+    out, scores = [], []
+    for i in range(0, len(real), cfg.batch_size):
+        x = to_tensor(real[i:i + cfg.batch_size])
+        rec = vae.decode(vae.encode(x))
+        scores.append(psnr(rec, x))
+        out.append(to_uint8(rec))
+    return np.concatenate(out), float("nan"), {"steps": 0, "guidance": 0.0, "nfe_per_image": 0,
+                                               "psnr": float(torch.cat(scores).mean())}
+
+
 def produce(cfg: EvalConfig, prompts, index):
     """(images, seconds spent generating, settings) for the model, image folder or real renderer."""
     from ladd.generate import generate, image_seed
@@ -119,6 +139,8 @@ def produce(cfg: EvalConfig, prompts, index):
     if cfg.model == "real":
         return render_real(prompts, index, cfg.seed, cfg.height, cfg.width), float("nan"), {
             "steps": 0, "guidance": 0.0, "nfe_per_image": 0}
+    if cfg.model.endswith("vae") or cfg.model.startswith("vae:"):
+        return reconstruct_real(cfg, prompts, index)
     gen = load_generator(cfg.model)
     steps = cfg.steps or gen.recommended["steps"]
     guidance = gen.recommended["guidance"] if cfg.guidance is None else cfg.guidance

@@ -59,12 +59,18 @@ def run(
     ckpt_every: int = 500,
     minutes: float | None = None,
     desc: str = "train",
+    config=None,
 ) -> tuple[int, float]:
-    """Run ``step(i)`` for i in [start, steps); returns (last step, wall seconds spent over all resumes)."""
+    """Run ``step(i)`` for i in [start, steps); returns (last step, wall seconds spent over all resumes).
+    ``config`` (a dataclass) is saved, resolved, as ``run_dir/config.yaml``."""
     from torch.utils.tensorboard import SummaryWriter
+
+    from ladd.config import save as save_config
 
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
+    if config is not None:
+        save_config(config, run_dir / "config.yaml")
     ckpt = run_dir / "checkpoint.pt"
     start, elapsed = load_checkpoint(ckpt, modules)
     writer = SummaryWriter(str(run_dir / "tb"))

@@ -18,7 +18,8 @@ import numpy as np
 from ladd.nano.vocab import BACKGROUNDS, CELLS, COLORS, MAX_OBJECTS, PATTERNS, RGB, SHAPES, SIZES
 
 SUPERSAMPLE = 4  # anti-aliasing: draw at 4x, box-filter down
-LARGE_RADIUS, SMALL_RADIUS = 0.36, 0.2  # fraction of the smaller cell side
+LARGE_RADIUS, SMALL_RADIUS = 0.38, 0.27  # fraction of the smaller cell side (small: ~11 px across at 64x64,
+# more than one 8x8 latent cell: at 0.2 the nano VAE could not keep a small cross from a small circle)
 JITTER = 0.08  # fraction of the cell side
 
 

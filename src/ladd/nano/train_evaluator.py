@@ -93,7 +93,7 @@ def train_evaluator(cfg: EvaluatorTrainConfig) -> Path:
         return {"loss": loss.item(), **{k: v.item() for k, v in parts.items()}}
 
     done, seconds = recipe.run(step, {"model": model, "opt": opt, "sched": sched}, cfg.run_dir, cfg.steps,
-                               minutes=cfg.minutes, desc="train-evaluator")
+                               minutes=cfg.minutes, desc="train-evaluator", config=cfg)
     test_images, test_scenes = load_pool(cfg.cache_dir, cfg.test_seed, cfg.test_size)
     acc = cell_accuracy(model, test_images, test_scenes)
     n_params = sum(p.numel() for p in model.parameters())

@@ -37,7 +37,7 @@ class TeacherTrainConfig:
     cache_dir: str = "cache/nano"
     pool_seed: int = 1
     pool_size: int = 60000
-    captions_per_image: int = 2
+    captions_per_image: int = 1
     max_length: int = 40
     steps: int = 12000
     batch_size: int = 64
@@ -58,29 +58,54 @@ def encode_pool(vae: VAE, images: np.ndarray, batch: int = 500) -> torch.Tensor:
     return torch.cat([vae.encode(recipe.to_tensor(images[i:i + batch])) for i in range(0, len(images), batch)])
 
 
-def training_data(cfg: TeacherTrainConfig, vae: VAE):
-    """(latents [N, C, h, w], caption embeddings [N * K], empty-prompt embedding), cached in ``cache_dir``."""
-    vae_hash = hashlib.sha1(Path(cfg.vae, "model.safetensors").read_bytes()).hexdigest()[:10]
-    key = f"s{cfg.pool_seed}-n{cfg.pool_size}-k{cfg.captions_per_image}-L{cfg.max_length}-vae{vae_hash}"
-    path = Path(cfg.cache_dir) / f"teacher-data-{key}.pt"
+def encoder_hash(vae: VAE) -> str:
+    """Identifies the latent space: encoder weights and scaling/shift factors (a new decoder keeps the cache)."""
+    h = hashlib.sha1(f"{vae.model.config.scaling_factor} {vae.model.config.shift_factor}".encode())
+    for name, t in vae.model.state_dict().items():
+        if name.startswith(("encoder.", "quant_conv.")):
+            h.update(name.encode())
+            h.update(t.numpy().tobytes())
+    return h.hexdigest()[:10]
+
+
+def caption_data(cfg: TeacherTrainConfig):
+    """(embeddings of K random captions per pool image, caption k of image i at row k * N + i; empty-prompt
+    embedding), cached in ``cache_dir``. Independent of the VAE, so it can be made while the VAE trains."""
+    key = f"s{cfg.pool_seed}-n{cfg.pool_size}-k{cfg.captions_per_image}-L{cfg.max_length}"
+    path = Path(cfg.cache_dir) / f"captions-{key}.pt"
     if path.exists():
         d = torch.load(path, weights_only=True)
-        return d["latents"], TextEmbeddings(d["tokens"], d["pooled"]), TextEmbeddings(d["u_tokens"], d["u_pooled"])
-    images, scenes = load_pool(cfg.cache_dir, cfg.pool_seed, cfg.pool_size)
-    log.info("encoding %d images with the VAE", len(images))
-    latents = encode_pool(vae, images)
+        return TextEmbeddings(d["tokens"], d["pooled"]), TextEmbeddings(d["u_tokens"], d["u_pooled"])
+    _, scenes = load_pool(cfg.cache_dir, cfg.pool_seed, cfg.pool_size)
     rng = np.random.default_rng([cfg.pool_seed, 77])
-    texts = [caption(s, rng)[0] for _ in range(cfg.captions_per_image) for s in scenes]  # caption k of image i
+    texts = [caption(s, rng)[0] for _ in range(cfg.captions_per_image) for s in scenes]
     log.info("encoding %d captions with the text encoder", len(texts))
     encoder = load_text_encoder("minilm", cfg.max_length)
-    emb = TextEmbeddings.cat([encoder.encode(texts[i:i + 4096]).to(torch.float16) for i in range(0, len(texts), 4096)])
-    encoder._cache.clear()
-    empty = encoder.encode([""])
+    parts = []
+    for i in range(0, len(texts), 4096):
+        parts.append(encoder.encode(texts[i:i + 4096]).to(torch.float16))
+        encoder._cache.clear()
+    emb, empty = TextEmbeddings.cat(parts), encoder.encode([""])
+    _save(path, {"tokens": emb.tokens, "pooled": emb.pooled, "u_tokens": empty.tokens, "u_pooled": empty.pooled})
+    return emb, empty
+
+
+def latent_data(cfg: TeacherTrainConfig, vae: VAE) -> torch.Tensor:
+    """Model latents of the pool, cached in ``cache_dir`` per latent space (encoder weights and factors)."""
+    path = Path(cfg.cache_dir) / f"latents-s{cfg.pool_seed}-n{cfg.pool_size}-vae{encoder_hash(vae)}.pt"
+    if path.exists():
+        return torch.load(path, weights_only=True)["latents"]
+    images, _ = load_pool(cfg.cache_dir, cfg.pool_seed, cfg.pool_size)
+    log.info("encoding %d images with the VAE", len(images))
+    latents = encode_pool(vae, images)
+    _save(path, {"latents": latents})
+    return latents
+
+
+def _save(path: Path, tensors: dict) -> None:
     tmp = path.with_name(path.name + ".tmp")
-    torch.save({"latents": latents, "tokens": emb.tokens, "pooled": emb.pooled,
-                "u_tokens": empty.tokens, "u_pooled": empty.pooled}, tmp)
+    torch.save(tensors, tmp)
     tmp.replace(path)
-    return latents, emb, empty
 
 
 def rf_loss(model, x0: torch.Tensor, cond: TextEmbeddings, generator: torch.Generator) -> torch.Tensor:
@@ -93,7 +118,8 @@ def rf_loss(model, x0: torch.Tensor, cond: TextEmbeddings, generator: torch.Gene
 
 def train_teacher(cfg: TeacherTrainConfig) -> Path:
     vae = load_vae(cfg.vae)
-    latents, captions, empty = training_data(cfg, vae)
+    captions, empty = caption_data(cfg)
+    latents = latent_data(cfg, vae)
     n = latents.shape[0]
     torch.manual_seed(cfg.seed)
     model = build_nano_teacher(in_channels=vae.latent_channels, out_channels=vae.latent_channels)
@@ -130,7 +156,7 @@ def train_teacher(cfg: TeacherTrainConfig) -> Path:
         return {"loss": loss.item(), "grad_norm": gnorm.item(), "lr": sched.get_last_lr()[0]}
 
     done, seconds = recipe.run(step, {"model": model, "ema": ema, "opt": opt, "sched": sched}, cfg.run_dir,
-                               cfg.steps, minutes=cfg.minutes, desc="train-teacher")
+                               cfg.steps, minutes=cfg.minutes, desc="train-teacher", config=cfg)
     config = dict(ema.shadow.config, ladd_recommended={"steps": cfg.recommended_steps,
                                                         "guidance": cfg.recommended_guidance, "sampler": "euler"},
                   ladd_text_encoder={"name": "minilm", "max_length": cfg.max_length})
@@ -147,6 +173,9 @@ def train_teacher(cfg: TeacherTrainConfig) -> Path:
     return save_model(ema.shadow.transformer, cfg.out, config, card)
 
 
+_GRID_CACHE: dict = {}
+
+
 @torch.no_grad()
 def sample_grid(model, vae: VAE, path: Path, cfg: TeacherTrainConfig) -> None:
     """A grid of fixed prompts at the recommended settings, to look at while training."""
@@ -156,8 +185,10 @@ def sample_grid(model, vae: VAE, path: Path, cfg: TeacherTrainConfig) -> None:
     prompts = ["a red circle", "two blue squares", "a green triangle in the top left", "a yellow cross at the bottom",
                "a small orange circle and a large purple square", "three triangles", "a blue cross on the right",
                "a large red square in the center"]
-    enc = load_text_encoder("minilm", cfg.max_length)
-    cond, uncond = enc.encode(prompts), enc.encode([""] * len(prompts))
+    if "cond" not in _GRID_CACHE:  # the text encoder is loaded once per process, not once per grid
+        enc = load_text_encoder("minilm", cfg.max_length)
+        _GRID_CACHE.update(cond=enc.encode(prompts), uncond=enc.encode([""] * len(prompts)))
+    cond, uncond = _GRID_CACHE["cond"], _GRID_CACHE["uncond"]
     g = torch.Generator().manual_seed(0)
     noise = torch.randn(len(prompts), vae.latent_channels, 8, 8, generator=g)
     x0 = euler(model, noise, flow.euler_grid(cfg.recommended_steps), cond, uncond, cfg.recommended_guidance)

@@ -19,7 +19,7 @@ import torch
 from diffusers import AutoencoderKL
 
 from ladd.models.io import save_model
-from ladd.models.vae import NANO_VAE_CONFIG, VAE
+from ladd.models.vae import NANO_VAE_CONFIG, VAE, load_vae
 from ladd.nano import recipe
 from ladd.nano.pool import load_pool
 
@@ -40,6 +40,7 @@ class VAETrainConfig:
     object_weight: float = 10.0
     minutes: float | None = None
     seed: int = 0
+    decoder_only: str | None = None  # path of a trained VAE: fine-tune its decoder only, latents unchanged
 
 
 def pixel_weights(x: torch.Tensor, object_weight: float) -> torch.Tensor:
@@ -58,8 +59,15 @@ def psnr(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 def train_vae(cfg: VAETrainConfig) -> Path:
     torch.manual_seed(cfg.seed)
     images, _ = load_pool(cfg.cache_dir, cfg.pool_seed, cfg.pool_size)
-    model = AutoencoderKL.from_config(NANO_VAE_CONFIG)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.0)
+    if cfg.decoder_only:  # as SD's ft-MSE decoders: a better decoder for the same latent space
+        base = load_vae(cfg.decoder_only).model
+        model = AutoencoderKL.from_config(NANO_VAE_CONFIG)
+        model.load_state_dict(base.state_dict())
+        model.encoder.requires_grad_(False)
+        model.quant_conv.requires_grad_(False)
+    else:
+        model = AutoencoderKL.from_config(NANO_VAE_CONFIG)
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr, weight_decay=0.0)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: min(1.0, (i + 1) / 100) * (0.1 + 0.9 * (1 - i / cfg.steps)))
     rng = np.random.default_rng(cfg.seed)
 
@@ -80,19 +88,22 @@ def train_vae(cfg: VAETrainConfig) -> Path:
         return {"loss": loss.item(), "l1": l1.item(), "kl": kl.item()}
 
     done, seconds = recipe.run(step, {"model": model, "opt": opt, "sched": sched}, cfg.run_dir, cfg.steps,
-                               minutes=cfg.minutes, desc="train-vae")
+                               minutes=cfg.minutes, desc="train-vae", config=cfg)
     model.eval()
     with torch.no_grad():
         held = recipe.to_tensor(images[-512:])
         z = torch.cat([model.encode(held[i:i + 128]).latent_dist.mean for i in range(0, 512, 128)])
         shift, scale = z.mean().item(), 1.0 / z.std().item()
+        if cfg.decoder_only:  # same encoder, same latent space: keep the factors the teacher was trained with
+            shift, scale = base.config.shift_factor, base.config.scaling_factor
         rec = torch.cat([model.decode(z[i:i + 128]).sample for i in range(0, 512, 128)])
         score = psnr(rec, held).mean().item()
     config = dict(NANO_VAE_CONFIG, shift_factor=shift, scaling_factor=scale)
     n_params = sum(p.numel() for p in model.parameters())
+    how = f" --decoder-only {cfg.decoder_only}" if cfg.decoder_only else ""
     card = (f"# nano VAE\n\ndiffusers `AutoencoderKL`, {n_params / 1e6:.2f}M parameters, 8x downsampling, "
             f"{NANO_VAE_CONFIG['latent_channels']} latent channels.\n\n"
-            f"- command: `ladd nano train-vae --steps {cfg.steps} --batch-size {cfg.batch_size}`\n"
+            f"- command: `ladd nano train-vae --steps {cfg.steps} --batch-size {cfg.batch_size}{how}`\n"
             f"- data: ShapeWorld seed {cfg.pool_seed}, {cfg.pool_size} images 64x64 (last 512 held out)\n"
             f"- steps done: {done}, batch {cfg.batch_size}, AdamW lr {cfg.lr}\n"
             f"- wall time: {seconds / 60:.1f} min on {platform.machine()} CPU, {torch.get_num_threads()} threads\n"

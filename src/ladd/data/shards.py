@@ -1,0 +1,200 @@
+"""Latent shards: the training data of ``ladd distill`` (teacher samples, or real images through the VAE).
+
+A data folder holds ``dataset.json`` (format, version and ``generation``: everything that determines the data)
+and ``shard-00000.safetensors``, ``shard-00001.safetensors``, ... Shard ``k`` holds samples
+``[k * shard_size, min((k + 1) * shard_size, num_samples))`` as tensors
+
+    latents [n, C, h, w] float32   model latents (the VAE's scaled space, what the teacher denoises)
+    tokens  [n, L, D]    float16   text token states of the prompts
+    pooled  [n, P]       float16   pooled text embeddings
+
+and, in the safetensors header's metadata under ``"ladd"``, JSON ``{"format", "version", "shard",
+"generation", "records": [{"index", "prompt", "spec", "seed"}, ...]}`` (one record per sample; ``spec`` is the
+object list the prompt states, as in prompt files; ``seed`` the sample's noise seed).
+
+A shard is written under a temporary name and renamed, so a final file only appears complete; ``shard_ok`` also
+checks the header, the sample count and that the file covers every tensor (a truncated copy fails), so resuming
+redoes anything a killed run left behind and skips the rest.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+
+from ladd.models.text_encoder import TextEmbeddings
+
+FORMAT = "ladd-shards"
+VERSION = 1
+MANIFEST = "dataset.json"
+PATH_KEYS = ("teacher", "vae")  # informational entries of ``generation``, not compared
+
+
+class DataError(ValueError):
+    """A data folder is incomplete or was made with other settings; the message says how to fix it."""
+
+
+def sample_seed(*keys: int) -> int:
+    """A 63-bit seed from integer keys, e.g. ``(seed, rank, step, micro)``: independent streams per key tuple."""
+    return int(np.random.SeedSequence([int(k) for k in keys]).generate_state(2, np.uint64)[0] >> np.uint64(1))
+
+
+def shard_path(data_dir: str | Path, k: int) -> Path:
+    return Path(data_dir) / f"shard-{k:05d}.safetensors"
+
+
+def shard_range(k: int, shard_size: int, num_samples: int) -> range:
+    """Global sample indices of shard ``k``."""
+    return range(k * shard_size, min((k + 1) * shard_size, num_samples))
+
+
+def owned_shards(num_shards: int, rank: int = 0, world_size: int = 1) -> list[int]:
+    """Shard ``k`` belongs to process ``k % world_size``: processes never write the same file."""
+    return [k for k in range(num_shards) if k % world_size == rank]
+
+
+def temp_path(path: Path) -> Path:
+    return path.with_name(f".{path.name}.tmp")
+
+
+def write_shard(path: Path, tensors: dict[str, torch.Tensor], records: list[dict], generation: dict) -> Path:
+    """Write one shard atomically (temporary file, then rename)."""
+    n = len(records)
+    bad = {k: tuple(v.shape) for k, v in tensors.items() if v.shape[0] != n}
+    if bad:
+        raise ValueError(f"shard {path.name}: {n} records but tensors with other lengths {bad}")
+    meta = {"format": FORMAT, "version": VERSION, "shard": path.name, "generation": generation, "records": records}
+    tmp = temp_path(path)
+    save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, tmp, metadata={"ladd": json.dumps(meta)})
+    os.replace(tmp, path)
+    return path
+
+
+def read_meta(path: Path) -> dict:
+    """The shard's JSON metadata (reads the header only)."""
+    with safe_open(str(path), "pt") as f:
+        meta = json.loads((f.metadata() or {})["ladd"])
+    if meta.get("format") != FORMAT or meta.get("version") != VERSION:
+        raise DataError(f"{path} is not a {FORMAT} v{VERSION} shard (got {meta.get('format')} "
+                        f"v{meta.get('version')}); re-make the data with `ladd synth`")
+    return meta
+
+
+def shard_ok(path: Path, expected: int) -> bool:
+    """True if ``path`` is a complete shard of ``expected`` samples. Quick: header and file size only
+    (safetensors refuses a file that does not cover its tensors, i.e. a truncated one)."""
+    if not path.is_file():
+        return False
+    try:
+        meta = read_meta(path)
+        with safe_open(str(path), "pt") as f:
+            lengths = {f.get_slice(k).get_shape()[0] for k in ("latents", "tokens", "pooled")}
+    except Exception:  # truncated, garbage, wrong format, missing keys: all mean "redo it"
+        return False
+    return lengths == {expected} and len(meta["records"]) == expected
+
+
+def read_manifest(data_dir: str | Path) -> dict | None:
+    path = Path(data_dir) / MANIFEST
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise DataError(f"{path} is not valid JSON ({e}); delete it and re-run `ladd synth`") from e
+
+
+def check_manifest(data_dir: str | Path, generation: dict) -> None:
+    """Raise ``DataError`` if ``data_dir`` holds data made with other settings than ``generation``."""
+    old = read_manifest(data_dir)
+    if old is None:
+        return
+    if old.get("format") != FORMAT or old.get("version") != VERSION:
+        raise DataError(f"{data_dir} holds data in format {old.get('format')} v{old.get('version')}, not "
+                        f"{FORMAT} v{VERSION}; delete it or set paths.data to another folder")
+    # model paths are for people; the weights' hashes say whether it is the same model (a moved checkout is)
+    diff = {k: (old["generation"].get(k), v) for k, v in generation.items()
+            if k not in PATH_KEYS and old["generation"].get(k) != v}
+    if diff:
+        listed = ", ".join(f"{k}: folder {a!r} vs config {b!r}" for k, (a, b) in sorted(diff.items()))
+        raise DataError(f"{data_dir} holds data made with other settings ({listed}); set paths.data to a new "
+                        f"folder, or delete {data_dir} to re-make it")
+
+
+def write_manifest(data_dir: str | Path, generation: dict) -> None:
+    """Write ``dataset.json`` atomically (every process may call it; they all write the same content)."""
+    path = Path(data_dir) / MANIFEST
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{MANIFEST}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps({"format": FORMAT, "version": VERSION, "generation": generation}, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+def missing_shards(data_dir: str | Path, num_samples: int, shard_size: int, shards: list[int] | None = None):
+    """The shards (of ``shards``, default all) that are not complete."""
+    n = -(-num_samples // shard_size)
+    ks = range(n) if shards is None else shards
+    return [k for k in ks if not shard_ok(shard_path(data_dir, k), len(shard_range(k, shard_size, num_samples)))]
+
+
+class ShardDataset:
+    """All shards of a data folder in memory (the nano data is small), with deterministic batches.
+
+    ``batch(size, seed, rank, step, micro)`` draws ``size`` indices (with replacement) from a generator seeded by
+    ``(seed, rank, step, micro)``: the batch of an iteration depends on nothing else, so a resumed run sees the
+    same data as an uninterrupted one, and processes see different data.
+    """
+
+    def __init__(self, latents: torch.Tensor, text: TextEmbeddings, records: list[dict], generation: dict):
+        self.latents = latents      # [N, C, h, w] float32
+        self.text = text            # tokens [N, L, D], pooled [N, P] (float16 on disk and in memory)
+        self.records = records
+        self.generation = generation
+
+    def __len__(self) -> int:
+        return self.latents.shape[0]
+
+    @property
+    def latent_shape(self) -> tuple[int, ...]:
+        return tuple(self.latents.shape[1:])
+
+    @classmethod
+    def load(cls, data_dir: str | Path) -> "ShardDataset":
+        manifest = read_manifest(data_dir)
+        if manifest is None:
+            raise DataError(f"{data_dir} holds no {MANIFEST}: make the data first with `ladd synth` "
+                            f"(or `ladd distill`, which makes it when missing)")
+        gen = manifest["generation"]
+        missing = missing_shards(data_dir, gen["num_samples"], gen["shard_size"])
+        if missing:
+            raise DataError(f"{data_dir} is incomplete: shards {missing[:5]}{'...' if len(missing) > 5 else ''} "
+                            f"are missing or broken; re-run `ladd synth` with the same config to finish them")
+        parts, records = [], []
+        for k in range(-(-gen["num_samples"] // gen["shard_size"])):
+            path = shard_path(data_dir, k)
+            parts.append(load_file(path))
+            records += read_meta(path)["records"]
+        cat = {key: torch.cat([p[key] for p in parts]) for key in ("latents", "tokens", "pooled")}
+        return cls(cat["latents"].float(), TextEmbeddings(cat["tokens"], cat["pooled"]), records, gen)
+
+    def to(self, device) -> "ShardDataset":
+        """The data on ``device`` (the training loop keeps it on the accelerator: no copy per batch)."""
+        return ShardDataset(self.latents.to(device), self.text.to(device), self.records, self.generation)
+
+    def indices(self, size: int, seed: int, rank: int, step: int, micro: int = 0) -> torch.Tensor:
+        """``size`` sample indices ``[size]`` on the data's device (drawn there: no host-device copy)."""
+        device = self.latents.device
+        g = torch.Generator(device).manual_seed(sample_seed(seed, rank, step, micro, 0xDA7A))
+        return torch.randint(len(self), (size,), generator=g, device=device)
+
+    def batch(self, size: int, seed: int, rank: int, step: int, micro: int = 0):
+        """``(latents [size, C, h, w], TextEmbeddings)`` in float32 on the data's device."""
+        idx = self.indices(size, seed, rank, step, micro)
+        text = TextEmbeddings(self.text.tokens[idx], self.text.pooled[idx]).to(torch.float32)
+        return self.latents[idx], text

@@ -1,0 +1,204 @@
+"""`ladd synth`: write the training latents as shards (ladd.data.shards).
+
+Synthetic (the default, shared/LADD.md "Synthetic data"): for ShapeWorld sample ``i`` of ``data.seed`` a random
+caption (``ladd.nano.prompts.caption``) gives the prompt and its object spec; the teacher samples a latent for it
+with classifier-free guidance and many steps (its recommended setting unless ``data.guidance/steps/sampler`` say
+otherwise) from noise seeded per sample, so sample ``i`` is the same at any batch size or process count.
+Real (``data.source=real``, the ablation): the ShapeWorld image itself, encoded by the VAE (posterior mean).
+
+Resumable: shards already complete are skipped, anything else (a leftover temporary file, a truncated file) is
+redone. In a multi-process run (``accelerate launch``) process ``r`` writes shards ``k`` with ``k % world == r``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from ladd import flow
+from ladd.data import shards
+from ladd.models.io import AssetError, read_config
+from ladd.models.text_encoder import TextEmbeddings
+
+log = logging.getLogger(__name__)
+# The defaults ladd.models.registry applies to a model folder without ladd_* keys.
+DEFAULT_RECOMMENDED = {"steps": 50, "guidance": 4.0, "sampler": "euler"}
+DEFAULT_TEXT_ENCODER = {"name": "minilm", "max_length": 40}
+
+
+def _model_folder(model_dir: str | Path) -> Path:
+    """The folder holding the weights: ``transformer/`` of a diffusers pipeline folder, else the folder itself."""
+    model_dir = Path(model_dir)
+    return model_dir / "transformer" if (model_dir / "transformer").is_dir() else model_dir
+
+
+def teacher_config(model_dir: str | Path) -> dict:
+    """The teacher's config.json (no weights loaded), from a ladd asset, diffusers model or pipeline folder."""
+    return read_config(_model_folder(model_dir))
+
+
+def weights_file(model_dir: str | Path) -> Path:
+    """The weights file of a ladd asset folder or a diffusers model or pipeline folder."""
+    for name in ("model.safetensors", "diffusion_pytorch_model.safetensors"):
+        if (_model_folder(model_dir) / name).is_file():
+            return _model_folder(model_dir) / name
+    raise AssetError(f"{model_dir} holds no model.safetensors or diffusion_pytorch_model.safetensors")
+
+
+def file_hash(path: Path, head: int = 1 << 24) -> str:
+    """Identifies a weights file (so data made by an older teacher in the same folder is not reused): its size and
+    first 16 MB, enough to tell two trainings apart without reading a multi-GB file."""
+    h = hashlib.sha1(str(path.stat().st_size).encode())
+    with open(path, "rb") as f:
+        h.update(f.read(head))
+    return h.hexdigest()[:16]
+
+
+def teacher_recommended(config: dict) -> dict:
+    """The teacher's recommended sampling setting (steps, guidance, sampler) from its config.json."""
+    return {**DEFAULT_RECOMMENDED, **config.get("ladd_recommended", {})}
+
+
+def teacher_text_encoder(config: dict) -> dict:
+    """The teacher's text encoder spec (name, max_length) from its config.json."""
+    return dict(config.get("ladd_text_encoder", DEFAULT_TEXT_ENCODER))
+
+
+def generation_settings(cfg) -> dict:
+    """Everything that determines the data of ``cfg`` (a DistillConfig), from config.json files only (no
+    weights are loaded): the manifest's ``generation`` and every shard's metadata."""
+    d = cfg.data
+    teacher_cfg = teacher_config(cfg.paths.teacher)
+    vae_cfg = read_config(cfg.paths.vae)
+    down = 2 ** (len(vae_cfg["block_out_channels"]) - 1)
+    gen = {"source": d.source, "seed": d.seed, "num_samples": d.num_samples, "shard_size": d.shard_size,
+           "height": d.height, "width": d.width,
+           "latent_shape": [teacher_cfg["in_channels"], d.height // down, d.width // down],
+           "text_encoder": teacher_text_encoder(teacher_cfg)}
+    if d.source == "real":
+        return {**gen, "vae": str(Path(cfg.paths.vae).resolve()), "vae_hash": file_hash(weights_file(cfg.paths.vae))}
+    rec = teacher_recommended(teacher_cfg)
+    return {**gen, "teacher": str(Path(cfg.paths.teacher).resolve()),
+            "teacher_hash": file_hash(weights_file(cfg.paths.teacher)),
+            "guidance": rec["guidance"] if d.guidance is None else d.guidance,
+            "steps": d.steps or rec["steps"], "sampler": d.sampler or rec["sampler"]}
+
+
+def sample_record(seed: int, index: int) -> dict:
+    """``{"index", "prompt", "spec", "seed"}`` of ShapeWorld sample ``index``: the scene of
+    ``shapeworld.sample(seed, index)`` (without rendering it), a random caption of it, and a noise seed."""
+    from ladd.nano.prompts import caption
+    from ladd.nano.shapeworld import sample_scene, scene_rng
+
+    scene = sample_scene(scene_rng(seed, index))
+    text, spec = caption(scene, np.random.default_rng([int(seed), int(index), 0xCA9]))
+    return {"index": int(index), "prompt": text, "spec": spec, "seed": shards.sample_seed(seed, index, 0x5EED)}
+
+
+def sampling_times(sampler: str, steps: int) -> torch.Tensor:
+    """The time grid of ``sampler`` (as ladd.generate): Euler over ``steps`` uniform steps, or the student grid
+    plus the end time 0 for the re-noising sampler."""
+    return flow.euler_grid(steps) if sampler == "euler" else torch.cat([flow.student_grid(steps), torch.zeros(1)])
+
+
+@torch.no_grad()
+def teacher_latents(teacher, records: list[dict], cond: TextEmbeddings, uncond: TextEmbeddings, gen: dict,
+                    batch_size: int, device) -> torch.Tensor:
+    """Teacher samples ``[n, C, h, w]`` for ``records`` with CFG (``gen``: guidance, steps, sampler)."""
+    from ladd.sampling import get_sampler
+
+    sample = get_sampler(gen["sampler"])
+    times = sampling_times(gen["sampler"], gen["steps"])
+    out = []
+    for s in range(0, len(records), batch_size):
+        gens = [torch.Generator().manual_seed(r["seed"]) for r in records[s:s + batch_size]]
+        noise = torch.stack([torch.randn(gen["latent_shape"], generator=g) for g in gens]).to(device)
+        c = cond[s:s + batch_size].to(device)
+        u = TextEmbeddings(uncond.tokens.expand(len(gens), -1, -1), uncond.pooled.expand(len(gens), -1)).to(device)
+        out.append(sample(teacher, noise, times, c, u, gen["guidance"], gens).float().cpu())
+    return torch.cat(out)
+
+
+@torch.no_grad()
+def real_latents(vae, records: list[dict], gen: dict, batch_size: int, device) -> torch.Tensor:
+    """VAE latents (posterior means) ``[n, C, h, w]`` of the ShapeWorld images of ``records``."""
+    from ladd.nano.recipe import to_tensor
+    from ladd.nano.shapeworld import sample
+
+    out = []
+    for s in range(0, len(records), batch_size):
+        images = np.stack([sample(gen["seed"], r["index"], gen["height"], gen["width"])[0]
+                           for r in records[s:s + batch_size]])
+        out.append(vae.encode(to_tensor(images).to(device)).float().cpu())
+    return torch.cat(out)
+
+
+def load_models(cfg, gen: dict, text_encoder=None, device="cpu"):
+    """(latent maker ``fn(records, cond, uncond) -> latents``, text encoder), loading only what ``gen`` needs."""
+    from ladd.models import text_encoder as te
+
+    if text_encoder is None:
+        text_encoder = te.load_text_encoder(gen["text_encoder"]["name"], gen["text_encoder"]["max_length"])
+    bs = cfg.data.batch_size
+    if gen["source"] == "real":
+        from ladd.models.vae import load_vae
+
+        vae = load_vae(cfg.paths.vae).to(device)
+        return lambda records, cond, uncond: real_latents(vae, records, gen, bs, device), text_encoder
+    from ladd.models.teacher import load_teacher
+
+    teacher = load_teacher(cfg.paths.teacher).eval().requires_grad_(False).to(device)
+    return lambda records, cond, uncond: teacher_latents(teacher, records, cond, uncond, gen, bs, device), text_encoder
+
+
+def write_shards(data_dir: Path, gen: dict, todo: list[int], make_latents, text_encoder,
+                 show_progress: bool = True) -> list[int]:
+    """Write shards ``todo``: records, text embeddings (float16) and latents; returns the shards written."""
+    n, size = gen["num_samples"], gen["shard_size"]
+    uncond = text_encoder.encode([""])
+    bar = tqdm(total=sum(len(shards.shard_range(k, size, n)) for k in todo), desc=f"synth {gen['source']}",
+               disable=not show_progress, dynamic_ncols=True, mininterval=2)
+    for k in todo:
+        records = [sample_record(gen["seed"], i) for i in shards.shard_range(k, size, n)]
+        cond = text_encoder.encode([r["prompt"] for r in records])
+        latents = make_latents(records, cond, uncond)
+        if list(latents.shape[1:]) != gen["latent_shape"]:
+            raise ValueError(f"latents {tuple(latents.shape[1:])} but the config expects {gen['latent_shape']}: "
+                             f"the teacher's in_channels and the VAE disagree")
+        shards.write_shard(shards.shard_path(data_dir, k), {"latents": latents, "tokens": cond.tokens.half(),
+                                                           "pooled": cond.pooled.half()}, records, gen)
+        log.info("wrote %s (%d samples)", shards.shard_path(data_dir, k), len(records))
+        bar.update(len(records))
+    bar.close()
+    return todo
+
+
+def synthesize(cfg, text_encoder=None, rank: int | None = None, world_size: int | None = None) -> list[int]:
+    """Make the missing shards of this process for ``cfg`` (a DistillConfig: ``data`` and ``paths``); returns
+    the shards written. ``rank``/``world_size`` default to accelerate's process state. Raises ``DataError``
+    before loading any model if ``paths.data`` holds data made with other settings. Does not wait for the
+    other processes (``ladd.distill.run`` does)."""
+    from ladd.training.loop import process_state
+
+    state = process_state()
+    if rank is None or world_size is None:
+        rank, world_size = state.process_index, state.num_processes
+    data_dir = Path(cfg.paths.data)
+    gen = generation_settings(cfg)
+    shards.check_manifest(data_dir, gen)
+    shards.write_manifest(data_dir, gen)
+    own = shards.owned_shards(cfg.data.num_shards, rank, world_size)
+    for k in own:  # leftovers of a killed run: never read, always redone
+        shards.temp_path(shards.shard_path(data_dir, k)).unlink(missing_ok=True)
+    todo = shards.missing_shards(data_dir, gen["num_samples"], gen["shard_size"], own)
+    if not todo:
+        log.info("%s: all %d shards of process %d are complete", data_dir, len(own), rank)
+        return []
+    log.info("%s: writing %d of %d shards (process %d of %d)", data_dir, len(todo), len(own), rank, world_size)
+    make_latents, encoder = load_models(cfg, gen, text_encoder, state.device)
+    return write_shards(data_dir, gen, todo, make_latents, encoder, show_progress=rank == 0)

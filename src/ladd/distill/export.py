@@ -1,0 +1,84 @@
+"""Export the distilled student: ``<run>/export/`` as a diffusers-format transformer folder.
+
+    export/config.json                           SD3Transformer2DModel config + ladd_* keys (see below)
+    export/diffusion_pytorch_model.safetensors   the weights (EMA weights when EMA is on)
+    export/scheduler/scheduler_config.json       FlowMatchEulerDiscreteScheduler, shift 1.0
+    export/card.md                               teacher, steps, data, time, figures
+
+``save_pretrained`` writes the first two; we add the keys ladd.models.registry reads: ``ladd_recommended``
+(``steps`` = the student grid, guidance 1, the re-noising sampler), ``ladd_text_encoder`` (the teacher's) and
+``ladd_vae`` (relative to the export folder), so ``ladd eval --model <run>/export`` and
+``ladd.models.teacher.load_teacher`` load it as they load the teacher. diffusers logs that it ignores the
+ladd_* keys when it reads the config.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import torch
+
+
+def export_student(model: torch.nn.Module, out_dir: str | Path, *, steps: int, teacher_dir: str | Path,
+                   vae_dir: str | Path, text_encoder: dict, card: str, trained_steps: int | None = None) -> Path:
+    """Write ``model`` (an SD3Adapter) to ``out_dir`` atomically (temporary folder, then rename)."""
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    out_dir = Path(out_dir)
+    tmp = out_dir.with_name(out_dir.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.transformer.save_pretrained(tmp, safe_serialization=True)
+    config = json.loads((tmp / "config.json").read_text())
+    config.update(ladd_recommended={"steps": steps, "guidance": 1.0, "sampler": "renoise"},
+                  ladd_text_encoder=text_encoder,
+                  ladd_vae=_vae_reference(vae_dir, out_dir),
+                  ladd_teacher=str(Path(teacher_dir).resolve()), ladd_trained_steps=trained_steps)
+    (tmp / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    # shift 1: the student's grid is uniform in t (ladd.flow.student_grid), with no resolution shift
+    FlowMatchEulerDiscreteScheduler(shift=1.0).save_pretrained(tmp / "scheduler")
+    (tmp / "card.md").write_text(card)
+    if out_dir.exists():
+        old = out_dir.with_name(out_dir.name + ".old")
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(out_dir, old)
+        os.replace(tmp, out_dir)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, out_dir)
+    return out_dir
+
+
+def _vae_reference(vae_dir: str | Path, out_dir: Path) -> str:
+    """The VAE as the config gave it: an absolute path stays absolute; a relative one (``assets/nano/vae``)
+    becomes relative to the export folder, so a checkout moved as a whole keeps working."""
+    vae_dir = Path(vae_dir)
+    return str(vae_dir) if vae_dir.is_absolute() else os.path.relpath(vae_dir.resolve(), out_dir.resolve())
+
+
+def model_card(info: dict, table: str | None = None) -> str:
+    """The export's card.md. ``info``: teacher, steps_trained, student_steps, seconds, command, data (the data
+    manifest's generation settings), n_params, ema_decay; ``table`` the evaluation table (Markdown), if any."""
+    gen = info["data"]
+    if gen["source"] == "synthetic":
+        data = (f"{gen['num_samples']} teacher samples of ShapeWorld seed {gen['seed']} captions, "
+                f"{gen['steps']} {gen['sampler']} steps, guidance {gen['guidance']:g} (`ladd synth`)")
+    else:
+        data = f"{gen['num_samples']} real ShapeWorld images (seed {gen['seed']}) encoded by the VAE {gen['vae']}"
+    lines = [
+        "# LADD student", "",
+        f"diffusers `SD3Transformer2DModel`, {info['n_params'] / 1e6:.2f}M parameters, distilled from "
+        f"`{info['teacher']}` by Latent Adversarial Diffusion Distillation (Sauer et al. 2024).", "",
+        f"- command: `{info['command']}`",
+        f"- data: {data}",
+        f"- training: {info['steps_trained']} iterations, batch {info['batch_size']}, "
+        f"{'EMA ' + format(info['ema_decay'], 'g') + ' weights' if info['ema_decay'] else 'raw weights (no EMA)'}",
+        f"- wall time: {info['seconds'] / 60:.1f} min on {info['device']}",
+        f"- use: {info['student_steps']} steps, no guidance, re-noising sampler "
+        f"(`ladd sample --model <this folder> --prompt ...`)", "",
+    ]
+    if table:
+        lines += ["## Evaluation", "", table, ""]
+    return "\n".join(lines)

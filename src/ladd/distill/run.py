@@ -1,0 +1,244 @@
+"""`ladd distill`: the main job. Data (made if missing), training, export, evaluation against the teacher.
+
+    cfg = load_distill_config(preset, overrides)      everything checked before any model is loaded
+    synthesize(cfg)                                   ladd.data.synth: skips complete shards
+    train(cfg, teacher, data, run_dir)                ladd.training.loop: resumes from run_dir/checkpoints
+    export_student(...)                               ladd.distill.export: run_dir/export
+    evaluate_models(...)                              the student at 1, 2, 4 steps (no guidance), the teacher at
+                                                      4 steps and at its recommended many-step CFG setting
+    write_comparison(...)                             run_dir/comparison.{json,md,png}
+
+Re-running the same command continues where it stopped: complete shards, checkpoints and evaluations whose
+settings and model did not change are reused. Several processes (``accelerate launch``) share the data and the
+training; export and evaluation run on the main process.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import platform
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ladd.config import ConfigError
+from ladd.data import shards
+from ladd.data.synth import (generation_settings, synthesize, teacher_config, teacher_recommended,
+                             teacher_text_encoder, weights_file)
+from ladd.distill.config import DistillConfig, load_distill_config
+from ladd.models.io import read_config
+
+log = logging.getLogger(__name__)
+DEFAULT_PRESET = "configs/nano.yaml"
+# Fixed prompts of the samples/<step>.png grids: one per evaluation category and then some.
+PREVIEW_PROMPTS = ["a red circle", "two blue squares", "a green triangle in the top left",
+                   "a yellow cross at the bottom", "a small orange circle and a large purple square", "three triangles",
+                   "a blue cross on the right", "a large red square in the center"]
+
+
+def check_config(cfg: DistillConfig, num_processes: int = 1) -> dict:
+    """Every check that needs no model weights: the config itself (done while parsing), the batch split over
+    processes, the tapped blocks against the teacher's config.json, teacher vs VAE latent channels, existing data
+    made with other settings, the evaluation prompts and evaluator. Returns the data's generation settings."""
+    cfg.train.micro_batch(num_processes)
+    teacher_cfg = teacher_config(cfg.paths.teacher)
+    cfg.disc.resolve_blocks(teacher_cfg["num_layers"])
+    vae_cfg = read_config(cfg.paths.vae)
+    if vae_cfg.get("latent_channels") != teacher_cfg.get("in_channels"):
+        raise ConfigError(f"paths.vae: the VAE at {cfg.paths.vae} makes {vae_cfg.get('latent_channels')}-channel "
+                          f"latents but the teacher at {cfg.paths.teacher} takes {teacher_cfg.get('in_channels')}; "
+                          f"use the VAE the teacher was trained with")
+    gen = generation_settings(cfg)
+    shards.check_manifest(cfg.paths.data, gen)
+    if cfg.eval.enabled:
+        from ladd.models.registry import resolve
+        from ladd.nano.prompts import read_prompts
+
+        read_prompts(cfg.eval.prompts)
+        resolve(cfg.eval.evaluator)
+    return gen
+
+
+def distill(preset: str | Path | None = DEFAULT_PRESET, overrides=(), text_encoder=None,
+            command: str | None = None) -> dict:
+    """Run the whole job for ``preset`` + dotted ``overrides``; returns a summary (run folder, steps, rows of the
+    comparison table). ``text_encoder`` (``encode(prompts) -> TextEmbeddings``) replaces the teacher's own."""
+    from ladd.training.loop import log_to_file, process_state
+
+    cfg = load_distill_config(preset, overrides)
+    state = process_state()
+    gen = check_config(cfg, state.num_processes)
+    run_dir = Path(cfg.paths.run_dir)
+    command = command or " ".join(["ladd distill", f"--config {preset}" if preset else "", *overrides]).strip()
+    with log_to_file(run_dir / "log.txt", state.is_main_process):
+        log.info("%s -> %s", command, run_dir)
+        return _run(cfg, gen, run_dir, state, text_encoder, command)
+
+
+def _run(cfg: DistillConfig, gen: dict, run_dir: Path, state, text_encoder, command: str) -> dict:
+    from ladd.models.teacher import load_teacher
+    from ladd.models.vae import load_vae
+    from ladd.training.loop import train
+
+    missing = shards.missing_shards(cfg.paths.data, cfg.data.num_samples, cfg.data.shard_size)
+    if text_encoder is None and (missing or cfg.train.sample_every):
+        from ladd.models import text_encoder as te
+
+        text_encoder = te.load_text_encoder(gen["text_encoder"]["name"], gen["text_encoder"]["max_length"])
+    if missing:
+        synthesize(cfg, text_encoder, state.process_index, state.num_processes)
+    state.wait_for_everyone()
+    data = shards.ShardDataset.load(cfg.paths.data)
+    vae = load_vae(cfg.paths.vae)
+    preview = text_encoder.encode(PREVIEW_PROMPTS) if cfg.train.sample_every else None
+    result = train(cfg, load_teacher(cfg.paths.teacher), data, run_dir, vae, preview)
+    summary = {"run_dir": str(run_dir), "steps": result.step, "seconds": result.seconds, "rows": []}
+    if state.is_main_process:
+        info = _card_info(cfg, gen, result, command)
+        export_dir = _export(cfg, run_dir, result, info)
+        if cfg.eval.enabled:
+            from ladd.distill.export import model_card
+
+            rows = evaluate_models(cfg, run_dir, export_dir)
+            table = write_comparison(run_dir, rows, cfg.eval.grid_prompts)
+            (export_dir / "card.md").write_text(model_card(info, table))
+            print(table)
+            print(f"wrote {run_dir}/comparison.md, comparison.json, comparison.png and {export_dir}")
+            summary["rows"] = rows
+        summary["export"] = str(export_dir)
+    # no barrier here: the other processes would sit in one through the whole evaluation and could hit the
+    # collective timeout (NCCL's is 10 min); they have nothing left to do
+    return summary
+
+
+def _card_info(cfg: DistillConfig, gen: dict, result, command: str) -> dict:
+    model = result.export_model
+    device = next(model.parameters()).device
+    where = (torch.cuda.get_device_name(device) if device.type == "cuda"
+             else f"{platform.machine()} CPU, {torch.get_num_threads()} threads")
+    return {"teacher": cfg.paths.teacher, "steps_trained": result.step, "student_steps": cfg.student.steps,
+            "seconds": result.seconds, "command": command, "data": gen, "batch_size": cfg.train.batch_size,
+            "n_params": sum(p.numel() for p in model.parameters()), "ema_decay": cfg.train.ema_decay,
+            "device": where}
+
+
+def _export(cfg: DistillConfig, run_dir: Path, result, info: dict) -> Path:
+    """Export unless ``run_dir/export`` already holds this training state (keeps its evaluations reusable)."""
+    from ladd.distill.export import export_student, model_card
+
+    from ladd.training.checkpoint import latest_checkpoint
+
+    out, ckpt = run_dir / "export", latest_checkpoint(run_dir / "checkpoints")
+    if (out / "config.json").is_file() and read_config(out).get("ladd_trained_steps") == result.step \
+            and ckpt is not None and (out / "config.json").stat().st_mtime >= (ckpt / "state.json").stat().st_mtime:
+        log.info("%s already holds the student after %d iterations", out, result.step)
+        return out
+    out = export_student(result.export_model, run_dir / "export", steps=cfg.student.steps,
+                         teacher_dir=cfg.paths.teacher, vae_dir=cfg.paths.vae, trained_steps=result.step,
+                         text_encoder=teacher_text_encoder(teacher_config(cfg.paths.teacher)), card=model_card(info))
+    log.info("exported the student to %s", out)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------- evaluation
+def eval_prompts(cfg: DistillConfig, run_dir: Path) -> Path:
+    """The prompt file to evaluate on: ``eval.prompts``, or ``eval.max_prompts`` of them evenly spaced over the
+    file (prompt files are grouped by category, so the first N would miss categories)."""
+    from ladd.nano.prompts import read_prompts, write_prompts
+
+    if cfg.eval.max_prompts is None:
+        return Path(cfg.eval.prompts)
+    prompts = read_prompts(cfg.eval.prompts)
+    pick = np.unique(np.linspace(0, len(prompts) - 1, min(cfg.eval.max_prompts, len(prompts))).round().astype(int))
+    path = run_dir / "eval" / "prompts.jsonl"
+    write_prompts([prompts[i] for i in pick], path)
+    return path
+
+
+def _jobs(cfg: DistillConfig, export_dir: Path) -> list[tuple]:
+    """(label, folder name, model, steps, guidance, sampler) per evaluated setting; None = the model's default."""
+    rec = teacher_recommended(teacher_config(cfg.paths.teacher))
+    e = cfg.eval
+    jobs = [(f"teacher {rec['steps']} steps, cfg {rec['guidance']:g} (recommended)", "teacher-recommended",
+             cfg.paths.teacher, None, None, None)]
+    jobs += [(f"teacher {s} steps, cfg {rec['guidance']:g}", f"teacher-{s}step", cfg.paths.teacher, s, None, None)
+             for s in e.teacher_steps if s != rec["steps"]]
+    jobs += [(f"student {s} step{'s' if s > 1 else ''}", f"student-{s}step", str(export_dir), s, 1.0, e.sampler)
+             for s in e.student_steps]
+    return jobs
+
+
+def _reuse(ecfg, model_dir: str) -> dict | None:
+    """A previous evaluation with the same settings, newer than the model's weights (else None)."""
+    path = Path(ecfg.out) / "metrics.json"
+    if not path.is_file() or path.stat().st_mtime < weights_file(model_dir).stat().st_mtime:
+        return None
+    old = json.loads(path.read_text())
+    if old.pop("config", None) != asdict(ecfg):
+        return None
+    log.info("reusing %s (same settings, same model)", path)
+    return old
+
+
+def evaluate_models(cfg: DistillConfig, run_dir: Path, export_dir: Path) -> list[dict]:
+    """Evaluate the student and the teacher settings of ``_jobs`` (ladd.evaluation.evaluate, same prompts and
+    seeds for all); each result gets ``label``, ``slug`` and ``speedup`` (seconds per image of the teacher's
+    recommended setting over this row's)."""
+    from ladd.evaluation.evaluate import EvalConfig, evaluate
+
+    prompts = eval_prompts(cfg, run_dir)
+    rows = []
+    for label, slug, model, steps, guidance, sampler in _jobs(cfg, export_dir):
+        e = cfg.eval
+        ecfg = EvalConfig(model=str(model), prompts=str(prompts), per_prompt=e.per_prompt, steps=steps,
+                          guidance=guidance, sampler=sampler, seed=e.seed, out=str(run_dir / "eval" / slug),
+                          save_images=True, batch_size=e.batch_size, height=cfg.data.height, width=cfg.data.width,
+                          evaluator=e.evaluator, cache_dir=e.cache_dir)
+        log.info("evaluating %s", label)
+        rows.append({"label": label, "slug": slug, **(_reuse(ecfg, str(model)) or evaluate(ecfg))})
+    base = rows[0]["seconds_per_image"]
+    for r in rows:
+        r["speedup"] = base / r["seconds_per_image"] if r["seconds_per_image"] > 0 else float("nan")
+    return rows
+
+
+def comparison_table(rows: list[dict]) -> str:
+    """Markdown: alignment (overall and per category), FD, NFE and seconds per image, speedup over the teacher's
+    recommended setting (the first row)."""
+    cats = sorted({c for r in rows for c in r["alignment_by_category"]})
+    head = ["model", "steps", "cfg", "sampler", "NFE/img", "align"] + cats + ["FD", "s/img", "speedup"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        vals = [r["label"], str(r["steps"]), f"{r['guidance']:g}", r.get("sampler", ""), str(r["nfe_per_image"]),
+                f"{r['alignment']:.3f}"] + [f"{r['alignment_by_category'].get(c, float('nan')):.2f}" for c in cats]
+        vals += [f"{r['fd']:.2f}", f"{r['seconds_per_image']:.4f}", f"{r['speedup']:.1f}x"]
+        lines.append("| " + " | ".join(vals) + " |")
+    return "\n".join(lines)
+
+
+def write_comparison(run_dir: Path, rows: list[dict], grid_prompts: int = 8) -> str:
+    """``comparison.json``, ``comparison.md`` and ``comparison.png`` (one row per prompt, one column per model in
+    table order, image 0 of each prompt: same prompt and seed across a row). Returns the Markdown table."""
+    from PIL import Image
+
+    from ladd.evaluation.grid import save_grid
+
+    table = comparison_table(rows)
+    n_prompts = rows[0]["n_prompts"]
+    pick = np.unique(np.linspace(0, n_prompts - 1, min(grid_prompts, n_prompts)).round().astype(int)).tolist()
+    images = [np.asarray(Image.open(run_dir / "eval" / r["slug"] / "images" / f"{i:05d}_00.png").convert("RGB"))
+              for i in pick for r in rows]
+    save_grid(np.stack(images), run_dir / "comparison.png", ncols=len(rows))
+    prompts = [json.loads(line)["prompt"] for line in Path(rows[0]["prompts"]).read_text().splitlines() if line.strip()]
+    legend = ("comparison.png: columns " + ", ".join(f"{k + 1}. {r['label']}" for k, r in enumerate(rows))
+              + "; rows: " + "; ".join(f"{prompts[i]!r}" for i in pick))
+    md = f"{table}\n\n{legend}\n"
+    for name, text in (("comparison.md", md), ("comparison.json", json.dumps(rows, indent=2) + "\n")):
+        tmp = run_dir / (name + ".tmp")
+        tmp.write_text(text)
+        os.replace(tmp, run_dir / name)
+    return table

@@ -1,0 +1,73 @@
+"""Argument parsers for ``ladd synth`` and ``ladd distill``; each calls one library function.
+
+Both take a preset (``--config``, default configs/nano.yaml) and dotted ``key=value`` overrides of
+ladd.distill.config.DistillConfig, e.g. ``ladd distill --config configs/tiny.yaml train.steps=10 eval.enabled=false``.
+Several processes: ``torchrun --nproc_per_node 2 $(which ladd) distill ...`` (or ``accelerate launch``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+OVERRIDES_HELP = "dotted overrides of the preset, e.g. train.steps=500 optim.lr_heads=3e-4 paths.run_dir=runs/x"
+
+
+def add(sub) -> None:
+    """Register ``synth`` and ``distill`` on the ``ladd`` subcommand parser ``sub``."""
+    p = sub.add_parser(
+        "synth", help="write the training latents: teacher samples with CFG (or real images via the VAE) as shards",
+        description="Make the shards of paths.data: for ShapeWorld captions, teacher samples with classifier-free "
+                    "guidance and many steps (data.guidance/steps/sampler, default the teacher's recommended "
+                    "setting), or with --source real the VAE latents of the ShapeWorld images. Resumable: complete "
+                    "shards are skipped; re-run the same command after an interruption.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--config", default="configs/nano.yaml", help="preset (YAML)")
+    p.add_argument("--source", choices=["synthetic", "real"], default=None, help="shortcut for data.source=...")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help=OVERRIDES_HELP)
+    p.set_defaults(func=run_synth)
+
+    p = sub.add_parser(
+        "distill", help="the main job: make the data if missing, train the few-step student, export, evaluate",
+        description="LADD for the preset: synthesize the data if missing, train the student (resumes from "
+                    "paths.run_dir/checkpoints), export it to paths.run_dir/export, then evaluate it at 1, 2 and 4 "
+                    "steps against the teacher and write comparison.{md,json,png} in the run folder.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--config", default="configs/nano.yaml", help="preset (YAML)")
+    p.add_argument("--no-eval", action="store_true", help="shortcut for eval.enabled=false")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help=OVERRIDES_HELP)
+    p.set_defaults(func=run_distill)
+
+
+def run_synth(args) -> None:
+    from ladd.data.synth import synthesize
+    from ladd.distill.config import load_distill_config
+    from ladd.distill.run import check_config
+    from ladd.training.loop import process_state
+
+    overrides = list(args.overrides) + ([f"data.source={args.source}"] if args.source else [])
+    cfg = load_distill_config(args.config, overrides)
+    state = process_state()
+    cfg.eval.enabled = False  # synth needs no evaluation files
+    check_config(cfg, state.num_processes)
+    written = synthesize(cfg, rank=state.process_index, world_size=state.num_processes)
+    state.wait_for_everyone()
+    if state.is_main_process:
+        print(f"{cfg.paths.data}: {cfg.data.num_shards} shards of {cfg.data.source} data "
+              f"({len(written)} written by process 0, the rest already complete or written by other processes)")
+
+
+def run_distill(args) -> None:
+    from ladd.distill.run import distill
+    from ladd.training.loop import NonFiniteLossError
+
+    overrides = list(args.overrides) + (["eval.enabled=false"] if args.no_eval else [])
+    command = " ".join(["ladd distill", f"--config {args.config}", *overrides])
+    try:
+        distill(args.config, overrides, command=command)
+    except NonFiniteLossError as e:
+        print(f"ladd: error: {e}", file=sys.stderr)
+        raise SystemExit(1) from None
+    except KeyboardInterrupt:
+        print("ladd: interrupted; re-run the same command to resume from the last checkpoint", file=sys.stderr)
+        raise SystemExit(130) from None

@@ -1,0 +1,151 @@
+"""Full training-state checkpoints: ``<run>/checkpoints/step-000500/`` (format version 1).
+
+    state.json            format, version, step, elapsed seconds, the resolved config, non-tensor optimizer state
+    <module>.safetensors  one per module (student, heads, ema): its state_dict
+    optim.safetensors     every optimizer's tensors, keys ``<optimizer>/<param index>/<name>`` (e.g. exp_avg)
+    rng.safetensors       torch's CPU (and CUDA) RNG states
+
+Tensors are safetensors, the rest JSON: nothing is pickled, so loading runs no code. A checkpoint is written to
+``step-XXXXXX.tmp`` and renamed; only complete folders are ever named ``step-*``, so the newest one is always
+loadable. Loading checks the format and every key and shape. (k-diffusion / edm keep the same two kinds apart:
+this full state for resuming, and a slim export for using the model: ladd.distill.export.)
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from ladd.models.io import AssetError
+
+log = logging.getLogger(__name__)
+FORMAT = "ladd-train-state"
+VERSION = 1
+
+
+class CheckpointError(AssetError):
+    """A checkpoint does not match the run (other format, model or shapes); the CLI prints it as a usage error."""
+
+
+def checkpoint_dirs(ckpt_dir: str | Path) -> list[Path]:
+    """Complete checkpoints, oldest first."""
+    ckpt_dir = Path(ckpt_dir)
+    if not ckpt_dir.is_dir():
+        return []
+    found = [p for p in ckpt_dir.glob("step-*") if p.is_dir() and not p.name.endswith(".tmp")
+             and (p / "state.json").is_file()]
+    return sorted(found, key=lambda p: int(p.name.split("-")[1]))
+
+
+def latest_checkpoint(ckpt_dir: str | Path) -> Path | None:
+    dirs = checkpoint_dirs(ckpt_dir)
+    return dirs[-1] if dirs else None
+
+
+def _flatten_optimizer(name: str, state_dict: dict) -> tuple[dict, dict]:
+    """(tensors, JSON) of an optimizer ``state_dict``: tensors keyed ``name/param/key``, the rest as JSON."""
+    tensors, scalars = {}, {}
+    for pid, st in state_dict["state"].items():
+        for key, value in st.items():
+            if torch.is_tensor(value):
+                tensors[f"{name}/{pid}/{key}"] = value.detach().contiguous().cpu()
+            else:
+                scalars[f"{pid}/{key}"] = value
+    groups = [{k: (list(v) if isinstance(v, tuple) else v) for k, v in g.items()} for g in state_dict["param_groups"]]
+    return tensors, {"param_groups": groups, "scalars": scalars}
+
+
+def _unflatten_optimizer(name: str, tensors: dict, meta: dict) -> dict:
+    state: dict[int, dict] = {}
+    for key, value in tensors.items():
+        owner, pid, k = key.split("/", 2)
+        if owner == name:
+            state.setdefault(int(pid), {})[k] = value
+    for key, value in meta["scalars"].items():
+        pid, k = key.split("/", 1)
+        state.setdefault(int(pid), {})[k] = value
+    # torch's optimizers keep betas as tuples; JSON made them lists
+    groups = [{k: (tuple(v) if isinstance(v, list) and k != "params" else v) for k, v in g.items()}
+              for g in meta["param_groups"]]
+    return {"state": state, "param_groups": groups}
+
+
+def _rng_state() -> dict[str, torch.Tensor]:
+    rng = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        rng.update({f"cuda{i}": s for i, s in enumerate(torch.cuda.get_rng_state_all())})
+    return rng
+
+
+def save_checkpoint(ckpt_dir: str | Path, step: int, modules: dict[str, torch.nn.Module],
+                    optimizers: dict[str, torch.optim.Optimizer], extra: dict, keep: int = 2) -> Path:
+    """Write ``ckpt_dir/step-{step:06d}`` atomically; keep the newest ``keep`` checkpoints. ``extra`` (JSON-able:
+    config, elapsed seconds, ...) goes into state.json."""
+    ckpt_dir = Path(ckpt_dir)
+    final = ckpt_dir / f"step-{step:06d}"
+    tmp = final.with_name(final.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    for name, module in modules.items():
+        save_file({k: v.detach().contiguous().cpu() for k, v in module.state_dict().items()},
+                  tmp / f"{name}.safetensors")
+    opt_tensors, opt_meta = {}, {}
+    for name, opt in optimizers.items():
+        tensors, opt_meta[name] = _flatten_optimizer(name, opt.state_dict())
+        opt_tensors.update(tensors)
+    save_file(opt_tensors, tmp / "optim.safetensors")
+    save_file(_rng_state(), tmp / "rng.safetensors")
+    state = {"format": FORMAT, "version": VERSION, "step": step, "modules": sorted(modules),
+             "optimizers": opt_meta, **extra}
+    (tmp / "state.json").write_text(json.dumps(state, indent=1) + "\n")
+    shutil.rmtree(final, ignore_errors=True)  # only after a crash right after a rename of the same step
+    os.replace(tmp, final)
+    for old in checkpoint_dirs(ckpt_dir)[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def _load_module(module: torch.nn.Module, path: Path) -> None:
+    state = load_file(path)
+    own = module.state_dict()
+    missing, extra = sorted(set(own) - set(state)), sorted(set(state) - set(own))
+    wrong = [f"{k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
+             for k in own.keys() & state.keys() if own[k].shape != state[k].shape]
+    if missing or extra or wrong:
+        raise CheckpointError(f"{path} does not match the model: missing {missing[:3]}, unexpected {extra[:3]}, "
+                              f"wrong shapes {wrong[:3]}; the run folder holds a checkpoint of another model "
+                              f"or config: use a new paths.run_dir or delete {path.parent.parent}")
+    module.load_state_dict(state)
+
+
+def load_checkpoint(path: str | Path, modules: dict[str, torch.nn.Module],
+                    optimizers: dict[str, torch.optim.Optimizer], restore_rng: bool = True) -> dict:
+    """Load a checkpoint folder into ``modules`` and ``optimizers`` (key and shape checked); returns state.json."""
+    path = Path(path)
+    state = json.loads((path / "state.json").read_text())
+    if state.get("format") != FORMAT or state.get("version") != VERSION:
+        raise CheckpointError(f"{path} is a {state.get('format')} v{state.get('version')} checkpoint, not "
+                              f"{FORMAT} v{VERSION}; use a new paths.run_dir")
+    if sorted(modules) != state["modules"] or sorted(optimizers) != sorted(state["optimizers"]):
+        raise CheckpointError(f"{path} holds modules {state['modules']} and optimizers {sorted(state['optimizers'])}"
+                              f", the run has {sorted(modules)} and {sorted(optimizers)} (e.g. EMA switched on or "
+                              f"off); use a new paths.run_dir or restore the old setting")
+    for name, module in modules.items():
+        _load_module(module, path / f"{name}.safetensors")
+    opt_tensors = load_file(path / "optim.safetensors")
+    for name, opt in optimizers.items():
+        opt.load_state_dict(_unflatten_optimizer(name, opt_tensors, state["optimizers"][name]))
+    if restore_rng:
+        rng = load_file(path / "rng.safetensors")
+        torch.set_rng_state(rng["torch"])
+        cuda = [rng[k] for k in sorted(rng) if k.startswith("cuda")]
+        if cuda and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all(cuda)
+    log.info("resumed from %s (step %d)", path, state["step"])
+    return state

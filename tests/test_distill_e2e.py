@@ -1,0 +1,133 @@
+"""`ladd distill` end to end on tiny random models (CPU, seconds): synth, a few LADD steps, export, load the export
+and sample it, evaluate student and teacher with the real nano evaluator on 3 prompts, the comparison table;
+and bad config values fail with a message naming the field before any model is loaded."""
+
+import json
+
+import pytest
+import torch
+from PIL import Image
+
+from ladd.cli import main
+from ladd.config import ConfigError
+from ladd.distill.run import distill
+from test_shards import FakeEncoder, make_assets, tiny_overrides
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """One intra-op thread: on a shared 2-core machine (conftest asks for 2) a busy core makes every parallel op
+    wait for a descheduled thread, which slowed these tests ~30x."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture
+def fake_text_encoder(monkeypatch):
+    """The registry and `ladd distill` load text encoders through this function; the tiny teacher takes 32-d."""
+    from ladd.models import text_encoder as te
+
+    monkeypatch.setattr(te, "load_text_encoder", lambda name="minilm", max_length=32: FakeEncoder(max_length))
+
+
+def test_distill_end_to_end(tmp_path, fake_text_encoder):
+    from safetensors.torch import load_file
+
+    from ladd.models.registry import load_generator
+    from ladd.models.teacher import load_teacher
+    from ladd.sampling import renoise
+
+    make_assets(tmp_path)
+    overrides = tiny_overrides(tmp_path, "eval.enabled=true", "eval.max_prompts=3", "eval.per_prompt=1",
+                               "eval.grid_prompts=3", f"eval.cache_dir={tmp_path / 'cache'}", "train.sample_every=2")
+    summary = distill("configs/tiny.yaml", overrides)
+    run = tmp_path / "run"
+    for name in ("config.yaml", "log.txt", "metrics.jsonl", "samples/000002.png", "samples/000004.png",
+                 "checkpoints/step-000004/state.json", "export/config.json",
+                 "export/diffusion_pytorch_model.safetensors", "export/scheduler/scheduler_config.json",
+                 "export/card.md", "comparison.md", "comparison.json", "comparison.png"):
+        assert (run / name).is_file(), name
+    assert "synth" in (run / "log.txt").read_text() or "wrote" in (run / "log.txt").read_text()
+
+    # the export is the EMA student, loadable by load_teacher and by the registry with the student's defaults
+    student = load_teacher(run / "export")
+    ema = load_file(run / "checkpoints" / "step-000004" / "ema.safetensors")
+    for k, v in student.state_dict().items():
+        assert torch.equal(v, ema["shadow." + k]), k
+    scheduler = json.loads((run / "export" / "scheduler" / "scheduler_config.json").read_text())
+    assert scheduler["_class_name"] == "FlowMatchEulerDiscreteScheduler" and scheduler["shift"] == 1.0
+    gen = load_generator(str(run / "export"))
+    assert gen.recommended == {"steps": 4, "guidance": 1.0, "sampler": "renoise"}
+    cond = FakeEncoder().encode(["a red circle", "two blue squares"])
+    x0 = renoise(student, torch.randn(2, 4, 8, 8), torch.tensor([1.0, 0.75, 0.5, 0.25, 0.0]), cond,
+                 generator=torch.Generator().manual_seed(0))
+    assert x0.shape == (2, 4, 8, 8) and torch.isfinite(x0).all()
+    assert gen.vae.decode(x0).shape == (2, 3, 64, 64)
+
+    # the comparison: teacher at its recommended setting (3 Euler steps, cfg 2) and at 4 steps, student 1/2/4
+    rows = summary["rows"]
+    assert [r["slug"] for r in rows] == ["teacher-recommended", "teacher-4step", "student-1step", "student-2step",
+                                         "student-4step"]
+    assert [r["nfe_per_image"] for r in rows] == [6, 8, 1, 2, 4] and rows[0]["speedup"] == 1.0
+    assert all(0 <= r["alignment"] <= 1 and r["n_images"] == 3 for r in rows)
+    md = (run / "comparison.md").read_text()
+    assert "student 4 steps" in md and "speedup" in md and "s/img" in md
+    assert json.loads((run / "comparison.json").read_text())[2]["steps"] == 1
+    assert Image.open(run / "comparison.png").size == (2 * (5 * 66 + 2), 2 * (3 * 66 + 2))  # 5 models x 3 prompts
+    assert "## Evaluation" in (run / "export" / "card.md").read_text()
+
+    # re-running the same command reuses everything: no training, no re-export, no re-evaluation
+    stamps = {p: p.stat().st_mtime_ns for p in [run / "export" / "config.json", *run.glob("eval/*/metrics.json")]}
+    assert distill("configs/tiny.yaml", overrides)["steps"] == 4
+    assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
+
+
+@pytest.fixture
+def no_model_loading(monkeypatch):
+    """Any attempt to build or load a model (or a text encoder) fails the test."""
+    import diffusers
+
+    from ladd.models import text_encoder as te
+
+    def boom(*args, **kwargs):
+        raise AssertionError("a model was loaded before the config was validated")
+
+    for cls in (diffusers.SD3Transformer2DModel, diffusers.AutoencoderKL):
+        monkeypatch.setattr(cls, "from_pretrained", boom)
+        monkeypatch.setattr(cls, "from_config", boom)
+    monkeypatch.setattr(te, "load_text_encoder", boom)
+
+
+@pytest.mark.parametrize("override, field", [
+    ("disc.blocks=[0, 5]", r"disc\.blocks: unknown block index \[5\]: the teacher has 2 blocks"),
+    ("train.batch_size=3", r"train\.batch_size"),
+    ("data.source=web", r"data\.source"),
+    ("data.height=50", r"data\.height"),
+    ("eval.sampler=ddim", r"eval\.sampler"),
+    ("eval.student_steps=[0]", r"eval\.student_steps"),
+    ("eval.prompts=nowhere.jsonl", r"nowhere\.jsonl does not exist"),
+])
+def test_bad_config_fails_before_any_model_is_loaded(tmp_path, override, field, request):
+    make_assets(tmp_path)
+    request.getfixturevalue("no_model_loading")
+    with pytest.raises((ConfigError, ValueError), match=field):
+        distill("configs/tiny.yaml", tiny_overrides(tmp_path, "eval.enabled=true", override))
+    assert not (tmp_path / "run").exists() and not (tmp_path / "data").exists()
+
+
+def test_vae_that_does_not_fit_the_teacher(tmp_path, request):
+    make_assets(tmp_path)
+    request.getfixturevalue("no_model_loading")
+    with pytest.raises(ConfigError, match=r"paths\.vae.*8-channel.*takes 4"):
+        distill("configs/tiny.yaml", tiny_overrides(tmp_path) + ["paths.vae=assets/nano/vae"])
+
+
+def test_cli_bad_config_exit_code(tmp_path, capsys, request):
+    make_assets(tmp_path)
+    request.getfixturevalue("no_model_loading")
+    code = main(["distill", "--config", "configs/tiny.yaml", *tiny_overrides(tmp_path, "disc.blocks=[7]")])
+    assert code == 2 and "disc.blocks" in capsys.readouterr().err
+    code = main(["synth", "--config", "configs/tiny.yaml", *tiny_overrides(tmp_path, "data.num_samples=0")])
+    assert code == 2 and "data.num_samples" in capsys.readouterr().err

@@ -1,0 +1,172 @@
+"""The training loop on accelerate (CPU, tiny random models): exact resume (2 + 2 steps equal 4), Ctrl-C writes a
+checkpoint, a NaN loss stops the run and keeps the last good checkpoint, the run folder's files."""
+
+import json
+import os
+import signal
+
+import pytest
+import torch
+
+from ladd.data.shards import ShardDataset
+from ladd.data.synth import synthesize
+from ladd.distill import steps as S
+from ladd.distill.config import load_distill_config
+from ladd.models.teacher import load_teacher
+from ladd.training.checkpoint import checkpoint_dirs, latest_checkpoint
+from ladd.training.loop import NonFiniteLossError, train
+from test_shards import FakeEncoder, make_assets, tiny_overrides
+
+# Same seeds, same order of floating-point operations: resumed weights should match bit for bit; the tolerance
+# only allows for reductions that a different thread count could reorder.
+ATOL = 1e-6
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """One intra-op thread: on a shared 2-core machine (conftest asks for 2) a busy core makes every parallel op
+    wait for a descheduled thread, which slowed these tests ~30x."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("loop")
+    make_assets(root)
+    synthesize(load_distill_config("configs/tiny.yaml", tiny_overrides(root)), FakeEncoder(), 0, 1)
+    return root
+
+
+def run(root, name, *extra):
+    """tiny.yaml: 4 iterations, batch 4 = 2 micro-batches of 2, checkpoints every 2, EMA 0.9, log every step."""
+    cfg = load_distill_config("configs/tiny.yaml", tiny_overrides(root, f"paths.run_dir={root / name}", *extra))
+    return train(cfg, load_teacher(cfg.paths.teacher), ShardDataset.load(cfg.paths.data), root / name)
+
+
+@pytest.fixture(scope="module")
+def straight(root):
+    return run(root, "straight")
+
+
+def assert_same(a, b):
+    for part in ("student", "heads"):
+        sa, sb = getattr(a, part).state_dict(), getattr(b, part).state_dict()
+        assert sa.keys() == sb.keys()
+        for k in sa:
+            torch.testing.assert_close(sa[k], sb[k], atol=ATOL, rtol=0, msg=f"{part}.{k}")
+    for p, q in zip(a.ema.shadow.parameters(), b.ema.shadow.parameters()):
+        torch.testing.assert_close(p, q, atol=ATOL, rtol=0)
+
+
+def test_two_plus_two_steps_equal_four(root, straight):
+    teacher = load_teacher(root / "teacher")
+    moved = max((p - q).abs().max() for p, q in zip(straight.student.parameters(), teacher.parameters()))
+    assert moved > 1e-4  # the student trained, so equality below means something
+    first = run(root, "resumed", "train.steps=2")
+    assert first.step == 2 and latest_checkpoint(root / "resumed" / "checkpoints").name == "step-000002"
+    second = run(root, "resumed")
+    assert second.step == 4
+    assert_same(straight, second)
+    steps = [json.loads(line)["step"] for line in (root / "resumed" / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3, 4]
+
+
+def test_ctrl_c_writes_a_checkpoint_and_resumes_exactly(root, straight, monkeypatch):
+    calls = []
+    real = S.generator_step
+
+    def interrupting(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 1:  # iteration 1, first micro-batch: as if the user pressed Ctrl-C now
+            os.kill(os.getpid(), signal.SIGINT)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(S, "generator_step", interrupting)
+    with pytest.raises(KeyboardInterrupt):
+        run(root, "ctrl-c")
+    assert len(calls) == 2  # the iteration in progress was finished, no further one started
+    assert latest_checkpoint(root / "ctrl-c" / "checkpoints").name == "step-000001"
+    monkeypatch.setattr(S, "generator_step", real)
+    assert_same(straight, run(root, "ctrl-c"))
+
+
+@pytest.mark.parametrize("log_every", [1, 3])
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(root, monkeypatch, log_every):
+    calls = []
+    real = S.generator_step
+
+    def poisoned(*args, **kwargs):
+        out = real(*args, **kwargs)
+        calls.append(1)
+        if len(calls) >= 5:  # from iteration 3 on (2 micro-batches per iteration)
+            out.loss = out.loss * float("nan")
+            out.metrics["g_loss"] = out.loss.detach()
+        return out
+
+    monkeypatch.setattr(S, "generator_step", poisoned)
+    name = f"nan-{log_every}"
+    with pytest.raises(NonFiniteLossError, match=r"iteration 3.*step-000002"):
+        run(root, name, f"train.log_every={log_every}")
+    ckpts = checkpoint_dirs(root / name / "checkpoints")
+    assert [c.name for c in ckpts] == ["step-000002"]  # nothing written after the NaN
+    from safetensors.torch import load_file
+
+    assert all(torch.isfinite(t).all() for t in load_file(ckpts[0] / "student.safetensors").values())
+
+
+def test_run_folder(root, straight):
+    run_dir = root / "straight"
+    assert (run_dir / "config.yaml").is_file() and "lr_heads" in (run_dir / "config.yaml").read_text()
+    assert any(f.name.startswith("events.out.tfevents") for f in (run_dir / "tb").iterdir())
+    line = json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[-1])
+    assert {"g_loss", "d_loss", "acc_real", "acc_fake", "g_grad_norm"} <= set(line) and line["step"] == 4
+    assert 0 <= line["acc_real"] <= 1 and 0 <= line["acc_fake"] <= 1
+    assert [c.name for c in checkpoint_dirs(run_dir / "checkpoints")] == ["step-000002", "step-000004"]
+    state = json.loads((run_dir / "checkpoints" / "step-000004" / "state.json").read_text())
+    assert state["version"] == 1 and state["config"]["train"]["steps"] == 4
+    assert straight.step == 4 and run(root, "straight").step == 4  # a finished run resumes to its end at once
+
+
+TWO_PROCESS_SCRIPT = """
+import sys
+from pathlib import Path
+sys.path.insert(0, {tests!r})
+from test_shards import FakeEncoder, tiny_overrides
+from ladd.data.shards import ShardDataset
+from ladd.data.synth import synthesize
+from ladd.distill.config import load_distill_config
+from ladd.models.teacher import load_teacher
+from ladd.training.loop import process_state, train
+
+root = Path({root!r})
+state = process_state()
+cfg = load_distill_config("configs/tiny.yaml", tiny_overrides(root, "paths.run_dir=" + str(root / "ddp")))
+written = synthesize(cfg, FakeEncoder())
+state.wait_for_everyone()
+result = train(cfg, load_teacher(cfg.paths.teacher), ShardDataset.load(cfg.paths.data), root / "ddp")
+checksum = sum(float(p.double().sum()) for p in result.student.parameters())
+print("RESULT", state.process_index, state.num_processes, ",".join(map(str, written)), result.step, repr(checksum),
+      flush=True)
+"""
+
+
+@pytest.mark.slow  # ~15 s: two Python processes (gloo), each importing torch and diffusers
+def test_two_processes(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    make_assets(tmp_path)
+    script = tmp_path / "two.py"
+    script.write_text(TWO_PROCESS_SCRIPT.format(tests=str(Path(__file__).parent), root=str(tmp_path)))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", str(script)],
+                          capture_output=True, text=True, env=env, timeout=300, cwd=Path(__file__).parents[1])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = sorted(line.split()[1:] for line in proc.stdout.splitlines() if line.startswith("RESULT"))
+    assert [r[:4] for r in results] == [["0", "2", "0,2", "4"], ["1", "2", "1", "4"]]  # shard k: process k % 2
+    assert results[0][4] == results[1][4]  # DDP kept the two students identical
+    assert (tmp_path / "ddp" / "checkpoints" / "step-000004" / "state.json").is_file()

@@ -1,0 +1,174 @@
+"""`ladd synth` shards: resumable (interrupted shards redone, finished ones skipped), per-process ownership,
+deterministic per sample, real-data mode, and the reader's deterministic batches. Tiny random models, CPU.
+
+The helpers here (tiny assets, a fake text encoder) are shared with test_loop.py and test_distill_e2e.py.
+"""
+
+import os
+import zlib
+from pathlib import Path
+
+import pytest
+import torch
+
+from ladd.data import shards
+from ladd.data.synth import synthesize
+from ladd.distill.config import load_distill_config
+from ladd.models.io import save_model
+from ladd.models.text_encoder import TextEmbeddings
+
+TINY_TEACHER = dict(num_layers=2, attention_head_dim=8, num_attention_heads=2, caption_projection_dim=16,
+                    joint_attention_dim=32, pooled_projection_dim=32, in_channels=4, out_channels=4)
+TINY_VAE = dict(in_channels=3, out_channels=3, down_block_types=["DownEncoderBlock2D"] * 4,
+                up_block_types=["UpDecoderBlock2D"] * 4, block_out_channels=[8, 8, 8, 8], layers_per_block=1,
+                latent_channels=4, norm_num_groups=4, sample_size=64, scaling_factor=1.0, shift_factor=0.0)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """One intra-op thread: on a shared 2-core machine (conftest asks for 2) a busy core makes every parallel op
+    wait for a descheduled thread, which slowed these tests ~30x."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+class FakeEncoder:
+    """The text-encoder interface with deterministic random 32-d embeddings per prompt (MiniLM's 384-d ones
+    do not fit the tiny teacher). Counts the prompts it encodes."""
+
+    def __init__(self, length: int = 6, dim: int = 32):
+        self.length, self.dim, self.calls = length, dim, 0
+
+    def encode(self, prompts):
+        self.calls += len(prompts)
+        gens = [torch.Generator().manual_seed(zlib.crc32(p.encode())) for p in prompts]
+        return TextEmbeddings(torch.stack([torch.randn(self.length, self.dim, generator=g) for g in gens]),
+                              torch.stack([torch.randn(self.dim, generator=g) for g in gens]))
+
+
+def make_assets(root: Path, recommended=None) -> dict:
+    """A tiny random teacher (2 SD3 blocks, 4-channel latents, 32-d text) and VAE (8x down) as ladd folders."""
+    from diffusers import AutoencoderKL
+
+    from ladd.models.teacher import build_nano_teacher
+
+    torch.manual_seed(0)
+    teacher = build_nano_teacher(**TINY_TEACHER)
+    config = {k: (list(v) if isinstance(v, tuple) else v) for k, v in teacher.transformer.config.items()
+              if not k.startswith("_")}
+    config.update(ladd_recommended=recommended or {"steps": 3, "guidance": 2.0, "sampler": "euler"},
+                  ladd_text_encoder={"name": "fake", "max_length": 6}, ladd_vae=str(root / "vae"))
+    save_model(teacher.transformer, root / "teacher", config)
+    save_model(AutoencoderKL.from_config(TINY_VAE), root / "vae", TINY_VAE)
+    return {"teacher": root / "teacher", "vae": root / "vae"}
+
+
+def tiny_overrides(root: Path, *extra: str) -> list[str]:
+    return [f"paths.teacher={root / 'teacher'}", f"paths.vae={root / 'vae'}", f"paths.data={root / 'data'}",
+            f"paths.run_dir={root / 'run'}", "data.num_samples=10", "data.shard_size=4", "data.batch_size=4",
+            "eval.enabled=false", *extra]
+
+
+class CountingTeacher(torch.nn.Module):
+    """Wraps the teacher to count the samples it denoises."""
+
+    def __init__(self, inner):
+        super().__init__()
+        self.inner, self.samples = inner, 0
+
+    def velocity(self, x, t, cond):
+        self.samples += x.shape[0]
+        return self.inner.velocity(x, t, cond)
+
+
+@pytest.fixture
+def assets(tmp_path):
+    make_assets(tmp_path)
+    return tmp_path
+
+
+def run_synth(root, *extra, rank=0, world=1):
+    cfg = load_distill_config("configs/tiny.yaml", tiny_overrides(root, *extra))
+    return synthesize(cfg, FakeEncoder(), rank, world)
+
+
+def test_synth_writes_shards_with_metadata(assets):
+    assert run_synth(assets) == [0, 1, 2]
+    data = shards.ShardDataset.load(assets / "data")
+    assert len(data) == 10 and data.latent_shape == (4, 8, 8)
+    assert data.text.tokens.shape == (10, 6, 32) and data.text.tokens.dtype == torch.float16
+    assert [r["index"] for r in data.records] == list(range(10))
+    meta = shards.read_meta(shards.shard_path(assets / "data", 2))
+    gen = meta["generation"]
+    assert (gen["guidance"], gen["steps"], gen["sampler"], gen["seed"]) == (2.0, 3, "euler", 2)  # teacher's card
+    rec = meta["records"][0]
+    assert rec["index"] == 8 and rec["prompt"] and isinstance(rec["spec"], list) and rec["spec"]
+    assert all(set(o) <= {"shape", "color", "size", "position"} for o in rec["spec"])
+    from ladd.evaluation.metrics import satisfies
+    from ladd.nano.shapeworld import sample
+
+    for r in data.records:  # each caption's spec describes the scene of shapeworld.sample(seed, index)
+        assert satisfies(r["spec"], sample(2, r["index"])[1]["objects"])
+    assert torch.isfinite(data.latents).all() and data.latents.std() > 0.1
+
+
+def test_interrupted_shards_are_redone_and_finished_ones_skipped(assets, monkeypatch):
+    run_synth(assets)
+    d = assets / "data"
+    before = {k: shards.ShardDataset.load(d).latents[4 * k:4 * k + 4].clone() for k in range(3)}
+    mtime0 = os.stat(shards.shard_path(d, 0)).st_mtime_ns
+    # shard 1: killed while writing (temp file left, no final file); shard 2: truncated final file
+    shards.shard_path(d, 1).rename(shards.temp_path(shards.shard_path(d, 1)))
+    raw = shards.shard_path(d, 2).read_bytes()
+    shards.shard_path(d, 2).write_bytes(raw[: len(raw) - 50])
+    assert not shards.shard_ok(shards.shard_path(d, 2), 2)
+    with pytest.raises(shards.DataError, match="incomplete"):
+        shards.ShardDataset.load(d)
+
+    from ladd.models import teacher as teacher_mod
+
+    counters = []
+    real_load = teacher_mod.load_teacher
+    monkeypatch.setattr(teacher_mod, "load_teacher", lambda p: counters.append(CountingTeacher(real_load(p)))
+                        or counters[-1])
+    assert run_synth(assets) == [1, 2]
+    # only the 4 + 2 samples of shards 1 and 2 were sampled again: 3 Euler steps, CFG doubles the batch
+    assert counters[0].samples == (4 + 2) * 3 * 2
+    assert os.stat(shards.shard_path(d, 0)).st_mtime_ns == mtime0
+    assert not shards.temp_path(shards.shard_path(d, 1)).exists()
+    after = shards.ShardDataset.load(d).latents
+    for k in range(3):  # per-sample noise seeds: redone shards equal the originals
+        assert torch.equal(after[4 * k:4 * k + 4], before[k])
+    assert run_synth(assets) == [] and len(counters) == 1  # all finished: no model loaded, nothing written
+
+
+def test_each_process_writes_its_own_shards(assets):
+    assert run_synth(assets, rank=1, world=2) == [1]
+    assert [shards.shard_path(assets / "data", k).exists() for k in range(3)] == [False, True, False]
+    assert run_synth(assets, rank=0, world=2) == [0, 2]
+    assert len(shards.ShardDataset.load(assets / "data")) == 10
+
+
+def test_other_settings_in_the_same_folder_fail_before_loading(assets):
+    run_synth(assets)
+    with pytest.raises(shards.DataError, match=r"guidance: folder 2\.0 vs config 5\.0"):
+        run_synth(assets, "data.guidance=5")
+
+
+def test_real_source_encodes_shapeworld_images(assets):
+    assert run_synth(assets, "data.source=real", "data.num_samples=3") == [0]
+    data = shards.ShardDataset.load(assets / "data")
+    assert data.generation["source"] == "real" and "teacher" not in data.generation
+    assert data.latent_shape == (4, 8, 8) and len(data.records) == 3
+
+
+def test_batches_depend_only_on_seed_rank_step(assets):
+    run_synth(assets)
+    data = shards.ShardDataset.load(assets / "data")
+    x1, c1 = data.batch(3, seed=0, rank=0, step=5, micro=1)
+    x2, c2 = data.batch(3, seed=0, rank=0, step=5, micro=1)
+    assert torch.equal(x1, x2) and torch.equal(c1.tokens, c2.tokens) and c1.tokens.dtype == torch.float32
+    others = [data.indices(8, 0, r, s) for r, s in ((1, 5), (0, 6))]
+    assert all(not torch.equal(data.indices(8, 0, 0, 5), o) for o in others)
