@@ -27,3 +27,13 @@ def tiny_cond():
         return TextEmbeddings(torch.randn(b, 7, 32, generator=g), torch.randn(b, 32, generator=g))
 
     return make
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One intra-op thread for the loop/shard tests: on a shared 2-core machine a busy core makes every parallel
+    op wait for a descheduled thread (seen: ~30x slower)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

@@ -14,14 +14,7 @@ from ladd.distill.run import distill
 from test_shards import FakeEncoder, make_assets, tiny_overrides
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One intra-op thread: on a shared 2-core machine (conftest asks for 2) a busy core makes every parallel op
-    wait for a descheduled thread, which slowed these tests ~30x."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture

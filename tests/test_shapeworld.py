@@ -20,7 +20,7 @@ def test_scenes_follow_the_rules():
     for i in range(200):
         _, scene = sw.sample(0, i)
         objs = scene["objects"]
-        assert 1 <= len(objs) <= 3
+        assert len(objs) in (1, 2, 3)
         cells = [o["position"] for o in objs]
         assert len(set(cells)) == len(cells)
         for o in objs:

@@ -24,14 +24,7 @@ TINY_VAE = dict(in_channels=3, out_channels=3, down_block_types=["DownEncoderBlo
                 latent_channels=4, norm_num_groups=4, sample_size=64, scaling_factor=1.0, shift_factor=0.0)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One intra-op thread: on a shared 2-core machine (conftest asks for 2) a busy core makes every parallel op
-    wait for a descheduled thread, which slowed these tests ~30x."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class FakeEncoder:

@@ -21,6 +21,8 @@ from pathlib import Path
 
 import torch
 
+from ladd.models.io import replace_dir
+
 
 def export_student(model: torch.nn.Module, out_dir: str | Path, *, steps: int, teacher_dir: str | Path,
                    vae_dir: str | Path, text_encoder: dict, card: str, trained_steps: int | None = None) -> Path:
@@ -40,15 +42,7 @@ def export_student(model: torch.nn.Module, out_dir: str | Path, *, steps: int, t
     # shift 1: the student's grid is uniform in t (ladd.flow.student_grid), with no resolution shift
     FlowMatchEulerDiscreteScheduler(shift=1.0).save_pretrained(tmp / "scheduler")
     (tmp / "card.md").write_text(card)
-    if out_dir.exists():
-        old = out_dir.with_name(out_dir.name + ".old")
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(out_dir, old)
-        os.replace(tmp, out_dir)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, out_dir)
-    return out_dir
+    return replace_dir(tmp, out_dir)
 
 
 def _vae_reference(vae_dir: str | Path, out_dir: Path) -> str:

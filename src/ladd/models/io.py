@@ -29,6 +29,11 @@ def save_model(model: torch.nn.Module, out_dir: str | Path, config: dict, card: 
     (tmp / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
     if card is not None:
         (tmp / "card.md").write_text(card)
+    return replace_dir(tmp, out_dir)
+
+
+def replace_dir(tmp: Path, out_dir: Path) -> Path:
+    """Move the finished folder ``tmp`` to ``out_dir``, replacing an old one; a crash never leaves a half folder."""
     if out_dir.exists():
         old = out_dir.with_name(out_dir.name + ".old")
         shutil.rmtree(old, ignore_errors=True)
