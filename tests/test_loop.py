@@ -163,3 +163,19 @@ def test_two_processes(tmp_path):
     assert [r[:4] for r in results] == [["0", "2", "0,2", "4"], ["1", "2", "1", "4"]]  # shard k: process k % 2
     assert results[0][4] == results[1][4]  # DDP kept the two students identical
     assert (tmp_path / "ddp" / "checkpoints" / "step-000004" / "state.json").is_file()
+
+
+def test_ema_warm_up_and_decay():
+    from ladd.training.ema import EMA
+
+    model = torch.nn.Linear(1, 1, bias=False)
+    torch.nn.init.zeros_(model.weight)
+    ema = EMA(model, decay=0.5)
+    expected = 0.0
+    for n, value in enumerate([1.0, 2.0, 3.0]):
+        model.weight.data.fill_(value)
+        ema.update(model)
+        d = min(0.5, (1 + n) / (10 + n))
+        expected = d * expected + (1 - d) * value
+        assert abs(ema.shadow.weight.item() - expected) < 1e-6
+    assert int(ema.updates) == 3

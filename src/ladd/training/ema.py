@@ -19,10 +19,11 @@ class EMA(torch.nn.Module):
 
     @torch.no_grad()
     def update(self, model: torch.nn.Module) -> None:
-        n = int(self.updates)
-        d = min(self.decay, (1 + n) / (10 + n))
+        # the warm-up weight is computed on the counter's device: no host sync inside a training iteration
+        n = self.updates.float()
+        weight = 1 - torch.clamp((1 + n) / (10 + n), max=self.decay)
         for s, p in zip(self.shadow.parameters(), model.parameters()):
-            s.lerp_(p.detach(), 1 - d)
+            s.lerp_(p.detach(), weight.to(s.dtype))
         for s, b in zip(self.shadow.buffers(), model.buffers()):
             s.copy_(b)
         self.updates += 1

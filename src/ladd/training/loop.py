@@ -12,8 +12,7 @@ Resume by re-running the same command: the newest checkpoint is loaded. Every ra
 process ``rank`` comes from generators seeded by ``(seed, rank, step, micro)`` (batch, student times, noise), so a
 resumed run repeats an uninterrupted one. Ctrl-C finishes the current iteration, writes a checkpoint and stops (a
 second Ctrl-C stops at once). A NaN or inf loss stops the run without checkpointing the broken state.
-Metrics stay on the device between log steps: no host sync inside an iteration (but for ladd.training.ema,
-which reads its update counter on the host).
+Metrics stay on the device between log steps: no host sync inside an iteration.
 """
 
 from __future__ import annotations
