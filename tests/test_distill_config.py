@@ -64,6 +64,7 @@ def test_numeric_strings_from_the_command_line():
     ("optim.lr_heads=-1e-4", "optim.lr_heads"),
     ("loss.kind=wasserstein", "loss.kind"),
     ("loss.r1_weight=-1", "loss.r1_weight"),
+    ("loss.misaligned_weight=1", "loss.misaligned_weight"),
     ("train.mixed_precision=fp8", "train.mixed_precision"),
 ])
 def test_errors_name_the_field(override, field):

@@ -143,7 +143,7 @@ class DiscriminatorConfig:
 class LossConfig:
     kind: str = "hinge"              # "hinge" (LADD.md) or "non_saturating" (softplus)
     r1_weight: float = 0.0           # R1 on the real head inputs; LADD.md suggests about 1e-5 when on
-    misaligned_weight: float = 0.0   # real latents with shuffled prompts as extra fakes for D (0 = off)
+    misaligned_weight: float = 0.0   # share w of D's fake side given to real latents with shuffled prompts (0 = off)
     distill_weight: float = 0.0      # ADD-style MSE to the teacher's x0 at the re-noised fake (0 = off)
 
     def __post_init__(self):
@@ -154,6 +154,9 @@ class LossConfig:
             if value < 0:
                 _fail(f"loss.{name}", f"got {value}", "use 0 (off) or a positive weight")
             setattr(self, name, value)
+        if self.misaligned_weight >= 1:
+            _fail("loss.misaligned_weight", f"got {self.misaligned_weight}, the student's fakes would get no weight",
+                  "use a share in [0, 1), e.g. 0.25")
 
 
 @dataclass

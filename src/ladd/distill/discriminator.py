@@ -18,6 +18,7 @@ import math
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 from torch.nn.utils.parametrizations import spectral_norm
 
 from ladd.distill.config import DiscriminatorConfig
@@ -95,7 +96,11 @@ class Discriminator(nn.Module):
     def condition(self, t_hat: torch.Tensor, pooled: torch.Tensor) -> torch.Tensor:
         """The shared condition code ``[B, W]`` from ``t_hat`` ``[B]`` and ``pooled`` ``[B, P]``."""
         w = self.cond_mlp[0].weight
-        x = torch.cat([timestep_embedding(t_hat, self.t_embed_dim).to(w), pooled.to(w)], dim=1)
+        # Text embeddings come at their encoder's scale: MiniLM's pooled vector has unit norm, so over 384 dims a
+        # prompt differs from another by ~0.04 per dim against the sinusoid's +-1, and the heads barely saw the
+        # prompt (probe: 0.65 accuracy on shuffled prompts). A parameter-free LayerNorm puts both on one scale.
+        pooled = F.layer_norm(pooled.to(w), pooled.shape[-1:])
+        x = torch.cat([timestep_embedding(t_hat, self.t_embed_dim).to(w), pooled], dim=1)
         return self.cond_mlp(x)
 
     def forward(self, features: list[torch.Tensor], t_hat: torch.Tensor, pooled: torch.Tensor) -> list[torch.Tensor]:

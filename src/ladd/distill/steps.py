@@ -215,14 +215,18 @@ def discriminator_step(teacher, disc, x0: torch.Tensor, cond: TextEmbeddings, fa
     real_logits, fake_logits, *mis_logits = _judge(disc, groups)
     d_real = losses.d_loss(cfg.loss.kind, real_logits, [])
     d_fake = losses.d_loss(cfg.loss.kind, [], fake_logits)
-    loss = d_real + d_fake
+    w = cfg.loss.misaligned_weight if mis_feats is not None else 0.0
+    # Misaligned reals take a share w of the fake side instead of adding to it: with more weight on fakes than
+    # on reals, a discriminator that cannot yet separate them is pushed to call everything fake (seen: all
+    # scores at -1 within 40 iterations at an added weight of 1).
+    loss = d_real + (1 - w) * d_fake
     metrics = {"d_real": d_real.detach(), "d_fake": d_fake.detach(),
                "d_acc": losses.disc_accuracy(real_logits, fake_logits),
                "real_score": losses.sample_scores(real_logits).mean(),
                "fake_score": losses.sample_scores(fake_logits).mean()}
     if mis_feats is not None:
         d_mis = losses.d_loss(cfg.loss.kind, [], mis_logits[0])
-        loss = loss + cfg.loss.misaligned_weight * d_mis
+        loss = loss + w * d_mis
         metrics["d_misaligned"] = d_mis.detach()
     if cfg.loss.r1_weight > 0:
         r1 = losses.r1_penalty(real_logits, real_feats)
