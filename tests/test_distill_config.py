@@ -103,3 +103,15 @@ def test_warmup_grid():
     assert cfg.student.probs_at(99) == [0.0, 0.0, 0.5, 0.5] and cfg.student.probs_at(100) == [0.7, 0.1, 0.1, 0.1]
     with pytest.raises(ConfigError, match=r"student\.warmup_steps"):
         load_distill_config(None, ["student.warmup_steps=100"])
+
+
+def test_preset_with_a_base(tmp_path):
+    cfg = load_distill_config("configs/nano-full.yaml")
+    base = load_distill_config("configs/nano.yaml")
+    assert cfg.train.steps > base.train.steps and cfg.paths.run_dir != base.paths.run_dir
+    assert cfg.paths.data == base.paths.data and cfg.disc == base.disc and cfg.train.batch_size == base.train.batch_size
+    a, b = tmp_path / "a.yaml", tmp_path / "b.yaml"
+    a.write_text("base: b.yaml\n")
+    b.write_text("base: a.yaml\n")
+    with pytest.raises(ConfigError, match="cycle"):
+        load_distill_config(a)

@@ -68,15 +68,35 @@ def apply_override(data: dict, override: str) -> None:
 
 def load(cls, preset: str | Path | None = None, overrides: typing.Iterable[str] = ()):
     """``cls`` from defaults, then the YAML ``preset``, then dotted ``overrides``; validated."""
-    data: dict = {}
-    if preset is not None:
-        path = Path(preset)
-        if not path.is_file():
-            raise ConfigError(f"config preset {path} does not exist; presets live in configs/")
-        data = yaml.safe_load(path.read_text()) or {}
+    data = read_preset(preset) if preset is not None else {}
     for o in overrides:
         apply_override(data, o)
     return from_dict(cls, data)
+
+
+def read_preset(path: str | Path, _seen: tuple = ()) -> dict:
+    """A YAML preset as a dict. ``base: other.yaml`` (relative to the preset's folder) starts from that preset
+    and merges this one's keys over it, section by section (``configs/nano-full.yaml`` is nano.yaml + longer)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config preset {path} does not exist; presets live in configs/")
+    data = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: a preset is a YAML mapping of sections, got {type(data).__name__}")
+    base = data.pop("base", None)
+    if base is None:
+        return data
+    base_path = path.parent / base
+    if base_path.resolve() in _seen:
+        raise ConfigError(f"{path}: 'base: {base}' makes a cycle of presets")
+    return _merge(read_preset(base_path, _seen + (path.resolve(),)), data)
+
+
+def _merge(base: dict, top: dict) -> dict:
+    out = dict(base)
+    for k, v in top.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
 
 
 def save(cfg, path: str | Path) -> None:
