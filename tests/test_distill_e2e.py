@@ -76,6 +76,14 @@ def test_distill_end_to_end(tmp_path, fake_text_encoder):
     assert distill("configs/tiny.yaml", overrides)["steps"] == 4
     assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
 
+    # `ladd export` writes the same student (and the run's card) to another folder
+    assert main(["export", str(run), "--out", str(tmp_path / "shipped")]) == 0
+    again = load_file(tmp_path / "shipped" / "diffusion_pytorch_model.safetensors")
+    first = load_file(run / "export" / "diffusion_pytorch_model.safetensors")
+    assert again.keys() == first.keys() and all(torch.equal(again[k], first[k]) for k in first)
+    assert (tmp_path / "shipped" / "card.md").read_text() == (run / "export" / "card.md").read_text()
+    assert main(["export", str(tmp_path), "--out", str(tmp_path / "x")]) == 2  # not a run folder
+
 
 @pytest.fixture
 def no_model_loading(monkeypatch):

@@ -47,3 +47,19 @@ def test_bad_lines_name_the_line_and_the_problem(tmp_path, bad, message):
 def test_missing_file(tmp_path):
     with pytest.raises(PromptFileError, match="does not exist"):
         read_prompts(tmp_path / "nope.jsonl")
+
+
+def test_unseen_phrasing_is_disjoint_from_the_training_captions():
+    import numpy as np
+
+    from ladd.nano.prompts import UNSEEN, caption, make_prompts
+    from ladd.nano.shapeworld import sample_scene, scene_rng
+
+    captions = [caption(sample_scene(scene_rng(1, i)), np.random.default_rng(i))[0] for i in range(2000)]
+    new_phrases = [f.replace("{}", "").strip(" :,.") for f in UNSEEN.frames]
+    new_phrases += [w for ws in UNSEEN.cell_words.values() for w in ws] + [j.strip() for j in UNSEEN.joins]
+    new_phrases += [w for ws in UNSEEN.size_words.values() for w in ws] + ["ball", "tile", "wedge", "a pair of"]
+    for phrase in new_phrases:
+        assert not any(phrase in c for c in captions), phrase
+    unseen = make_prompts(10, seed=4321, phrasing="unseen")
+    assert len(unseen) == 60 and all(any(p in u["prompt"] for p in new_phrases) for u in unseen)

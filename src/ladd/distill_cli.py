@@ -38,6 +38,17 @@ def add(sub) -> None:
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help=OVERRIDES_HELP)
     p.set_defaults(func=run_distill)
 
+    p = sub.add_parser(
+        "export", help="export a run's newest checkpoint as a diffusers SD3Transformer2DModel folder",
+        description="Write the newest checkpoint of RUN_DIR (a ladd distill run folder) to --out: config.json, "
+                    "diffusion_pytorch_model.safetensors, scheduler/ and card.md, loadable by "
+                    "SD3Transformer2DModel.from_pretrained, StableDiffusion3Pipeline and ladd sample/eval.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("run_dir", metavar="RUN_DIR")
+    p.add_argument("--out", required=True, help="output folder (replaced atomically)")
+    p.add_argument("--raw", action="store_true", help="the raw student weights instead of the EMA")
+    p.set_defaults(func=run_export)
+
 
 def run_synth(args) -> None:
     from ladd.data.synth import synthesize
@@ -71,3 +82,9 @@ def run_distill(args) -> None:
     except KeyboardInterrupt:
         print("ladd: interrupted; re-run the same command to resume from the last checkpoint", file=sys.stderr)
         raise SystemExit(130) from None
+
+
+def run_export(args) -> None:
+    from ladd.distill.export import export_run
+
+    print(f"wrote {export_run(args.run_dir, args.out, use_ema=not args.raw)}")

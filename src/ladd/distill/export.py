@@ -76,3 +76,42 @@ def model_card(info: dict, table: str | None = None) -> str:
     if table:
         lines += ["## Evaluation", "", table, ""]
     return "\n".join(lines)
+
+
+def export_run(run_dir: str | Path, out_dir: str | Path, use_ema: bool = True) -> Path:
+    """Export the newest checkpoint of a ``ladd distill`` run folder to ``out_dir`` (e.g. to ship it, or after an
+    interrupted run): the EMA weights (``use_ema`` and EMA on) else the raw student, with the run's card when
+    ``run_dir/export`` holds the same training state, else a card built from the run's config."""
+    from safetensors.torch import load_file
+
+    from ladd.config import ConfigError, load
+    from ladd.data.synth import teacher_config, teacher_text_encoder
+    from ladd.distill.config import DistillConfig
+    from ladd.models.teacher import load_teacher
+    from ladd.training.checkpoint import latest_checkpoint
+
+    run_dir = Path(run_dir)
+    if not (run_dir / "config.yaml").is_file():
+        raise ConfigError(f"{run_dir} is not a ladd distill run folder (no config.yaml); pass the paths.run_dir "
+                          f"of a run, e.g. runs/nano-ladd")
+    cfg = load(DistillConfig, run_dir / "config.yaml")
+    ckpt = latest_checkpoint(run_dir / "checkpoints")
+    if ckpt is None:
+        raise ConfigError(f"{run_dir}/checkpoints holds no complete checkpoint yet; train first (ladd distill)")
+    step = json.loads((ckpt / "state.json").read_text())["step"]
+    model = load_teacher(cfg.paths.teacher)
+    if use_ema and (ckpt / "ema.safetensors").is_file():
+        state = {k[len("shadow."):]: v for k, v in load_file(ckpt / "ema.safetensors").items()
+                 if k.startswith("shadow.")}
+    else:
+        state = load_file(ckpt / "student.safetensors")
+    model.load_state_dict(state)
+    old = run_dir / "export"
+    same = (old / "card.md").is_file() and json.loads((old / "config.json").read_text()).get(
+        "ladd_trained_steps") == step
+    card = (old / "card.md").read_text() if same else (
+        f"# LADD student\n\nExported by `ladd export {run_dir}` from {ckpt.name} ({step} iterations) of the run "
+        f"configured in {run_dir / 'config.yaml'}; not evaluated.\n")
+    return export_student(model, out_dir, steps=cfg.student.steps, teacher_dir=cfg.paths.teacher,
+                          vae_dir=cfg.paths.vae, trained_steps=step, card=card,
+                          text_encoder=teacher_text_encoder(teacher_config(cfg.paths.teacher)))

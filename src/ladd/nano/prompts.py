@@ -27,38 +27,71 @@ class PromptFileError(ValueError):
     """A prompt file line is malformed; the message names the file, the line and the fix."""
 
 
+@dataclass(frozen=True)
+class Phrasing:
+    """The words prompts are built from. ``TRAINING`` is what the teacher's captions use; ``UNSEEN`` shares no
+    frame, position phrase, join or size word with it (and half its shape words are new synonyms), to test how
+    a model handles phrasings it was never trained on."""
+    frames: tuple
+    shape_words: dict
+    size_words: dict
+    cell_words: dict
+    number_words: dict
+    joins: tuple
+
+
+TRAINING = Phrasing(FRAMES, SHAPE_WORDS, SIZE_WORDS, CELL_WORDS, NUMBER_WORDS, (", ", " and ", ", and ", " with "))
+UNSEEN = Phrasing(
+    frames=("we see {}", "an illustration showing {}", "a scene that contains {}", "{}, nothing else",
+            "sketch: {}", "somewhere in the frame: {}"),
+    shape_words={"circle": (("circle", "circles"), ("ball", "balls")),
+                 "square": (("square", "squares"), ("tile", "tiles")),
+                 "triangle": (("triangle", "triangles"), ("wedge", "wedges")),
+                 "cross": (("cross", "crosses"), ("plus symbol", "plus symbols"))},
+    size_words={"small": ("smallish", "mini"), "large": ("oversized", "giant")},
+    cell_words={"top left": ("placed in the upper-left area",), "top": ("near the top edge",),
+                "top right": ("placed in the upper-right area",), "left": ("near the left edge",),
+                "center": ("right in the middle",), "right": ("near the right edge",),
+                "bottom left": ("placed in the lower-left area",), "bottom": ("near the bottom edge",),
+                "bottom right": ("placed in the lower-right area",)},
+    number_words={1: ("a single",), 2: ("a pair of",), 3: ("a trio of",)},
+    joins=(" next to ", " as well as "),
+)
+PHRASINGS = {"training": TRAINING, "unseen": UNSEEN}
+
+
 # ------------------------------------------------------------------------------------------------------- captions
 def _pick(rng: np.random.Generator, options):
     return options[rng.integers(len(options))]
 
 
-def _noun(obj: dict, rng, plural: bool) -> str:
-    words = _pick(rng, SHAPE_WORDS[obj["shape"]]) if obj.get("shape") else _pick(rng, GENERIC_SHAPE_WORDS)
-    return words[1] if plural else words[0]
+def _noun(obj: dict, rng, plural: bool, words: Phrasing = TRAINING) -> str:
+    pair = _pick(rng, words.shape_words[obj["shape"]]) if obj.get("shape") else _pick(rng, GENERIC_SHAPE_WORDS)
+    return pair[1] if plural else pair[0]
 
 
-def describe(obj: dict, rng: np.random.Generator, count: int = 1) -> str:
+def describe(obj: dict, rng: np.random.Generator, count: int = 1, words: Phrasing = TRAINING) -> str:
     """Words for ``count`` identical objects with the fields present in ``obj``, e.g. 'two small red circles'."""
-    words = [_pick(rng, NUMBER_WORDS[count])]
+    out = [_pick(rng, words.number_words[count])]
     if obj.get("size"):
-        words.append(_pick(rng, SIZE_WORDS[obj["size"]]))
+        out.append(_pick(rng, words.size_words[obj["size"]]))
     if obj.get("color"):
-        words.append(obj["color"])
-    words.append(_noun(obj, rng, plural=count > 1))
+        out.append(obj["color"])
+    out.append(_noun(obj, rng, count > 1, words))
     if obj.get("position"):
-        words.append(_pick(rng, CELL_WORDS[obj["position"]]))
-    if words[0] == "a" and words[1][0] in "aeiou":
-        words[0] = "an"
-    return " ".join(words)
+        out.append(_pick(rng, words.cell_words[obj["position"]]))
+    if out[0] == "a" and out[1][0] in "aeiou":
+        out[0] = "an"
+    return " ".join(out)
 
 
-def join(parts: list[str], rng: np.random.Generator) -> str:
+def join(parts: list[str], rng: np.random.Generator, words: Phrasing = TRAINING) -> str:
     if len(parts) == 1:
         return parts[0]
-    sep = _pick(rng, (", ", " and ", ", and ", " with ")) if len(parts) == 2 else ", "
     if len(parts) == 2:
-        return parts[0] + sep + parts[1]
-    return ", ".join(parts[:-1]) + _pick(rng, (" and ", ", and ", ", ")) + parts[-1]
+        return parts[0] + _pick(rng, words.joins) + parts[1]
+    last = (" and ", ", and ", ", ") if words is TRAINING else words.joins
+    return ", ".join(parts[:-1]) + _pick(rng, last) + parts[-1]
 
 
 def group(objects: list[dict]) -> list[tuple[dict, int]]:
@@ -87,8 +120,8 @@ def caption(scene: dict, rng: np.random.Generator) -> tuple[str, list[dict]]:
 
 
 # --------------------------------------------------------------------------------------------------- prompt files
-def make_prompt(category: str, rng: np.random.Generator) -> dict:
-    """One prompt of ``category`` with the objects it specifies."""
+def make_prompt(category: str, rng: np.random.Generator, words: Phrasing = TRAINING) -> dict:
+    """One prompt of ``category`` with the objects it specifies, phrased with ``words``."""
     shapes, colors, cells = ([str(v) for v in rng.permutation(vocab)] for vocab in (SHAPES, COLORS, CELLS))
     if category == "single_object":
         objects = [{"shape": shapes[0]}]
@@ -106,8 +139,8 @@ def make_prompt(category: str, rng: np.random.Generator) -> dict:
     else:
         raise ValueError(f"unknown category {category!r}; expected one of {CATEGORIES}")
     objects = [dict(o) for o in objects]
-    text = join([describe(g, rng, n) for g, n in group(objects)], rng)
-    return {"prompt": _pick(rng, FRAMES).format(text), "category": category, "objects": objects}
+    text = join([describe(g, rng, n, words) for g, n in group(objects)], rng, words)
+    return {"prompt": _pick(rng, words.frames).format(text), "category": category, "objects": objects}
 
 
 @dataclass
@@ -115,15 +148,18 @@ class MakePromptsConfig:
     out: str = "prompts/nano-eval.jsonl"
     per_category: int = 60
     seed: int = 1234
+    phrasing: str = "training"   # "training" (the captions' words) or "unseen" (prompts/nano-unseen.jsonl)
 
 
-def make_prompts(per_category: int, seed: int) -> list[dict]:
+def make_prompts(per_category: int, seed: int, phrasing: str = "training") -> list[dict]:
+    if phrasing not in PHRASINGS:
+        raise ValueError(f"unknown phrasing {phrasing!r}; use one of {sorted(PHRASINGS)}")
     rng = np.random.default_rng(seed)
-    return [make_prompt(c, rng) for c in CATEGORIES for _ in range(per_category)]
+    return [make_prompt(c, rng, PHRASINGS[phrasing]) for c in CATEGORIES for _ in range(per_category)]
 
 
 def make_prompts_cmd(cfg: MakePromptsConfig) -> None:
-    write_prompts(make_prompts(cfg.per_category, cfg.seed), cfg.out)
+    write_prompts(make_prompts(cfg.per_category, cfg.seed, cfg.phrasing), cfg.out)
     print(f"wrote {cfg.per_category * len(CATEGORIES)} prompts to {cfg.out}")
 
 
