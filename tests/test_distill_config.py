@@ -1,5 +1,7 @@
 """DistillConfig validation: errors name the field and come before any model is loaded."""
 
+from pathlib import Path
+
 import pytest
 
 from ladd.config import ConfigError
@@ -106,9 +108,10 @@ def test_warmup_grid():
 
 
 def test_preset_with_a_base(tmp_path):
-    cfg = load_distill_config("configs/nano-full.yaml")
-    base = load_distill_config("configs/nano.yaml")
-    assert cfg.train.steps > base.train.steps and cfg.paths.run_dir != base.paths.run_dir
+    longer = tmp_path / "longer.yaml"
+    longer.write_text(f"base: {Path('configs/nano.yaml').resolve()}\ntrain:\n  steps: 2400\npaths:\n  run_dir: runs/x\n")
+    cfg, base = load_distill_config(longer), load_distill_config("configs/nano.yaml")
+    assert cfg.train.steps == 2400 and cfg.paths.run_dir == "runs/x"
     assert cfg.paths.data == base.paths.data and cfg.disc == base.disc and cfg.train.batch_size == base.train.batch_size
     a, b = tmp_path / "a.yaml", tmp_path / "b.yaml"
     a.write_text("base: b.yaml\n")

@@ -36,8 +36,8 @@ def export_student(model: torch.nn.Module, out_dir: str | Path, *, steps: int, t
     config = json.loads((tmp / "config.json").read_text())
     config.update(ladd_recommended={"steps": steps, "guidance": 1.0, "sampler": "renoise"},
                   ladd_text_encoder=text_encoder,
-                  ladd_vae=_vae_reference(vae_dir, out_dir),
-                  ladd_teacher=str(Path(teacher_dir).resolve()), ladd_trained_steps=trained_steps)
+                  ladd_vae=_reference(vae_dir, out_dir),
+                  ladd_teacher=_reference(teacher_dir, out_dir), ladd_trained_steps=trained_steps)
     (tmp / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
     # shift 1: the student's grid is uniform in t (ladd.flow.student_grid), with no resolution shift
     FlowMatchEulerDiscreteScheduler(shift=1.0).save_pretrained(tmp / "scheduler")
@@ -45,11 +45,11 @@ def export_student(model: torch.nn.Module, out_dir: str | Path, *, steps: int, t
     return replace_dir(tmp, out_dir)
 
 
-def _vae_reference(vae_dir: str | Path, out_dir: Path) -> str:
-    """The VAE as the config gave it: an absolute path stays absolute; a relative one (``assets/nano/vae``)
-    becomes relative to the export folder, so a checkout moved as a whole keeps working."""
-    vae_dir = Path(vae_dir)
-    return str(vae_dir) if vae_dir.is_absolute() else os.path.relpath(vae_dir.resolve(), out_dir.resolve())
+def _reference(folder: str | Path, out_dir: Path) -> str:
+    """A folder (VAE, teacher) as the config gave it: an absolute path stays absolute; a relative one
+    (``assets/nano/vae``) becomes relative to the export folder, so a checkout moved as a whole keeps working."""
+    folder = Path(folder)
+    return str(folder) if folder.is_absolute() else os.path.relpath(folder.resolve(), out_dir.resolve())
 
 
 def model_card(info: dict, table: str | None = None) -> str:

@@ -159,16 +159,19 @@ def eval_prompts(cfg: DistillConfig, run_dir: Path) -> Path:
     return path
 
 
+def _steps(n: int) -> str:
+    return f"{n} step{'s' if n > 1 else ''}"
+
+
 def _jobs(cfg: DistillConfig, export_dir: Path) -> list[tuple]:
     """(label, folder name, model, steps, guidance, sampler) per evaluated setting; None = the model's default."""
     rec = teacher_recommended(teacher_config(cfg.paths.teacher))
     e = cfg.eval
     jobs = [(f"teacher {rec['steps']} steps, cfg {rec['guidance']:g} (recommended)", "teacher-recommended",
              cfg.paths.teacher, None, None, None)]
-    jobs += [(f"teacher {s} steps, cfg {rec['guidance']:g}", f"teacher-{s}step", cfg.paths.teacher, s, None, None)
+    jobs += [(f"teacher {_steps(s)}, cfg {rec['guidance']:g}", f"teacher-{s}step", cfg.paths.teacher, s, None, None)
              for s in e.teacher_steps if s != rec["steps"]]
-    jobs += [(f"student {s} step{'s' if s > 1 else ''}", f"student-{s}step", str(export_dir), s, 1.0, e.sampler)
-             for s in e.student_steps]
+    jobs += [(f"student {_steps(s)}", f"student-{s}step", str(export_dir), s, 1.0, e.sampler) for s in e.student_steps]
     return jobs
 
 
