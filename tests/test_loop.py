@@ -141,8 +141,10 @@ written = synthesize(cfg, FakeEncoder())
 state.wait_for_everyone()
 result = train(cfg, load_teacher(cfg.paths.teacher), ShardDataset.load(cfg.paths.data), root / "ddp")
 checksum = sum(float(p.double().sum()) for p in result.student.parameters())
-print("RESULT", state.process_index, state.num_processes, ",".join(map(str, written)), result.step, repr(checksum),
-      flush=True)
+# one file per process: the two processes' stdout lines can interleave mid-line (seen in CI: "2RESULT")
+line = " ".join(map(str, [state.process_index, state.num_processes, ",".join(map(str, written)), result.step,
+                          repr(checksum)]))
+(root / f"result-{{state.process_index}}.txt").write_text(line)
 """
 
 
@@ -159,7 +161,7 @@ def test_two_processes(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", str(script)],
                           capture_output=True, text=True, env=env, timeout=300, cwd=Path(__file__).parents[1])
     assert proc.returncode == 0, proc.stderr[-3000:]
-    results = sorted(line.split()[1:] for line in proc.stdout.splitlines() if line.startswith("RESULT"))
+    results = [(tmp_path / f"result-{rank}.txt").read_text().split() for rank in (0, 1)]
     assert [r[:4] for r in results] == [["0", "2", "0,2", "4"], ["1", "2", "1", "4"]]  # shard k: process k % 2
     assert results[0][4] == results[1][4]  # DDP kept the two students identical
     assert (tmp_path / "ddp" / "checkpoints" / "step-000004" / "state.json").is_file()
