@@ -76,7 +76,7 @@ def load(cls, preset: str | Path | None = None, overrides: typing.Iterable[str] 
 
 def read_preset(path: str | Path, _seen: tuple = ()) -> dict:
     """A YAML preset as a dict. ``base: other.yaml`` (relative to the preset's folder) starts from that preset
-    and merges this one's keys over it, section by section (``configs/nano-full.yaml`` is nano.yaml + longer)."""
+    and merges this one's keys over it, section by section (e.g. ``base: nano.yaml`` + ``train: {steps: 2400}``)."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config preset {path} does not exist; presets live in configs/")

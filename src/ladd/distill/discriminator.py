@@ -31,7 +31,7 @@ def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -
     freqs = torch.exp(-math.log(max_period) * torch.arange(half, device=t.device, dtype=torch.float32) / half)
     args = 1000.0 * t.float()[:, None] * freqs[None]
     emb = torch.cat([torch.cos(args), torch.sin(args)], dim=1)
-    return nn.functional.pad(emb, (0, dim % 2))
+    return F.pad(emb, (0, dim % 2))
 
 
 def _conv(cin: int, cout: int, k: int, norm: str) -> nn.Module:

@@ -82,13 +82,12 @@ def export_run(run_dir: str | Path, out_dir: str | Path, use_ema: bool = True) -
     """Export the newest checkpoint of a ``ladd distill`` run folder to ``out_dir`` (e.g. to ship it, or after an
     interrupted run): the EMA weights (``use_ema`` and EMA on) else the raw student, with the run's card when
     ``run_dir/export`` holds the same training state, else a card built from the run's config."""
-    from safetensors.torch import load_file
-
     from ladd.config import ConfigError, load
     from ladd.data.synth import teacher_config, teacher_text_encoder
     from ladd.distill.config import DistillConfig
     from ladd.models.teacher import load_teacher
-    from ladd.training.checkpoint import latest_checkpoint
+    from ladd.training.checkpoint import latest_checkpoint, load_module
+    from ladd.training.ema import EMA
 
     run_dir = Path(run_dir)
     if not (run_dir / "config.yaml").is_file():
@@ -101,11 +100,11 @@ def export_run(run_dir: str | Path, out_dir: str | Path, use_ema: bool = True) -
     step = json.loads((ckpt / "state.json").read_text())["step"]
     model = load_teacher(cfg.paths.teacher)
     if use_ema and (ckpt / "ema.safetensors").is_file():
-        state = {k[len("shadow."):]: v for k, v in load_file(ckpt / "ema.safetensors").items()
-                 if k.startswith("shadow.")}
+        ema = EMA(model)  # the checkpoint's own layout (shadow.* and the update counter), checked key by key
+        load_module(ema, ckpt / "ema.safetensors")
+        model = ema.shadow
     else:
-        state = load_file(ckpt / "student.safetensors")
-    model.load_state_dict(state)
+        load_module(model, ckpt / "student.safetensors")
     old = run_dir / "export"
     same = (old / "card.md").is_file() and json.loads((old / "config.json").read_text()).get(
         "ladd_trained_steps") == step

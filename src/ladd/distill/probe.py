@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from ladd.distill import losses
-from ladd.distill.steps import renoise
+from ladd.distill.steps import renoise, shuffled_prompts  # noqa: F401  (re-exported: the probe's second task)
 from ladd.models.text_encoder import TextEmbeddings
 
 Side = tuple[torch.Tensor, TextEmbeddings]  # latents [N, C, h, w] and their text embeddings (N prompts)
@@ -29,11 +29,6 @@ Side = tuple[torch.Tensor, TextEmbeddings]  # latents [N, C, h, w] and their tex
 def blur_latents(x: torch.Tensor, size: int = 3) -> torch.Tensor:
     """``size`` x ``size`` box blur of latents ``[B, C, h, w]`` (borders average the pixels inside)."""
     return F.avg_pool2d(x, size, stride=1, padding=size // 2, count_include_pad=False)
-
-
-def shuffled_prompts(cond: TextEmbeddings, shift: int = 1) -> TextEmbeddings:
-    """Every sample gets another sample's prompt (rolled by ``shift``)."""
-    return TextEmbeddings(cond.tokens.roll(shift, 0), cond.pooled.roll(shift, 0))
 
 
 @dataclass

@@ -167,11 +167,15 @@ def generator_step(student, teacher, disc, x0: torch.Tensor, cond: TextEmbedding
     return GeneratorOut(loss, metrics, out)
 
 
-def _shuffled(cond: TextEmbeddings, generator: torch.Generator | None) -> TextEmbeddings:
-    """Prompts rolled by a random shift in [1, B - 1]: every sample gets another sample's prompt."""
-    b = len(cond)
-    shift = int(torch.randint(1, b, (1,), generator=generator)) if b > 1 else 0
+def shuffled_prompts(cond: TextEmbeddings, shift: int = 1) -> TextEmbeddings:
+    """Prompts rolled by ``shift``: for 0 < shift < B every sample gets another sample's prompt."""
     return TextEmbeddings(cond.tokens.roll(shift, 0), cond.pooled.roll(shift, 0))
+
+
+def _shuffled(cond: TextEmbeddings, generator: torch.Generator | None) -> TextEmbeddings:
+    """Prompts rolled by a random shift in [1, B - 1]."""
+    b = len(cond)
+    return shuffled_prompts(cond, int(torch.randint(1, b, (1,), generator=generator)) if b > 1 else 0)
 
 
 def _real_features(teacher, real, t_real, cond, blocks, mis_cond):
@@ -215,7 +219,7 @@ def discriminator_step(teacher, disc, x0: torch.Tensor, cond: TextEmbeddings, fa
     real_logits, fake_logits, *mis_logits = _judge(disc, groups)
     d_real = losses.d_loss(cfg.loss.kind, real_logits, [])
     d_fake = losses.d_loss(cfg.loss.kind, [], fake_logits)
-    w = cfg.loss.misaligned_weight if mis_feats is not None else 0.0
+    w = cfg.loss.misaligned_weight  # 0 exactly when there are no misaligned features
     # Misaligned reals take a share w of the fake side instead of adding to it: with more weight on fakes than
     # on reals, a discriminator that cannot yet separate them is pushed to call everything fake (seen: all
     # scores at -1 within 40 iterations at an added weight of 1).

@@ -111,7 +111,8 @@ def save_checkpoint(ckpt_dir: str | Path, step: int, modules: dict[str, torch.nn
     return final
 
 
-def _load_module(module: torch.nn.Module, path: Path) -> None:
+def load_module(module: torch.nn.Module, path: Path) -> None:
+    """``module``'s state_dict from a safetensors file, after checking every key and shape."""
     state = load_file(path)
     own = module.state_dict()
     missing, extra = sorted(set(own) - set(state)), sorted(set(state) - set(own))
@@ -137,7 +138,7 @@ def load_checkpoint(path: str | Path, modules: dict[str, torch.nn.Module],
                               f", the run has {sorted(modules)} and {sorted(optimizers)} (e.g. EMA switched on or "
                               f"off); use a new paths.run_dir or restore the old setting")
     for name, module in modules.items():
-        _load_module(module, path / f"{name}.safetensors")
+        load_module(module, path / f"{name}.safetensors")
     opt_tensors = load_file(path / "optim.safetensors")
     for name, opt in optimizers.items():
         opt.load_state_dict(_unflatten_optimizer(name, opt_tensors, state["optimizers"][name]))

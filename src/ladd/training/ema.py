@@ -22,8 +22,9 @@ class EMA(torch.nn.Module):
         # the warm-up weight is computed on the counter's device: no host sync inside a training iteration
         n = self.updates.float()
         weight = 1 - torch.clamp((1 + n) / (10 + n), max=self.decay)
+        weights = {}  # one cast per parameter dtype, not per parameter
         for s, p in zip(self.shadow.parameters(), model.parameters()):
-            s.lerp_(p.detach(), weight.to(s.dtype))
+            s.lerp_(p.detach(), weights.setdefault(s.dtype, weight.to(s.dtype)))
         for s, b in zip(self.shadow.buffers(), model.buffers()):
             s.copy_(b)
         self.updates += 1
