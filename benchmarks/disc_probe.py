@@ -30,11 +30,10 @@ def teacher_samples(teacher_dir: str, n: int, steps: int, seed: int = 0):
     from ladd.models.text_encoder import load_text_encoder
 
     tcfg = teacher_config(teacher_dir)
-    enc = teacher_text_encoder(tcfg)
-    encoder = load_text_encoder(enc["name"], enc["max_length"])
+    encoder = load_text_encoder(**teacher_text_encoder(teacher_dir))
     records = [sample_record(seed, i) for i in range(n)]
     cond = encoder.encode([r["prompt"] for r in records])
-    gen = {"sampler": "euler", "steps": steps, "guidance": teacher_recommended(tcfg)["guidance"],
+    gen = {"sampler": "euler", "steps": steps, "guidance": teacher_recommended(teacher_dir)["guidance"],
            "latent_shape": [tcfg["in_channels"], tcfg["sample_size"], tcfg["sample_size"]]}
     teacher = freeze(load_teacher(teacher_dir))
     return teacher_latents(teacher, records, cond, encoder.encode([""]), gen, 128, "cpu"), cond

@@ -22,7 +22,7 @@ def fake_text_encoder(monkeypatch):
     """The registry and `ladd distill` load text encoders through this function; the tiny teacher takes 32-d."""
     from ladd.models import text_encoder as te
 
-    monkeypatch.setattr(te, "load_text_encoder", lambda name="minilm", max_length=32: FakeEncoder(max_length))
+    monkeypatch.setattr(te, "load_text_encoder", lambda name="minilm", max_length=32, **_: FakeEncoder(max_length))
 
 
 def test_distill_end_to_end(tmp_path, fake_text_encoder):
@@ -52,7 +52,7 @@ def test_distill_end_to_end(tmp_path, fake_text_encoder):
     scheduler = json.loads((run / "export" / "scheduler" / "scheduler_config.json").read_text())
     assert scheduler["_class_name"] == "FlowMatchEulerDiscreteScheduler" and scheduler["shift"] == 1.0
     gen = load_generator(str(run / "export"))
-    assert gen.recommended == {"steps": 4, "guidance": 1.0, "sampler": "renoise"}
+    assert gen.recommended == {"steps": 4, "guidance": 1.0, "sampler": "renoise", "shift": 1.0}
     cond = FakeEncoder().encode(["a red circle", "two blue squares"])
     x0 = renoise(student, torch.randn(2, 4, 8, 8), torch.tensor([1.0, 0.75, 0.5, 0.25, 0.0]), cond,
                  generator=torch.Generator().manual_seed(0))

@@ -157,11 +157,13 @@ def test_real_source_encodes_shapeworld_images(assets):
     assert data.latent_shape == (4, 8, 8) and len(data.records) == 3
 
 
-def test_batches_depend_only_on_seed_rank_step(assets):
+def test_batches_depend_only_on_seed_step_and_the_global_batch(assets):
     run_synth(assets)
     data = shards.ShardDataset.load(assets / "data")
-    x1, c1 = data.batch(3, seed=0, rank=0, step=5, micro=1)
-    x2, c2 = data.batch(3, seed=0, rank=0, step=5, micro=1)
+    x1, c1 = data.batch(3, seed=0, step=5, micro=1)
+    x2, c2 = data.batch(3, seed=0, step=5, micro=1)
     assert torch.equal(x1, x2) and torch.equal(c1.tokens, c2.tokens) and c1.tokens.dtype == torch.float32
-    others = [data.indices(8, 0, r, s) for r, s in ((1, 5), (0, 6))]
-    assert all(not torch.equal(data.indices(8, 0, 0, 5), o) for o in others)
+    assert not torch.equal(data.indices(8, 0, 5), data.indices(8, 0, 6))
+    # two processes of a global batch of 8 hold the two halves of one process's batch of 8
+    halves = [data.indices(4, 0, 5, rank=r, world=2) for r in (0, 1)]
+    assert torch.equal(torch.cat(halves), data.indices(8, 0, 5))

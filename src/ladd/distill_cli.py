@@ -42,7 +42,9 @@ def add(sub) -> None:
         "export", help="export a run's newest checkpoint as a diffusers SD3Transformer2DModel folder",
         description="Write the newest checkpoint of RUN_DIR (a ladd distill run folder) to --out: config.json, "
                     "diffusion_pytorch_model.safetensors, scheduler/ and card.md, loadable by "
-                    "SD3Transformer2DModel.from_pretrained, StableDiffusion3Pipeline and ladd sample/eval.",
+                    "SD3Transformer2DModel.from_pretrained, StableDiffusion3Pipeline and ladd sample/eval; for a "
+                    "LoRA run (student.lora_rank > 0) these are the merged weights, and lora/ holds the adapters "
+                    "for the teacher (StableDiffusion3Pipeline.load_lora_weights).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("run_dir", metavar="RUN_DIR")
     p.add_argument("--out", required=True, help="output folder (replaced atomically)")

@@ -43,7 +43,8 @@ def logit_normal(n: int, m: float = 0.0, s: float = 1.0, generator: torch.Genera
 
 
 def shift_times(t: torch.Tensor, shift: float) -> torch.Tensor:
-    """SD3's resolution shift ``shift t / (1 + (shift - 1) t)``; shift 1 is the identity."""
+    """SD3's time shift ``shift t / (1 + (shift - 1) t)`` (diffusers' ``FlowMatchEulerDiscreteScheduler``, static
+    shift): more of the grid at high noise for shift > 1; keeps 0 and 1; shift 1 is the identity."""
     return shift * t / (1 + (shift - 1) * t)
 
 
@@ -54,8 +55,17 @@ def euler_grid(steps: int, shift: float = 1.0) -> torch.Tensor:
     return shift_times(torch.linspace(1.0, 0.0, steps + 1), shift)
 
 
-def student_grid(steps: int) -> torch.Tensor:
-    """The student's ``steps`` input times ``{1, 1 - 1/n, ..., 1/n}``, e.g. 4 steps: ``[1, .75, .5, .25]``."""
+def student_grid(steps: int, shift: float = 1.0) -> torch.Tensor:
+    """The student's ``steps`` input times ``{1, 1 - 1/n, ..., 1/n}``, e.g. 4 steps: ``[1, .75, .5, .25]``, then
+    shifted (SD3.5-Large-Turbo: 4 steps, shift 3: ``[1, .9, .75, .5]``)."""
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
-    return torch.arange(steps, 0, -1, dtype=torch.float32) / steps
+    return shift_times(torch.arange(steps, 0, -1, dtype=torch.float32) / steps, shift)
+
+
+def sampling_times(sampler: str, steps: int, shift: float = 1.0) -> torch.Tensor:
+    """The ``steps + 1`` times a sampler (ladd.sampling) runs over, ending at 0: the Euler grid for ``euler``, the
+    student grid plus 0 for ``renoise``; both shifted by ``shift``."""
+    if sampler == "euler":
+        return euler_grid(steps, shift)
+    return torch.cat([student_grid(steps, shift), torch.zeros(1)])

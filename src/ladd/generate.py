@@ -23,13 +23,14 @@ def generate(gen: Generator, prompts: list[str], seeds: list[int], steps: int, g
              sampler: str = "euler", height: int = 64, width: int = 64, batch_size: int = 64,
              progress=None) -> tuple[np.ndarray, float]:
     """uint8 images ``[N, H, W, 3]`` for ``prompts[i]`` with ``seeds[i]``; also the wall seconds spent, text encoding
-    excluded (embeddings are cached per prompt, as in training)."""
+    excluded (embeddings are cached per prompt, as in training). The time grid is shifted by the model's
+    recommended ``shift`` (a property of the model, like its timestep scale)."""
     from ladd.nano.recipe import to_uint8
 
     sample = get_sampler(sampler)
     down = gen.vae.downsample
     c = gen.vae.latent_channels
-    times = flow.euler_grid(steps) if sampler == "euler" else torch.cat([flow.student_grid(steps), torch.zeros(1)])
+    times = flow.sampling_times(sampler, steps, gen.recommended.get("shift", 1.0))
     cond_all = gen.text_encoder.encode(prompts)
     uncond_one = gen.text_encoder.encode([""])
     out, seconds = [], 0.0

@@ -146,9 +146,10 @@ def missing_shards(data_dir: str | Path, num_samples: int, shard_size: int, shar
 class ShardDataset:
     """All shards of a data folder in memory (the nano data is small), with deterministic batches.
 
-    ``batch(size, seed, rank, step, micro)`` draws ``size`` indices (with replacement) from a generator seeded by
-    ``(seed, rank, step, micro)``: the batch of an iteration depends on nothing else, so a resumed run sees the
-    same data as an uninterrupted one, and processes see different data.
+    ``batch(size, seed, step, micro, rank, world)`` draws the global micro-batch's ``size * world`` indices (with
+    replacement) from a generator seeded by ``(seed, step, micro)`` and keeps process ``rank``'s slice: the batch
+    of an iteration depends on nothing else, so a resumed run sees the same data as an uninterrupted one, a run on
+    W processes the same data as on one, and processes see different samples.
     """
 
     def __init__(self, latents: torch.Tensor, text: TextEmbeddings, records: list[dict], generation: dict):
@@ -187,14 +188,16 @@ class ShardDataset:
         """The data on ``device`` (the training loop keeps it on the accelerator: no copy per batch)."""
         return ShardDataset(self.latents.to(device), self.text.to(device), self.records, self.generation)
 
-    def indices(self, size: int, seed: int, rank: int, step: int, micro: int = 0) -> torch.Tensor:
-        """``size`` sample indices ``[size]`` on the data's device (drawn there: no host-device copy)."""
+    def indices(self, size: int, seed: int, step: int, micro: int = 0, rank: int = 0, world: int = 1) -> torch.Tensor:
+        """``size`` sample indices ``[size]`` on the data's device (drawn there: no host-device copy): rank's
+        slice of the ``size * world`` indices of the global micro-batch, so the global batch does not depend on
+        the number of processes."""
         device = self.latents.device
-        g = torch.Generator(device).manual_seed(sample_seed(seed, rank, step, micro, 0xDA7A))
-        return torch.randint(len(self), (size,), generator=g, device=device)
+        g = torch.Generator(device).manual_seed(sample_seed(seed, 0, step, micro, 0xDA7A))
+        return torch.randint(len(self), (size * world,), generator=g, device=device)[rank * size:(rank + 1) * size]
 
-    def batch(self, size: int, seed: int, rank: int, step: int, micro: int = 0):
+    def batch(self, size: int, seed: int, step: int, micro: int = 0, rank: int = 0, world: int = 1):
         """``(latents [size, C, h, w], TextEmbeddings)`` in float32 on the data's device."""
-        idx = self.indices(size, seed, rank, step, micro)
+        idx = self.indices(size, seed, step, micro, rank, world)
         text = TextEmbeddings(self.text.tokens[idx], self.text.pooled[idx]).to(torch.float32)
         return self.latents[idx], text

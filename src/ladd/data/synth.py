@@ -1,8 +1,9 @@
 """`ladd synth`: write the training latents as shards (ladd.data.shards).
 
 Synthetic (the default, shared/LADD.md "Synthetic data"): for ShapeWorld sample ``i`` of ``data.seed`` a random
-caption (``ladd.nano.prompts.caption``) gives the prompt and its object spec; the teacher samples a latent for it
-with classifier-free guidance and many steps (its recommended setting unless ``data.guidance/steps/sampler`` say
+caption (``ladd.nano.prompts.caption``) gives the prompt and its object spec, or with ``data.prompts`` (a prompt
+file) prompt ``i mod N`` of the file with an empty spec; the teacher samples a latent for it with classifier-free
+guidance and many steps (its recommended setting, time shift included, unless ``data.guidance/steps/sampler`` say
 otherwise) from noise seeded per sample, so sample ``i`` is the same at any batch size or process count.
 Real (``data.source=real``, the ablation): the ShapeWorld image itself, encoded by the VAE (posterior mean).
 
@@ -23,12 +24,10 @@ from tqdm.auto import tqdm
 from ladd import flow
 from ladd.data import shards
 from ladd.models.io import AssetError, read_config
+from ladd.models.registry import model_settings
 from ladd.models.text_encoder import TextEmbeddings
 
 log = logging.getLogger(__name__)
-# The defaults ladd.models.registry applies to a model folder without ladd_* keys.
-DEFAULT_RECOMMENDED = {"steps": 50, "guidance": 4.0, "sampler": "euler"}
-DEFAULT_TEXT_ENCODER = {"name": "minilm", "max_length": 40}
 
 
 def _model_folder(model_dir: str | Path) -> Path:
@@ -43,8 +42,10 @@ def teacher_config(model_dir: str | Path) -> dict:
 
 
 def weights_file(model_dir: str | Path) -> Path:
-    """The weights file of a ladd asset folder or a diffusers model or pipeline folder."""
-    for name in ("model.safetensors", "diffusion_pytorch_model.safetensors"):
+    """The weights file of a ladd asset folder or a diffusers model or pipeline folder (the index file of sharded
+    weights, e.g. SD3.5-Large's transformer)."""
+    for name in ("model.safetensors", "diffusion_pytorch_model.safetensors",
+                 "diffusion_pytorch_model.safetensors.index.json"):
         if (_model_folder(model_dir) / name).is_file():
             return _model_folder(model_dir) / name
     raise AssetError(f"{model_dir} holds no model.safetensors or diffusion_pytorch_model.safetensors")
@@ -59,14 +60,23 @@ def file_hash(path: Path, head: int = 1 << 24) -> str:
     return h.hexdigest()[:16]
 
 
-def teacher_recommended(config: dict) -> dict:
-    """The teacher's recommended sampling setting (steps, guidance, sampler) from its config.json."""
-    return {**DEFAULT_RECOMMENDED, **config.get("ladd_recommended", {})}
+def teacher_recommended(model_dir: str | Path) -> dict:
+    """The teacher's recommended sampling setting (steps, guidance, sampler, shift; ladd.models.registry)."""
+    return model_settings(model_dir)[0]
 
 
-def teacher_text_encoder(config: dict) -> dict:
-    """The teacher's text encoder spec (name, max_length) from its config.json."""
-    return dict(config.get("ladd_text_encoder", DEFAULT_TEXT_ENCODER))
+def teacher_text_encoder(model_dir: str | Path) -> dict:
+    """The teacher's text encoder spec (``load_text_encoder(**spec)``; ladd.models.registry)."""
+    return model_settings(model_dir)[1]
+
+
+def prompt_file_settings(path: str | Path) -> dict:
+    """What identifies the prompts of ``data.prompts``: their count and a hash of the texts (not the file's path,
+    so the same prompts elsewhere are the same data)."""
+    from ladd.data.prompts import read_prompt_texts
+
+    texts = read_prompt_texts(path)
+    return {"count": len(texts), "sha1": hashlib.sha1("\n".join(texts).encode()).hexdigest()[:16]}
 
 
 def generation_settings(cfg) -> dict:
@@ -79,41 +89,44 @@ def generation_settings(cfg) -> dict:
     gen = {"source": d.source, "seed": d.seed, "num_samples": d.num_samples, "shard_size": d.shard_size,
            "height": d.height, "width": d.width,
            "latent_shape": [teacher_cfg["in_channels"], d.height // down, d.width // down],
-           "text_encoder": teacher_text_encoder(teacher_cfg)}
+           "text_encoder": teacher_text_encoder(cfg.paths.teacher)}
     if d.source == "real":
         return {**gen, "vae": str(Path(cfg.paths.vae).resolve()), "vae_hash": file_hash(weights_file(cfg.paths.vae))}
-    rec = teacher_recommended(teacher_cfg)
-    return {**gen, "teacher": str(Path(cfg.paths.teacher).resolve()),
-            "teacher_hash": file_hash(weights_file(cfg.paths.teacher)),
-            "guidance": rec["guidance"] if d.guidance is None else d.guidance,
-            "steps": d.steps or rec["steps"], "sampler": d.sampler or rec["sampler"]}
+    rec = teacher_recommended(cfg.paths.teacher)
+    gen.update(teacher=str(Path(cfg.paths.teacher).resolve()), teacher_hash=file_hash(weights_file(cfg.paths.teacher)),
+               guidance=rec["guidance"] if d.guidance is None else d.guidance, steps=d.steps or rec["steps"],
+               sampler=d.sampler or rec["sampler"])
+    # recorded only when they differ from the nano world's, so that data made before these keys existed is reused
+    if rec["shift"] != 1.0:
+        gen["shift"] = rec["shift"]
+    if d.prompts is not None:
+        gen["prompts"] = prompt_file_settings(d.prompts)
+    return gen
 
 
-def sample_record(seed: int, index: int) -> dict:
-    """``{"index", "prompt", "spec", "seed"}`` of ShapeWorld sample ``index``: the scene of
-    ``shapeworld.sample(seed, index)`` (without rendering it), a random caption of it, and a noise seed."""
+def sample_record(seed: int, index: int, prompts: list[str] | None = None) -> dict:
+    """``{"index", "prompt", "spec", "seed"}`` of sample ``index``: with ``prompts``, prompt ``index mod N`` and
+    an empty spec; else the scene of ``shapeworld.sample(seed, index)`` (without rendering it) and a random caption
+    of it. The noise seed depends on ``(seed, index)`` only."""
     from ladd.nano.prompts import caption
     from ladd.nano.shapeworld import sample_scene, scene_rng
 
+    if prompts:
+        return {"index": int(index), "prompt": prompts[index % len(prompts)], "spec": [],
+                "seed": shards.sample_seed(seed, index, 0x5EED)}
     scene = sample_scene(scene_rng(seed, index))
     text, spec = caption(scene, np.random.default_rng([int(seed), int(index), 0xCA9]))
     return {"index": int(index), "prompt": text, "spec": spec, "seed": shards.sample_seed(seed, index, 0x5EED)}
 
 
-def sampling_times(sampler: str, steps: int) -> torch.Tensor:
-    """The time grid of ``sampler`` (as ladd.generate): Euler over ``steps`` uniform steps, or the student grid
-    plus the end time 0 for the re-noising sampler."""
-    return flow.euler_grid(steps) if sampler == "euler" else torch.cat([flow.student_grid(steps), torch.zeros(1)])
-
-
 @torch.no_grad()
 def teacher_latents(teacher, records: list[dict], cond: TextEmbeddings, uncond: TextEmbeddings, gen: dict,
                     batch_size: int, device) -> torch.Tensor:
-    """Teacher samples ``[n, C, h, w]`` for ``records`` with CFG (``gen``: guidance, steps, sampler)."""
+    """Teacher samples ``[n, C, h, w]`` for ``records`` with CFG (``gen``: guidance, steps, sampler, shift)."""
     from ladd.sampling import get_sampler
 
     sample = get_sampler(gen["sampler"])
-    times = sampling_times(gen["sampler"], gen["steps"])
+    times = flow.sampling_times(gen["sampler"], gen["steps"], gen.get("shift", 1.0))
     out = []
     for s in range(0, len(records), batch_size):
         gens = [torch.Generator().manual_seed(r["seed"]) for r in records[s:s + batch_size]]
@@ -143,7 +156,7 @@ def load_models(cfg, gen: dict, text_encoder=None, device="cpu"):
     from ladd.models import text_encoder as te
 
     if text_encoder is None:
-        text_encoder = te.load_text_encoder(gen["text_encoder"]["name"], gen["text_encoder"]["max_length"])
+        text_encoder = te.load_text_encoder(**gen["text_encoder"], device=device, cache_dir=cfg.paths.text_cache)
     bs = cfg.data.batch_size
     if gen["source"] == "real":
         from ladd.models.vae import load_vae
@@ -157,14 +170,15 @@ def load_models(cfg, gen: dict, text_encoder=None, device="cpu"):
 
 
 def write_shards(data_dir: Path, gen: dict, todo: list[int], make_latents, text_encoder,
-                 show_progress: bool = True) -> list[int]:
-    """Write shards ``todo``: records, text embeddings (float16) and latents; returns the shards written."""
+                 show_progress: bool = True, prompts: list[str] | None = None) -> list[int]:
+    """Write shards ``todo``: records (of ``prompts`` when given, see ``sample_record``), text embeddings (float16)
+    and latents; returns the shards written."""
     n, size = gen["num_samples"], gen["shard_size"]
     uncond = text_encoder.encode([""])
     bar = tqdm(total=sum(len(shards.shard_range(k, size, n)) for k in todo), desc=f"synth {gen['source']}",
                disable=not show_progress, dynamic_ncols=True, mininterval=2)
     for k in todo:
-        records = [sample_record(gen["seed"], i) for i in shards.shard_range(k, size, n)]
+        records = [sample_record(gen["seed"], i, prompts) for i in shards.shard_range(k, size, n)]
         cond = text_encoder.encode([r["prompt"] for r in records])
         latents = make_latents(records, cond, uncond)
         if list(latents.shape[1:]) != gen["latent_shape"]:
@@ -201,4 +215,9 @@ def synthesize(cfg, text_encoder=None, rank: int | None = None, world_size: int 
         return []
     log.info("%s: writing %d of %d shards (process %d of %d)", data_dir, len(todo), len(own), rank, world_size)
     make_latents, encoder = load_models(cfg, gen, text_encoder, state.device)
-    return write_shards(data_dir, gen, todo, make_latents, encoder, show_progress=rank == 0)
+    prompts = None
+    if cfg.data.prompts is not None:
+        from ladd.data.prompts import read_prompt_texts
+
+        prompts = read_prompt_texts(cfg.data.prompts)
+    return write_shards(data_dir, gen, todo, make_latents, encoder, show_progress=rank == 0, prompts=prompts)

@@ -20,6 +20,11 @@ from ladd.config import ConfigError, load
 # rest on t = 0.5. 1 step: the only time there is.
 DEFAULT_PROBS = {1: [1.0], 2: [0.7, 0.3], 4: [0.7, 0.1, 0.1, 0.1]}
 
+# LoRA targets of diffusers' SD3 DreamBooth-LoRA script: q, k, v and output projections of the image (to_*) and
+# text (add_*_proj, to_add_out) streams of every JointTransformerBlock's attention.
+LORA_TARGETS = ("attn.to_q", "attn.to_k", "attn.to_v", "attn.to_out.0",
+                "attn.add_q_proj", "attn.add_k_proj", "attn.add_v_proj", "attn.to_add_out")
+
 
 def _fail(name: str, problem: str, fix: str) -> None:
     raise ConfigError(f"{name}: {problem}; {fix}")
@@ -53,10 +58,20 @@ class StudentConfig:
     probs: list[float] | None = None         # P(t_s = grid[k]); None = DEFAULT_PROBS[steps]
     warmup_probs: list[float] | None = None  # LADD.md's optional warm-up grid, e.g. [0, 0, .5, .5]
     warmup_steps: int = 0                    # iterations that use warmup_probs (0 = no warm-up)
+    shift: float = 1.0                       # time shift of the grid (ladd.flow.shift_times); SD3.5-Large-Turbo: 3
+    # LoRA on the copy of the teacher (ladd.distill.lora; LADD.md, Components): only the adapters train.
+    lora_rank: int = 0                       # 0 = full fine-tuning of every weight
+    lora_alpha: float | None = None          # LoRA scale alpha / rank; None = rank (scale 1)
+    # module names or name suffixes; default: the joint blocks' attention projections (diffusers' SD3 LoRA script)
+    lora_targets: list[str] = field(default_factory=lambda: list(LORA_TARGETS))
 
     def __post_init__(self):
+        self._check_lora()
         if self.steps < 1:
             _fail("student.steps", f"got {self.steps}, the student grid would be empty", "use 1, 2 or 4")
+        self.shift = _number("student.shift", self.shift)
+        if not self.shift > 0:
+            _fail("student.shift", f"got {self.shift}", "use a positive shift: 1 (none) or e.g. 3 (SD3.5-Large-Turbo)")
         if self.probs is None:
             if self.steps not in DEFAULT_PROBS:
                 _fail("student.probs", f"has no default for student.steps={self.steps}",
@@ -72,6 +87,20 @@ class StudentConfig:
     def probs_at(self, step: int) -> list[float]:
         """The grid probabilities used at training iteration ``step``."""
         return self.warmup_probs if step < self.warmup_steps else self.probs
+
+    def _check_lora(self) -> None:
+        if isinstance(self.lora_rank, bool) or not isinstance(self.lora_rank, int) or self.lora_rank < 0:
+            _fail("student.lora_rank", f"got {self.lora_rank!r}", "use 0 (full fine-tuning) or a rank >= 1, e.g. 16")
+        if self.lora_alpha is not None:
+            self.lora_alpha = _number("student.lora_alpha", self.lora_alpha)
+            if not self.lora_alpha > 0:
+                _fail("student.lora_alpha", f"got {self.lora_alpha}", "use a positive number or null (= lora_rank)")
+        if isinstance(self.lora_targets, str) or not self.lora_targets:
+            _fail("student.lora_targets", f"got {self.lora_targets!r}",
+                  "give a non-empty list of module names, e.g. '[attn.to_q,attn.to_v]'")
+        bad = [t for t in self.lora_targets if not isinstance(t, str) or not t.strip(". ")]
+        if bad:
+            _fail("student.lora_targets", f"{bad} are not module names", "give names like attn.to_q")
 
 
 @dataclass
@@ -192,6 +221,7 @@ class TrainConfig:
     batch_size: int = 32          # global batch: over all processes and accumulation micro-steps
     grad_accum: int = 1
     mixed_precision: str = "no"   # accelerate's: "no" or "bf16" (fp16 is refused, see __post_init__)
+    gradient_checkpointing: bool = False  # recompute student and teacher block activations in backward (large models)
     ema_decay: float = 0.999      # EMA of the student; 0 = off
     ckpt_every: int = 500
     sample_every: int = 250       # 0 = never
@@ -250,10 +280,14 @@ class DataConfig:
     batch_size: int = 128            # teacher batch while sampling (CFG doubles it)
     height: int = 64
     width: int = 64
+    prompts: str | None = None       # prompt file (.txt, one per line, or .jsonl) replacing the ShapeWorld captions
 
     def __post_init__(self):
         if self.source not in ("synthetic", "real"):
             _fail("data.source", f"got {self.source!r}", "use 'synthetic' (teacher samples) or 'real' (VAE-encoded)")
+        if self.source == "real" and self.prompts is not None:
+            _fail("data.prompts", "replaces the captions of teacher samples; real data are ShapeWorld images with "
+                  "their own captions", "use data.source=synthetic or data.prompts=null")
         for name in ("num_samples", "shard_size", "batch_size"):
             if getattr(self, name) < 1:
                 _fail(f"data.{name}", f"got {getattr(self, name)}", "give a positive integer")
@@ -313,6 +347,7 @@ class PathsConfig:
     vae: str = "assets/nano/vae"          # only to decode preview samples
     data: str = "runs/nano-synth"         # synthetic shards (latents + prompt embeddings)
     run_dir: str = "runs/nano-ladd"
+    text_cache: str | None = None         # on-disk cache of prompt embeddings (SD3 encoders); None = in memory only
 
 
 @dataclass

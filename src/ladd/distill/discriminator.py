@@ -123,8 +123,3 @@ def build_discriminator(teacher, cfg: DiscriminatorConfig) -> Discriminator:
     return Discriminator([feature_channels(teacher)] * len(blocks), teacher.config.pooled_projection_dim, blocks,
                          cfg.head_width, cfg.head_depth, cfg.norm, cfg.t_embed_dim)
 
-
-def teacher_features(teacher, x_noisy: torch.Tensor, t_hat: torch.Tensor, cond, blocks: list[int]):
-    """The discriminator's feature network: the frozen teacher's image tokens of ``blocks`` at ``(x_noisy,
-    t_hat)`` as ``[B, C, h/p, w/p]`` maps. Gradients flow to ``x_noisy`` unless called under ``no_grad``."""
-    return teacher.features(x_noisy, t_hat, cond, blocks)

@@ -2,12 +2,17 @@
 
     export/config.json                           SD3Transformer2DModel config + ladd_* keys (see below)
     export/diffusion_pytorch_model.safetensors   the weights (EMA weights when EMA is on)
-    export/scheduler/scheduler_config.json       FlowMatchEulerDiscreteScheduler, shift 1.0
+    export/scheduler/scheduler_config.json       FlowMatchEulerDiscreteScheduler with the student's shift
     export/card.md                               teacher, steps, data, time, figures
+    export/lora/pytorch_lora_weights.safetensors only for a LoRA student (student.lora_rank > 0): the adapters alone
+
+A LoRA student is exported twice (ladd.distill.lora): merged into plain weights as above, so everything that loads
+the export (``ladd eval``, ``ladd sample``, StableDiffusion3Pipeline) works unchanged, and as adapters in
+diffusers' format for the teacher (``pipe.load_lora_weights(<export>/lora)`` on a pipeline holding the teacher).
 
 ``save_pretrained`` writes the first two; we add the keys ladd.models.registry reads: ``ladd_recommended``
-(``steps`` = the student grid, guidance 1, the re-noising sampler), ``ladd_text_encoder`` (the teacher's) and
-``ladd_vae`` (relative to the export folder), so ``ladd eval --model <run>/export`` and
+(``steps`` = the student grid, guidance 1, the re-noising sampler, ``shift`` = ``student.shift``),
+``ladd_text_encoder`` (the teacher's) and ``ladd_vae`` (relative to the export folder), so ``ladd eval --model <run>/export`` and
 ``ladd.models.teacher.load_teacher`` load it as they load the teacher. diffusers logs that it ignores the
 ladd_* keys when it reads the config.
 """
@@ -21,26 +26,34 @@ from pathlib import Path
 
 import torch
 
+from ladd.distill import lora
 from ladd.models.io import replace_dir
 
 
 def export_student(model: torch.nn.Module, out_dir: str | Path, *, steps: int, teacher_dir: str | Path,
-                   vae_dir: str | Path, text_encoder: dict, card: str, trained_steps: int | None = None) -> Path:
-    """Write ``model`` (an SD3Adapter) to ``out_dir`` atomically (temporary folder, then rename)."""
+                   vae_dir: str | Path, text_encoder: dict, card: str, trained_steps: int | None = None,
+                   shift: float = 1.0) -> Path:
+    """Write ``model`` (an SD3Adapter, maybe with LoRA adapters: then merged, and the adapters also alone in
+    ``lora/``) to ``out_dir`` atomically (temporary folder, then rename). ``model`` is not changed."""
     from diffusers import FlowMatchEulerDiscreteScheduler
 
     out_dir = Path(out_dir)
     tmp = out_dir.with_name(out_dir.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    model.transformer.save_pretrained(tmp, safe_serialization=True)
+    if lora.is_lora(model):
+        lora.merged_copy(model.transformer).save_pretrained(tmp, safe_serialization=True)
+        lora.save_lora(model.transformer, tmp / "lora")
+    else:
+        model.transformer.save_pretrained(tmp, safe_serialization=True)
     config = json.loads((tmp / "config.json").read_text())
-    config.update(ladd_recommended={"steps": steps, "guidance": 1.0, "sampler": "renoise"},
+    config.update(ladd_recommended={"steps": steps, "guidance": 1.0, "sampler": "renoise", "shift": shift},
                   ladd_text_encoder=text_encoder,
                   ladd_vae=_reference(vae_dir, out_dir),
                   ladd_teacher=_reference(teacher_dir, out_dir), ladd_trained_steps=trained_steps)
     (tmp / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
-    # shift 1: the student's grid is uniform in t (ladd.flow.student_grid), with no resolution shift
-    FlowMatchEulerDiscreteScheduler(shift=1.0).save_pretrained(tmp / "scheduler")
+    # the student's grid is ladd.flow.student_grid(steps, shift): diffusers' pipeline shifts the sigmas it is
+    # given (sigmas=student_grid(steps)) by this shift, as SD3.5-Large-Turbo's scheduler does
+    FlowMatchEulerDiscreteScheduler(shift=shift).save_pretrained(tmp / "scheduler")
     (tmp / "card.md").write_text(card)
     return replace_dir(tmp, out_dir)
 
@@ -54,10 +67,13 @@ def _reference(folder: str | Path, out_dir: Path) -> str:
 
 def model_card(info: dict, table: str | None = None) -> str:
     """The export's card.md. ``info``: teacher, steps_trained, student_steps, seconds, command, data (the data
-    manifest's generation settings), n_params, ema_decay; ``table`` the evaluation table (Markdown), if any."""
+    manifest's generation settings), n_params, ema_decay, lora (a description, or None); ``table`` the evaluation
+    table (Markdown), if any."""
     gen = info["data"]
     if gen["source"] == "synthetic":
-        data = (f"{gen['num_samples']} teacher samples of ShapeWorld seed {gen['seed']} captions, "
+        source = (f"{gen['prompts']['count']} prompts of data.prompts" if "prompts" in gen
+                  else f"ShapeWorld seed {gen['seed']} captions")
+        data = (f"{gen['num_samples']} teacher samples of {source}, "
                 f"{gen['steps']} {gen['sampler']} steps, guidance {gen['guidance']:g} (`ladd synth`)")
     else:
         data = f"{gen['num_samples']} real ShapeWorld images (seed {gen['seed']}) encoded by the VAE {gen['vae']}"
@@ -69,6 +85,8 @@ def model_card(info: dict, table: str | None = None) -> str:
         f"- data: {data}",
         f"- training: {info['steps_trained']} iterations, batch {info['batch_size']}, "
         f"{'EMA ' + format(info['ema_decay'], 'g') + ' weights' if info['ema_decay'] else 'raw weights (no EMA)'}",
+        *([f"- LoRA student ({info['lora']}): merged into these weights; `lora/` holds the adapters alone, "
+           f"for the teacher (`StableDiffusion3Pipeline.load_lora_weights`)"] if info.get("lora") else []),
         f"- wall time: {info['seconds'] / 60:.1f} min on {info['device']}",
         f"- use: {info['student_steps']} steps, no guidance, re-noising sampler "
         f"(`ladd sample --model <this folder> --prompt ...`)", "",
@@ -81,10 +99,12 @@ def model_card(info: dict, table: str | None = None) -> str:
 def export_run(run_dir: str | Path, out_dir: str | Path, use_ema: bool = True) -> Path:
     """Export the newest checkpoint of a ``ladd distill`` run folder to ``out_dir`` (e.g. to ship it, or after an
     interrupted run): the EMA weights (``use_ema`` and EMA on) else the raw student, with the run's card when
-    ``run_dir/export`` holds the same training state, else a card built from the run's config."""
+    ``run_dir/export`` holds the same training state, else a card built from the run's config. A LoRA run's student
+    is rebuilt from its config (teacher + adapters) before the checkpoint is loaded."""
     from ladd.config import ConfigError, load
-    from ladd.data.synth import teacher_config, teacher_text_encoder
+    from ladd.data.synth import teacher_text_encoder
     from ladd.distill.config import DistillConfig
+    from ladd.distill.steps import init_student
     from ladd.models.teacher import load_teacher
     from ladd.training.checkpoint import latest_checkpoint, load_module
     from ladd.training.ema import EMA
@@ -98,7 +118,7 @@ def export_run(run_dir: str | Path, out_dir: str | Path, use_ema: bool = True) -
     if ckpt is None:
         raise ConfigError(f"{run_dir}/checkpoints holds no complete checkpoint yet; train first (ladd distill)")
     step = json.loads((ckpt / "state.json").read_text())["step"]
-    model = load_teacher(cfg.paths.teacher)
+    model = init_student(load_teacher(cfg.paths.teacher), cfg.student).eval()  # the checkpoint's own layout
     if use_ema and (ckpt / "ema.safetensors").is_file():
         ema = EMA(model)  # the checkpoint's own layout (shadow.* and the update counter), checked key by key
         load_module(ema, ckpt / "ema.safetensors")
@@ -112,5 +132,5 @@ def export_run(run_dir: str | Path, out_dir: str | Path, use_ema: bool = True) -
         f"# LADD student\n\nExported by `ladd export {run_dir}` from {ckpt.name} ({step} iterations) of the run "
         f"configured in {run_dir / 'config.yaml'}; not evaluated.\n")
     return export_student(model, out_dir, steps=cfg.student.steps, teacher_dir=cfg.paths.teacher,
-                          vae_dir=cfg.paths.vae, trained_steps=step, card=card,
-                          text_encoder=teacher_text_encoder(teacher_config(cfg.paths.teacher)))
+                          vae_dir=cfg.paths.vae, trained_steps=step, card=card, shift=cfg.student.shift,
+                          text_encoder=teacher_text_encoder(cfg.paths.teacher))

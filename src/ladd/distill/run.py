@@ -40,13 +40,43 @@ PREVIEW_PROMPTS = ["a red circle", "two blue squares", "a green triangle in the 
                    "a blue cross on the right", "a large red square in the center"]
 
 
+def check_model_paths(cfg: DistillConfig) -> None:
+    """The teacher and VAE folders exist; an SD3 pipeline teacher folder is complete and comes with a prompt file
+    (its data cannot be ShapeWorld captions) and without the nano evaluation (its evaluator reads ShapeWorld)."""
+    from ladd.models import sd3
+
+    for name in ("teacher", "vae"):
+        path = Path(getattr(cfg.paths, name))
+        if not path.is_dir():
+            example = (f"a ladd model folder or a local diffusers StableDiffusion3Pipeline folder, e.g. "
+                       f"huggingface-cli download stabilityai/stable-diffusion-3-medium-diffusers --local-dir {path}"
+                       if name == "teacher" else "a ladd VAE folder, or D/vae of an SD3 pipeline folder D")
+            raise ConfigError(f"paths.{name}: {path} does not exist; set paths.{name} to {example}")
+    if not sd3.is_pipeline_folder(cfg.paths.teacher):
+        return
+    sd3.check_sd3_folder(cfg.paths.teacher)
+    if cfg.data.source == "synthetic" and cfg.data.prompts is None:
+        raise ConfigError(f"data.prompts: the SD3 teacher {cfg.paths.teacher} needs a prompt file for its "
+                          f"synthetic data (ShapeWorld captions are for the nano world); set data.prompts=FILE "
+                          f"(.txt, one prompt per line, or .jsonl)")
+    if cfg.eval.enabled:
+        raise ConfigError("eval.enabled: the nano evaluator only reads ShapeWorld images; set eval.enabled=false "
+                          "(or --no-eval) for an SD3 teacher")
+
+
 def check_config(cfg: DistillConfig, num_processes: int = 1) -> dict:
     """Every check that needs no model weights: the config itself (done while parsing), the batch split over
-    processes, the tapped blocks against the teacher's config.json, teacher vs VAE latent channels, existing data
-    made with other settings, the evaluation prompts and evaluator. Returns the data's generation settings."""
+    processes, the tapped blocks and LoRA targets against the teacher's config.json, teacher vs VAE latent
+    channels, existing data made with other settings, the evaluation prompts and evaluator. The model folders
+    first (``check_model_paths``). Returns the data's generation settings."""
     cfg.train.micro_batch(num_processes)
+    check_model_paths(cfg)
     teacher_cfg = teacher_config(cfg.paths.teacher)
     cfg.disc.resolve_blocks(teacher_cfg["num_layers"])
+    if cfg.student.lora_rank > 0:
+        from ladd.distill.lora import check_targets_in_config
+
+        check_targets_in_config(teacher_cfg, cfg.student.lora_targets)
     vae_cfg = read_config(cfg.paths.vae)
     if vae_cfg.get("latent_channels") != teacher_cfg.get("in_channels"):
         raise ConfigError(f"paths.vae: the VAE at {cfg.paths.vae} makes {vae_cfg.get('latent_channels')}-channel "
@@ -88,13 +118,16 @@ def _run(cfg: DistillConfig, gen: dict, run_dir: Path, state, text_encoder, comm
     if text_encoder is None and (missing or cfg.train.sample_every):
         from ladd.models import text_encoder as te
 
-        text_encoder = te.load_text_encoder(gen["text_encoder"]["name"], gen["text_encoder"]["max_length"])
+        text_encoder = te.load_text_encoder(**gen["text_encoder"], device=state.device,
+                                            cache_dir=cfg.paths.text_cache)
     if missing:
         synthesize(cfg, text_encoder, state.process_index, state.num_processes)
     state.wait_for_everyone()
     data = shards.ShardDataset.load(cfg.paths.data)
     vae = load_vae(cfg.paths.vae)
     preview = text_encoder.encode(PREVIEW_PROMPTS) if cfg.train.sample_every else None
+    if hasattr(text_encoder, "release"):  # SD3's text encoders (T5-XXL: ~10 GB) leave the GPU before training
+        text_encoder.release()
     result = train(cfg, load_teacher(cfg.paths.teacher), data, run_dir, vae, preview)
     summary = {"run_dir": str(run_dir), "steps": result.step, "seconds": result.seconds, "rows": []}
     if state.is_main_process:
@@ -122,8 +155,12 @@ def _card_info(cfg: DistillConfig, gen: dict, result, command: str) -> dict:
              else f"{platform.machine()} CPU, {torch.get_num_threads()} threads")
     return {"teacher": cfg.paths.teacher, "steps_trained": result.step, "student_steps": cfg.student.steps,
             "seconds": result.seconds, "command": command, "data": gen, "batch_size": cfg.train.batch_size,
-            "n_params": sum(p.numel() for p in model.parameters()), "ema_decay": cfg.train.ema_decay,
-            "device": where}
+            "n_params": sum(p.numel() for n, p in model.named_parameters() if "lora_" not in n),
+            "ema_decay": cfg.train.ema_decay, "device": where, "lora": _lora_info(cfg.student)}
+
+
+def _lora_info(s) -> str | None:
+    return f"rank {s.lora_rank}, alpha {s.lora_alpha or s.lora_rank:g} on {s.lora_targets}" if s.lora_rank else None
 
 
 def _export(cfg: DistillConfig, run_dir: Path, result, info: dict) -> Path:
@@ -139,7 +176,8 @@ def _export(cfg: DistillConfig, run_dir: Path, result, info: dict) -> Path:
         return out
     out = export_student(result.export_model, run_dir / "export", steps=cfg.student.steps,
                          teacher_dir=cfg.paths.teacher, vae_dir=cfg.paths.vae, trained_steps=result.step,
-                         text_encoder=teacher_text_encoder(teacher_config(cfg.paths.teacher)), card=model_card(info))
+                         text_encoder=teacher_text_encoder(cfg.paths.teacher), card=model_card(info),
+                         shift=cfg.student.shift)
     log.info("exported the student to %s", out)
     return out
 
@@ -165,7 +203,7 @@ def _steps(n: int) -> str:
 
 def _jobs(cfg: DistillConfig, export_dir: Path) -> list[tuple]:
     """(label, folder name, model, steps, guidance, sampler) per evaluated setting; None = the model's default."""
-    rec = teacher_recommended(teacher_config(cfg.paths.teacher))
+    rec = teacher_recommended(cfg.paths.teacher)
     e = cfg.eval
     jobs = [(f"teacher {rec['steps']} steps, cfg {rec['guidance']:g} (recommended)", "teacher-recommended",
              cfg.paths.teacher, None, None, None)]

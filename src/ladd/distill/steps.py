@@ -15,8 +15,10 @@ What remains is student forward+backward (= one teacher training step), teacher 
 fake, a no-grad teacher forward on the real, and the heads: ~2.2x a teacher training step on the nano teacher
 (CPU, batch 16), of which the heads are ~0.2x.
 
-Randomness goes through an explicit ``torch.Generator`` (CPU generators work for any device: the draws are made
-on the generator's device and moved).
+Randomness goes through an explicit ``torch.Generator`` or ``ladd.distill.draws.Draws`` (the loop's: the same
+numbers at any process count; CPU generators work for any device: the draws are made on the generator's device
+and moved). The teacher is always called through ``__call__`` (``teacher(x, t, cond, blocks)`` for features), so
+an FSDP-wrapped teacher gathers its shards.
 """
 
 from __future__ import annotations
@@ -30,13 +32,10 @@ import torch.nn.functional as F
 
 from ladd import flow
 from ladd.distill import losses
-from ladd.distill.config import DistillConfig, OptimConfig
+from ladd.distill.config import DistillConfig, OptimConfig, StudentConfig
+from ladd.distill.lora import add_lora
+from ladd.distill.draws import Draws, as_draws
 from ladd.models.text_encoder import TextEmbeddings
-
-
-def _randn(like: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
-    device = generator.device if generator is not None else like.device
-    return torch.randn(like.shape, generator=generator, device=device).to(like)
 
 
 def _unwrap(model):
@@ -50,9 +49,9 @@ def _unwrap(model):
 
 
 def _velocity(model, x: torch.Tensor, t: torch.Tensor, cond: TextEmbeddings) -> torch.Tensor:
-    """``model.velocity``; through ``__call__`` for a DDP/FSDP-wrapped model, whose gradient sync hooks on
-    ``forward`` (this needs the adapter's ``forward`` to be ``velocity``)."""
-    return model.velocity(x, t, cond) if hasattr(model, "velocity") else model(x, t, cond)
+    """The model's velocity through ``__call__``: a DDP/FSDP wrapper syncs gradients and gathers shards only
+    there (and FSDP's wrapper forwards attribute lookups such as ``.velocity`` past itself)."""
+    return model(x, t, cond)
 
 
 @contextmanager
@@ -73,9 +72,13 @@ def freeze(model: torch.nn.Module) -> torch.nn.Module:
     return model.eval().requires_grad_(False)
 
 
-def init_student(teacher: torch.nn.Module) -> torch.nn.Module:
-    """The student G: a trainable copy of the teacher's weights (LADD.md, Components)."""
-    return copy.deepcopy(_unwrap(teacher)).train().requires_grad_(True)
+def init_student(teacher: torch.nn.Module, cfg: StudentConfig | None = None) -> torch.nn.Module:
+    """The student G: a copy of the teacher's weights (LADD.md, Components), all trainable, or with
+    ``cfg.lora_rank > 0`` frozen under trainable LoRA adapters (ladd.distill.lora)."""
+    student = copy.deepcopy(_unwrap(teacher)).train().requires_grad_(True)
+    if cfg is not None and cfg.lora_rank > 0:
+        add_lora(student, cfg.lora_rank, cfg.lora_alpha, cfg.lora_targets)
+    return student
 
 
 def build_optimizers(student: torch.nn.Module, disc: torch.nn.Module, cfg: OptimConfig):
@@ -88,26 +91,26 @@ def build_optimizers(student: torch.nn.Module, disc: torch.nn.Module, cfg: Optim
 
 
 def student_forward(student, x0: torch.Tensor, cond: TextEmbeddings, grid: torch.Tensor, probs: torch.Tensor,
-                    generator: torch.Generator | None = None):
+                    generator: torch.Generator | Draws | None = None):
     """``(x0_hat [B, C, h, w], t_s [B])``: ``t_s ~ probs`` over ``grid`` (e.g. ``[1, .75, .5, .25]``),
     ``x_t = (1 - t_s) x0 + t_s eps``, ``x0_hat = x_t - t_s G(x_t, t_s)`` (LADD.md, step 2). At ``t_s = 1``
     ``x_t`` is pure noise; below, it is the noised *data* latent, as in training with the sampler's inputs."""
-    device = generator.device if generator is not None else x0.device
-    idx = torch.multinomial(probs.to(device, torch.float32), x0.shape[0], replacement=True, generator=generator)
-    t_s = grid.to(device)[idx].to(x0.device, x0.dtype)
-    x_t = flow.add_noise(x0, _randn(x0, generator), t_s)
+    draws = as_draws(generator)
+    idx = draws.choice(probs, x0.shape[0])
+    t_s = grid.to(idx.device)[idx].to(x0.device, x0.dtype)
+    x_t = flow.add_noise(x0, draws.randn(x0), t_s)
     return flow.x0_from_v(x_t, _velocity(student, x_t, t_s, cond), t_s), t_s
 
 
-def renoise(x: torch.Tensor, m: float, s: float, generator: torch.Generator | None = None,
+def renoise(x: torch.Tensor, m: float, s: float, generator: torch.Generator | Draws | None = None,
             t: torch.Tensor | None = None):
     """``(x_noisy, t_hat)``: ``t_hat ~ LogitNormal(m, s)`` ``[B]`` (or the given ``t``),
     ``x_noisy = (1 - t_hat) x + t_hat eps`` (LADD.md, steps 3-4). Differentiable w.r.t. ``x``."""
+    draws = as_draws(generator)
     if t is None:
-        device = generator.device if generator is not None else x.device
-        t = flow.logit_normal(x.shape[0], m, s, generator=generator, device=device)
+        t = draws.logit_normal(x.shape[0], m, s, device=x.device)
     t = t.to(x.device, x.dtype)
-    return flow.add_noise(x, _randn(x, generator), t), t
+    return flow.add_noise(x, draws.randn(x), t), t
 
 
 @dataclass
@@ -129,7 +132,7 @@ def _teacher_x0(teacher, x_noisy: torch.Tensor, t: torch.Tensor, cond: TextEmbed
     """The teacher's x0 prediction, no grad (a regression target)."""
     with torch.no_grad():
         x_noisy = x_noisy.detach()
-        return flow.x0_from_v(x_noisy, teacher.velocity(x_noisy, t, cond), t)
+        return flow.x0_from_v(x_noisy, teacher(x_noisy, t, cond), t)
 
 
 def _check_frozen(teacher) -> None:
@@ -138,7 +141,7 @@ def _check_frozen(teacher) -> None:
 
 
 def generator_step(student, teacher, disc, x0: torch.Tensor, cond: TextEmbeddings, cfg: DistillConfig,
-                   generator: torch.Generator | None = None, step: int = 0) -> GeneratorOut:
+                   generator: torch.Generator | Draws | None = None, step: int = 0) -> GeneratorOut:
     """The student's loss on data latents ``x0`` ``[B, C, h, w]`` with their prompts ``cond``.
 
     The teacher is frozen but not under ``no_grad``: the adversarial gradient flows through its features into
@@ -146,11 +149,11 @@ def generator_step(student, teacher, disc, x0: torch.Tensor, cond: TextEmbedding
     since it takes no part in this step's gradient sync). ``step`` selects the warm-up grid probabilities."""
     _check_frozen(teacher)
     disc = _unwrap(disc)
-    grid = flow.student_grid(cfg.student.steps)
+    grid = flow.student_grid(cfg.student.steps, cfg.student.shift)
     probs = torch.tensor(cfg.student.probs_at(step))
     x0_hat, t_s = student_forward(student, x0, cond, grid, probs, generator)
     fake, t_hat = renoise(x0_hat, cfg.disc.noise_m, cfg.disc.noise_s, generator)
-    feats = teacher.features(fake, t_hat, cond, disc.blocks)
+    feats = teacher(fake, t_hat, cond, disc.blocks)
     with _param_grads_off(disc):
         logits = disc(feats, t_hat, cond.pooled)
     adv = losses.g_loss(cfg.loss.kind, logits)
@@ -172,10 +175,10 @@ def shuffled_prompts(cond: TextEmbeddings, shift: int = 1) -> TextEmbeddings:
     return TextEmbeddings(cond.tokens.roll(shift, 0), cond.pooled.roll(shift, 0))
 
 
-def _shuffled(cond: TextEmbeddings, generator: torch.Generator | None) -> TextEmbeddings:
-    """Prompts rolled by a random shift in [1, B - 1]."""
+def _shuffled(cond: TextEmbeddings, generator: torch.Generator | Draws | None) -> TextEmbeddings:
+    """Prompts rolled by a random shift in [1, B - 1] (within this process's micro-batch)."""
     b = len(cond)
-    return shuffled_prompts(cond, int(torch.randint(1, b, (1,), generator=generator)) if b > 1 else 0)
+    return shuffled_prompts(cond, as_draws(generator).integer(1, b) if b > 1 else 0)
 
 
 def _real_features(teacher, real, t_real, cond, blocks, mis_cond):
@@ -183,8 +186,8 @@ def _real_features(teacher, real, t_real, cond, blocks, mis_cond):
     ``mis_cond`` is given (one batched forward). Returns (real feats, misaligned feats or None)."""
     with torch.no_grad():
         if mis_cond is None:
-            return teacher.features(real, t_real, cond, blocks), None
-        both = teacher.features(torch.cat([real, real]), torch.cat([t_real, t_real]),
+            return teacher(real, t_real, cond, blocks), None
+        both = teacher(torch.cat([real, real]), torch.cat([t_real, t_real]),
                                 TextEmbeddings.cat([cond, mis_cond]), blocks)
     b = real.shape[0]
     return [f[:b] for f in both], [f[b:] for f in both]
@@ -201,7 +204,7 @@ def _judge(disc, groups):
 
 
 def discriminator_step(teacher, disc, x0: torch.Tensor, cond: TextEmbeddings, fake: FakeBatch, cfg: DistillConfig,
-                       generator: torch.Generator | None = None):
+                       generator: torch.Generator | Draws | None = None):
     """``(loss, metrics)`` of the heads on real latents ``x0`` vs the G step's cached ``fake`` (same prompts).
 
     Only the real branch runs the teacher (under ``no_grad``); the student gets no gradient from this loss."""

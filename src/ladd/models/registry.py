@@ -1,8 +1,10 @@
 """Model names -> folders, and a loaded text-to-image generator (denoiser + VAE + text encoder + its card).
 
 Names: ``nano-teacher``, ``nano-student`` (shipped under ``assets/nano``), or a path to a model folder. A model
-folder's ``config.json`` may carry ``ladd_recommended`` (steps, guidance, sampler), ``ladd_text_encoder`` and
-``ladd_vae`` (a path, relative to the folder or absolute; default: the nano VAE).
+folder's ``config.json`` may carry ``ladd_recommended`` (steps, guidance, sampler, shift), ``ladd_text_encoder`` and
+``ladd_vae`` (a path, relative to the folder or absolute; default: the nano VAE). A diffusers
+``StableDiffusion3Pipeline`` folder brings its own (ladd.models.sd3): its VAE, its text encoders, the pipeline's
+default setting with its scheduler's shift.
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ from pathlib import Path
 
 from ladd.models.io import AssetError, read_config
 
+DEFAULT_RECOMMENDED = {"steps": 50, "guidance": 4.0, "sampler": "euler", "shift": 1.0}
+DEFAULT_TEXT_ENCODER = {"name": "minilm", "max_length": 40}
 NAMED = {"nano-teacher": "nano/teacher", "nano-student": "nano/student", "nano-vae": "nano/vae",
          "nano-evaluator": "nano/evaluator"}
 
@@ -35,6 +39,20 @@ def resolve(name_or_path: str) -> Path:
     return path
 
 
+def model_settings(path: str | Path) -> tuple[dict, dict, Path]:
+    """(recommended sampling setting, text encoder spec, VAE folder) of a model folder, from its JSON files only."""
+    from ladd.models import sd3
+
+    path = Path(path)
+    if sd3.is_pipeline_folder(path):
+        sd3.check_sd3_folder(path)
+        return sd3.recommended_settings(path), sd3.text_encoder_spec(path), path / "vae"
+    config = read_config(path)
+    vae = Path(config.get("ladd_vae", str(assets_dir() / "nano/vae")))
+    return ({**DEFAULT_RECOMMENDED, **config.get("ladd_recommended", {})},
+            dict(config.get("ladd_text_encoder", DEFAULT_TEXT_ENCODER)), vae if vae.is_absolute() else path / vae)
+
+
 @dataclass
 class Generator:
     name: str
@@ -51,12 +69,6 @@ def load_generator(name_or_path: str) -> Generator:
     from ladd.models.vae import load_vae
 
     path = resolve(name_or_path)
-    config = read_config(path)
-    vae_path = Path(config.get("ladd_vae", str(assets_dir() / "nano/vae")))
-    if not vae_path.is_absolute():
-        vae_path = path / vae_path
-    text = config.get("ladd_text_encoder", {"name": "minilm", "max_length": 40})
-    recommended = {"steps": 50, "guidance": 4.0, "sampler": "euler", **config.get("ladd_recommended", {})}
+    recommended, text, vae_path = model_settings(path)
     return Generator(name=name_or_path, path=path, model=load_teacher(path).eval().requires_grad_(False),
-                     vae=load_vae(vae_path), text_encoder=load_text_encoder(text["name"], text["max_length"]),
-                     recommended=recommended)
+                     vae=load_vae(vae_path), text_encoder=load_text_encoder(**text), recommended=recommended)

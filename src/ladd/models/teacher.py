@@ -57,9 +57,15 @@ class SD3Adapter(torch.nn.Module):
         """Channels of the maps ``features`` returns (the transformer's inner width)."""
         return self.config.num_attention_heads * self.config.attention_head_dim
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor, cond: TextEmbeddings) -> torch.Tensor:
-        """Same as ``velocity``; DDP/FSDP wrappers only sync gradients through ``__call__``."""
-        return self.velocity(x, t, cond)
+    def forward(self, x: torch.Tensor, t: torch.Tensor, cond: TextEmbeddings, blocks: list[int] | None = None):
+        """``velocity``, or ``features`` of ``blocks`` when given. Training calls models this way, through
+        ``__call__``: DDP syncs gradients and FSDP gathers a sharded model's weights only there."""
+        return self.velocity(x, t, cond) if blocks is None else self.features(x, t, cond, blocks)
+
+    def enable_gradient_checkpointing(self) -> None:
+        """Recompute each transformer block's activations in the backward pass (diffusers' switch): less memory
+        for the student and for the teacher the generator step backpropagates through, ~30% more compute."""
+        self.transformer.enable_gradient_checkpointing()
 
     def velocity(self, x: torch.Tensor, t: torch.Tensor, cond: TextEmbeddings) -> torch.Tensor:
         t = torch.as_tensor(t, dtype=x.dtype, device=x.device).expand(x.shape[0])

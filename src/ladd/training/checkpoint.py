@@ -5,6 +5,10 @@
     optim.safetensors     every optimizer's tensors, keys ``<optimizer>/<param index>/<name>`` (e.g. exp_avg)
     rng.safetensors       torch's CPU (and CUDA) RNG states
 
+FSDP-sharded modules (an accelerate FSDP launch) are gathered to their full state dicts with torch's
+``torch.distributed.checkpoint.state_dict`` API on every process and written by the main one, so the files are
+the same as a single-process run's but for the optimizer keys (parameter names instead of indices).
+
 Tensors are safetensors, the rest JSON: nothing is pickled, so loading runs no code. A checkpoint is written to
 ``step-XXXXXX.tmp`` and renamed; only complete folders are ever named ``step-*``, so the newest one is always
 loadable. Loading checks the format and every key and shape. (k-diffusion / edm keep the same two kinds apart:
@@ -48,6 +52,41 @@ def latest_checkpoint(ckpt_dir: str | Path) -> Path | None:
     return dirs[-1] if dirs else None
 
 
+def is_sharded(module: torch.nn.Module) -> bool:
+    """Whether ``module`` holds FSDP-sharded parameters (its full state must then be gathered collectively)."""
+    from torch.distributed import fsdp
+
+    kinds = tuple(k for k in (getattr(fsdp, "FullyShardedDataParallel", None), getattr(fsdp, "FSDPModule", None)) if k)
+    return any(isinstance(m, kinds) for m in module.modules())
+
+
+def _full_options(module: torch.nn.Module):
+    """Full state dicts; from GPUs gathered to the main process's CPU memory (torch's ``cpu_offload``, which
+    crashes on CPU-only processes; there every process gets the full state)."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions
+
+    on_cpu = all(p.device.type == "cpu" for p in module.parameters())
+    return StateDictOptions(full_state_dict=True, cpu_offload=not on_cpu)
+
+
+def module_state(module: torch.nn.Module) -> dict:
+    """``module.state_dict()``; for an FSDP-sharded module the gathered full state (collective: every process
+    calls it; the main process gets the tensors, on CPU)."""
+    if not is_sharded(module):
+        return module.state_dict()
+    from torch.distributed.checkpoint.state_dict import get_model_state_dict
+
+    return get_model_state_dict(module, options=_full_options(module))
+
+
+def _optimizer_state(module: torch.nn.Module, opt: torch.optim.Optimizer) -> dict:
+    if not is_sharded(module):
+        return opt.state_dict()
+    from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
+
+    return get_optimizer_state_dict(module, opt, options=_full_options(module))
+
+
 def _flatten_optimizer(name: str, state_dict: dict) -> tuple[dict, dict]:
     """(tensors, JSON) of an optimizer ``state_dict``: tensors keyed ``name/param/key``, the rest as JSON."""
     tensors, scalars = {}, {}
@@ -66,14 +105,19 @@ def _unflatten_optimizer(name: str, tensors: dict, meta: dict) -> dict:
     for key, value in tensors.items():
         owner, pid, k = key.split("/", 2)
         if owner == name:
-            state.setdefault(int(pid), {})[k] = value
+            state.setdefault(_param_key(pid), {})[k] = value
     for key, value in meta["scalars"].items():
         pid, k = key.split("/", 1)
-        state.setdefault(int(pid), {})[k] = value
+        state.setdefault(_param_key(pid), {})[k] = value
     # torch's optimizers keep betas as tuples; JSON made them lists
     groups = [{k: (tuple(v) if isinstance(v, list) and k != "params" else v) for k, v in g.items()}
               for g in meta["param_groups"]]
     return {"state": state, "param_groups": groups}
+
+
+def _param_key(pid: str) -> int | str:
+    """Optimizer state keys: parameter indices (torch's ``state_dict``) or names (the gathered FSDP state)."""
+    return int(pid) if pid.isdigit() else pid
 
 
 def _rng_state() -> dict[str, torch.Tensor]:
@@ -84,20 +128,26 @@ def _rng_state() -> dict[str, torch.Tensor]:
 
 
 def save_checkpoint(ckpt_dir: str | Path, step: int, modules: dict[str, torch.nn.Module],
-                    optimizers: dict[str, torch.optim.Optimizer], extra: dict, keep: int = 2) -> Path:
-    """Write ``ckpt_dir/step-{step:06d}`` atomically; keep the newest ``keep`` checkpoints. ``extra`` (JSON-able:
-    config, elapsed seconds, ...) goes into state.json."""
+                    optimizers: dict[str, tuple[torch.nn.Module, torch.optim.Optimizer]], extra: dict,
+                    keep: int = 2, write: bool = True) -> Path:
+    """Write ``ckpt_dir/step-{step:06d}`` atomically; keep the newest ``keep`` checkpoints. ``optimizers`` map a
+    name to ``(the module it steps, the optimizer)``; ``extra`` (JSON-able: config, elapsed seconds, ...) goes
+    into state.json. With FSDP-sharded modules every process must call this (the states are gathered) and only
+    the one with ``write`` writes."""
+    states = {name: module_state(module) for name, module in modules.items()}
+    opt_states = {name: _optimizer_state(module, opt) for name, (module, opt) in optimizers.items()}
     ckpt_dir = Path(ckpt_dir)
     final = ckpt_dir / f"step-{step:06d}"
+    if not write:
+        return final
     tmp = final.with_name(final.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    for name, module in modules.items():
-        save_file({k: v.detach().contiguous().cpu() for k, v in module.state_dict().items()},
-                  tmp / f"{name}.safetensors")
+    for name, state in states.items():
+        save_file({k: v.detach().contiguous().cpu() for k, v in state.items()}, tmp / f"{name}.safetensors")
     opt_tensors, opt_meta = {}, {}
-    for name, opt in optimizers.items():
-        tensors, opt_meta[name] = _flatten_optimizer(name, opt.state_dict())
+    for name, opt_state in opt_states.items():
+        tensors, opt_meta[name] = _flatten_optimizer(name, opt_state)
         opt_tensors.update(tensors)
     save_file(opt_tensors, tmp / "optim.safetensors")
     save_file(_rng_state(), tmp / "rng.safetensors")
@@ -112,8 +162,14 @@ def save_checkpoint(ckpt_dir: str | Path, step: int, modules: dict[str, torch.nn
 
 
 def load_module(module: torch.nn.Module, path: Path) -> None:
-    """``module``'s state_dict from a safetensors file, after checking every key and shape."""
+    """``module``'s state_dict from a safetensors file, after checking every key and shape (an FSDP-sharded
+    module: every process loads the full file, torch checks the keys and keeps each process's shard)."""
     state = load_file(path)
+    if is_sharded(module):
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+
+        set_model_state_dict(module, state, options=StateDictOptions(full_state_dict=True))
+        return
     own = module.state_dict()
     missing, extra = sorted(set(own) - set(state)), sorted(set(state) - set(own))
     wrong = [f"{k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
@@ -126,8 +182,10 @@ def load_module(module: torch.nn.Module, path: Path) -> None:
 
 
 def load_checkpoint(path: str | Path, modules: dict[str, torch.nn.Module],
-                    optimizers: dict[str, torch.optim.Optimizer], restore_rng: bool = True) -> dict:
-    """Load a checkpoint folder into ``modules`` and ``optimizers`` (key and shape checked); returns state.json."""
+                    optimizers: dict[str, tuple[torch.nn.Module, torch.optim.Optimizer]],
+                    restore_rng: bool = True) -> dict:
+    """Load a checkpoint folder into ``modules`` and ``optimizers`` (as for ``save_checkpoint``; key and shape
+    checked); returns state.json."""
     path = Path(path)
     state = json.loads((path / "state.json").read_text())
     if state.get("format") != FORMAT or state.get("version") != VERSION:
@@ -140,8 +198,14 @@ def load_checkpoint(path: str | Path, modules: dict[str, torch.nn.Module],
     for name, module in modules.items():
         load_module(module, path / f"{name}.safetensors")
     opt_tensors = load_file(path / "optim.safetensors")
-    for name, opt in optimizers.items():
-        opt.load_state_dict(_unflatten_optimizer(name, opt_tensors, state["optimizers"][name]))
+    for name, (module, opt) in optimizers.items():
+        opt_state = _unflatten_optimizer(name, opt_tensors, state["optimizers"][name])
+        if is_sharded(module):
+            from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
+            set_optimizer_state_dict(module, opt, opt_state, options=StateDictOptions(full_state_dict=True))
+        else:
+            opt.load_state_dict(opt_state)
     if restore_rng:
         rng = load_file(path / "rng.safetensors")
         torch.set_rng_state(rng["torch"])

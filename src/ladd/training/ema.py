@@ -9,7 +9,9 @@ import torch
 
 class EMA(torch.nn.Module):
     """Keeps ``shadow = decay * shadow + (1 - decay) * param`` with ``decay`` warmed up as
-    ``min(decay, (1 + n) / (10 + n))`` so early averages are not dominated by the random init."""
+    ``min(decay, (1 + n) / (10 + n))`` so early averages are not dominated by the random init. Only parameters
+    that require grad in the live model are averaged: frozen ones stay equal to their copy in the shadow. (For a
+    LoRA student A and B are averaged apart, which is not the average of the product B A.)"""
 
     def __init__(self, model: torch.nn.Module, decay: float = 0.999):
         super().__init__()
@@ -24,7 +26,8 @@ class EMA(torch.nn.Module):
         weight = 1 - torch.clamp((1 + n) / (10 + n), max=self.decay)
         weights = {}  # one cast per parameter dtype, not per parameter
         for s, p in zip(self.shadow.parameters(), model.parameters()):
-            s.lerp_(p.detach(), weights.setdefault(s.dtype, weight.to(s.dtype)))
+            if p.requires_grad:  # frozen ones (a LoRA student's base weights) never move: nothing to average
+                s.lerp_(p.detach(), weights.setdefault(s.dtype, weight.to(s.dtype)))
         for s, b in zip(self.shadow.buffers(), model.buffers()):
             s.copy_(b)
         self.updates += 1

@@ -8,10 +8,11 @@ then clipping, both optimizers, the EMA. Phases as in NVlabs/edm: step, report, 
 Run folder (shared/DESIGN.md): ``config.yaml`` (resolved), ``log.txt`` (``log_to_file``), ``metrics.jsonl``,
 ``tb/`` (TensorBoard), ``samples/<step>.png``, ``checkpoints/`` (ladd.training.checkpoint).
 
-Resume by re-running the same command: the newest checkpoint is loaded. Every random draw of iteration ``step`` on
-process ``rank`` comes from generators seeded by ``(seed, rank, step, micro)`` (batch, student times, noise), so a
-resumed run repeats an uninterrupted one. Ctrl-C finishes the current iteration, writes a checkpoint and stops (a
-second Ctrl-C stops at once). A NaN or inf loss stops the run without checkpointing the broken state.
+Resume by re-running the same command: the newest checkpoint is loaded. Every random draw of iteration ``step``
+comes from generators seeded by ``(seed, step, micro)`` (batch, student times, noise), from which each process
+keeps its slice of the global batch (ladd.distill.draws), so a resumed run repeats an uninterrupted one and N
+processes train on the same numbers as one (misaligned prompts are rolled within each process's slice).
+Ctrl-C finishes the current iteration, writes a checkpoint and stops (a second Ctrl-C stops at once). A NaN or inf loss stops the run without checkpointing the broken state.
 Metrics stay on the device between log steps: no host sync inside an iteration.
 """
 
@@ -36,8 +37,9 @@ from ladd.data.shards import ShardDataset, sample_seed
 from ladd.distill import losses
 from ladd.distill import steps as S
 from ladd.distill.discriminator import build_discriminator
+from ladd.distill.draws import Draws
 from ladd.models.text_encoder import TextEmbeddings
-from ladd.training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from ladd.training.checkpoint import is_sharded, latest_checkpoint, load_checkpoint, save_checkpoint
 from ladd.training.ema import EMA
 
 log = logging.getLogger(__name__)
@@ -55,6 +57,9 @@ class TrainResult:
     step: int
     seconds: float             # wall time over all resumes
     metrics: dict              # the last logged metrics
+    # FSDP: the modules above hold only this process's shards; the full weights are in the final checkpoint
+    # (ladd.distill.export.load_run_student reads them)
+    sharded: bool = False
 
     @property
     def export_model(self) -> torch.nn.Module:
@@ -72,11 +77,20 @@ class _Parts:
     ema: EMA | None
 
     def modules(self) -> dict:
-        mods = {"student": S._unwrap(self.student), "heads": S._unwrap(self.disc)}
+        """What a checkpoint holds: the unwrapped modules, or FSDP-sharded ones as they are (gathered there)."""
+        mods = {"student": _for_checkpoint(self.student), "heads": _for_checkpoint(self.disc)}
         return mods if self.ema is None else {**mods, "ema": self.ema}
 
     def optimizers(self) -> dict:
-        return {"g": self.opt_g, "d": self.opt_d}
+        return {"g": (_for_checkpoint(self.student), self.opt_g), "d": (_for_checkpoint(self.disc), self.opt_d)}
+
+    @property
+    def sharded(self) -> bool:
+        return is_sharded(self.student)
+
+
+def _for_checkpoint(module: torch.nn.Module) -> torch.nn.Module:
+    return module if is_sharded(module) else S._unwrap(module)
 
 
 def process_state():
@@ -109,6 +123,8 @@ def train(cfg, teacher, data: ShardDataset, run_dir: str | Path, vae=None,
     main = acc.is_main_process
     if main:
         _start_run_folder(run_dir, cfg, start)
+        if parts.sharded and tc.sample_every:
+            log.warning("train.sample_every: no preview grids while the student is FSDP-sharded")
     writer = SummaryWriter(str(run_dir / "tb"), purge_step=start + 1) if main else None
     meter = _Meter(acc, ckpt_dir)
     bar = tqdm(total=tc.steps, initial=start, desc="ladd distill", disable=not main, dynamic_ncols=True,
@@ -124,9 +140,9 @@ def train(cfg, teacher, data: ShardDataset, run_dir: str | Path, vae=None,
                 if at_log:
                     last = _report(meter, done, bar, writer, run_dir, time.perf_counter() - t0)
                 if main and vae is not None and preview is not None and tc.sample_every \
-                        and done % tc.sample_every == 0:
+                        and done % tc.sample_every == 0 and not parts.sharded:
                     save_preview(_preview_model(parts), vae, preview, cfg.student.steps, data.latent_shape,
-                                 run_dir / "samples" / f"{done:06d}.png")
+                                 run_dir / "samples" / f"{done:06d}.png", shift=cfg.student.shift)
                 if done % tc.ckpt_every == 0 or done == tc.steps:
                     _checkpoint(acc, meter, parts, cfg, ckpt_dir, done, time.perf_counter() - t0)
                 if _stop_requested(acc, interrupted, at_log):
@@ -140,19 +156,41 @@ def train(cfg, teacher, data: ShardDataset, run_dir: str | Path, vae=None,
             if writer is not None:
                 writer.close()
     return TrainResult(S._unwrap(parts.student), parts.ema, S._unwrap(parts.disc), done,
-                       time.perf_counter() - t0, last)
+                       time.perf_counter() - t0, last, parts.sharded)
 
 
 def _build(acc, cfg, teacher) -> _Parts:
+    from accelerate.utils import DistributedType
+
+    if acc.distributed_type == DistributedType.FSDP and cfg.train.ema_decay > 0:
+        raise C.ConfigError("train.ema_decay: the EMA keeps a full copy of the student on every process, which "
+                            "FSDP is there to avoid (not implemented for a sharded student); use "
+                            "train.ema_decay=0 with FSDP, or DDP (e.g. with a LoRA student)")
     teacher = S.freeze(teacher).to(acc.device)
-    student = S.init_student(teacher)
+    if cfg.train.gradient_checkpointing:  # set before the copy: the student inherits it
+        teacher.enable_gradient_checkpointing()
+    student = S.init_student(teacher, cfg.student)
     with torch.random.fork_rng(devices=[]):  # seeded heads' init without touching the caller's global RNG
         torch.manual_seed(cfg.train.seed)
         disc = build_discriminator(teacher, cfg.disc).to(acc.device)
     opt_g, opt_d = S.build_optimizers(student, disc, cfg.optim)
     ema = EMA(student, cfg.train.ema_decay) if cfg.train.ema_decay > 0 else None
     student, disc, opt_g, opt_d = acc.prepare(student, disc, opt_g, opt_d)
-    return _Parts(teacher, student, disc, opt_g, opt_d, ema)
+    return _Parts(_prepare_teacher(acc, teacher), student, disc, opt_g, opt_d, ema)
+
+
+def _prepare_teacher(acc, teacher: torch.nn.Module) -> torch.nn.Module:
+    """The frozen teacher as it runs in training: in bf16 under bf16 mixed precision (it has no optimizer, so
+    needs no fp32 master weights: half the memory), and sharded like the student under FSDP (accelerate wraps it
+    per the launch config; the steps call it through ``__call__`` so the shards are gathered). DDP needs nothing:
+    the teacher has no gradients to sync."""
+    from accelerate.utils import DistributedType
+
+    if acc.mixed_precision == "bf16":
+        teacher = teacher.to(torch.bfloat16)
+    if acc.distributed_type == DistributedType.FSDP:
+        teacher = acc.prepare_model(teacher)
+    return teacher
 
 
 def _resume(ckpt_dir: Path, parts: _Parts, cfg) -> tuple[int, float]:
@@ -176,10 +214,11 @@ def _flat(d: dict, prefix: str = "") -> dict:
 
 def _iteration(acc, p: _Parts, data: ShardDataset, cfg, step: int, micro_bs: int) -> dict:
     """One LADD iteration over ``train.grad_accum`` micro-batches; returns metrics as device scalars."""
-    rank, seed, per_micro = acc.process_index, cfg.train.seed, []
+    rank, world, seed, per_micro = acc.process_index, acc.num_processes, cfg.train.seed, []
     for k in range(cfg.train.grad_accum):
-        x0, cond = data.batch(micro_bs, seed, rank, step, k)
-        gen = torch.Generator(acc.device).manual_seed(sample_seed(seed, rank, step, k))
+        x0, cond = data.batch(micro_bs, seed, step, k, rank, world)
+        # the same numbers on every process, each keeping its slice (ladd.distill.draws)
+        gen = Draws(torch.Generator(acc.device).manual_seed(sample_seed(seed, 0, step, k)), rank, world)
         with acc.accumulate(p.student, p.disc), acc.autocast():
             g = S.generator_step(p.student, p.teacher, p.disc, x0, cond, cfg, gen, step)
             acc.backward(g.loss)
@@ -268,9 +307,9 @@ def _report(meter: _Meter, done: int, bar, writer, run_dir: Path, seconds: float
 
 def _checkpoint(acc, meter: _Meter, p: _Parts, cfg, ckpt_dir: Path, done: int, seconds: float) -> None:
     meter.raise_if_bad()  # never checkpoint a state that saw a NaN
-    if acc.is_main_process:
-        save_checkpoint(ckpt_dir, done, p.modules(), p.optimizers(),
-                        {"elapsed": seconds, "config": C.to_dict(cfg)}, cfg.train.keep_checkpoints)
+    if acc.is_main_process or p.sharded:  # sharded states are gathered by every process, written by the main one
+        save_checkpoint(ckpt_dir, done, p.modules(), p.optimizers(), {"elapsed": seconds, "config": C.to_dict(cfg)},
+                        cfg.train.keep_checkpoints, write=acc.is_main_process)
     acc.wait_for_everyone()
 
 
@@ -291,9 +330,10 @@ def _preview_model(p: _Parts) -> torch.nn.Module:
 
 
 @torch.no_grad()
-def save_preview(model, vae, cond: TextEmbeddings, steps: int, latent_shape, path: Path, seed: int = 0) -> Path:
-    """The student's samples of fixed prompts ``cond`` (re-noising sampler over its ``steps``-step grid, no
-    guidance, fixed noise) decoded by ``vae``, as one row of a PNG grid."""
+def save_preview(model, vae, cond: TextEmbeddings, steps: int, latent_shape, path: Path, seed: int = 0,
+                 shift: float = 1.0) -> Path:
+    """The student's samples of fixed prompts ``cond`` (re-noising sampler over its ``steps``-step grid shifted by
+    ``shift``, no guidance, fixed noise) decoded by ``vae``, as one row of a PNG grid."""
     from ladd.evaluation.grid import save_grid
     from ladd.nano.recipe import to_uint8
     from ladd.sampling import renoise
@@ -301,7 +341,7 @@ def save_preview(model, vae, cond: TextEmbeddings, steps: int, latent_shape, pat
     device = next(model.parameters()).device
     gens = [torch.Generator().manual_seed(sample_seed(seed, i, 0x9E1D)) for i in range(len(cond))]
     noise = torch.stack([torch.randn(tuple(latent_shape), generator=g) for g in gens]).to(device)
-    times = torch.cat([flow.student_grid(steps), torch.zeros(1)])
+    times = flow.sampling_times("renoise", steps, shift)
     x0 = renoise(model, noise, times, cond.to(device), generator=gens)
     vae_device = next(vae.parameters()).device
     return save_grid(to_uint8(vae.decode(x0.to(vae_device))), path, ncols=len(cond))

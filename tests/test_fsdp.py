@@ -1,0 +1,104 @@
+"""FSDP, as an accelerate FSDP launch uses it, on two CPU processes (gloo).
+
+accelerate runs FSDP only on GPUs, so this test wraps the models with torch's FSDP directly, as accelerate would
+(one unit per JointTransformerBlock). (1) A sharded frozen teacher: one generator step and one discriminator step
+give the same losses and student gradients as the unsharded teacher (the steps call the teacher through
+``__call__``, ``teacher(x, t, cond, blocks)``: an FSDP wrapper gathers its shards only there). (2) A sharded student
+and its optimizer: a checkpoint holds the full weights, and a sharded copy resumed from it trains on exactly as
+an unsharded student and optimizer do.
+"""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+SCRIPT = """
+import copy, functools, sys
+from pathlib import Path
+sys.path.insert(0, {tests!r})
+from safetensors.torch import load_file
+import torch, torch.distributed as dist
+from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+from torch.distributed.fsdp.wrap import transformer_auto_wrap_policy
+from diffusers.models.attention import JointTransformerBlock
+from test_distill_steps import setup
+from ladd.distill.steps import discriminator_step, generator_step
+from ladd.training.checkpoint import load_checkpoint, module_state, save_checkpoint
+
+dist.init_process_group("gloo")
+torch.set_num_threads(1)
+cfg, teacher, student, disc, x0, cond = setup()
+policy = functools.partial(transformer_auto_wrap_policy, transformer_layer_cls={{JointTransformerBlock}})
+
+
+def steps(t):
+    student.zero_grad(set_to_none=True)
+    g = generator_step(student, t, disc, x0, cond, cfg, torch.Generator().manual_seed(1))
+    g.loss.backward()
+    d_loss, _ = discriminator_step(t, disc, x0, cond, g.fake, cfg, torch.Generator().manual_seed(2))
+    return g.loss.detach(), d_loss.detach(), torch.cat([p.grad.flatten() for p in student.parameters()])
+
+
+full = sum(p.numel() for p in teacher.parameters())
+results = [steps(teacher)]  # before wrapping: FSDP takes over the module's parameters
+sharded = FSDP(teacher, auto_wrap_policy=policy, device_id=torch.device("cpu"))
+local = sum(p.numel() for p in sharded.parameters())  # this process's shard
+assert local < 0.6 * full, (local, full)
+results.append(steps(sharded))
+(g0, d0, grad0), (g1, d1, grad1) = results
+assert grad0.abs().sum() > 0
+torch.testing.assert_close(g1, g0, atol=1e-6, rtol=1e-5)
+torch.testing.assert_close(d1, d0, atol=1e-6, rtol=1e-5)
+torch.testing.assert_close(grad1, grad0, atol=1e-6, rtol=1e-5)
+
+
+# A sharded student: one optimizer step, a checkpoint (gathered, written by rank 0), a resumed copy, one more step;
+# the same as an unsharded student and optimizer doing the same.
+def make(model):
+    return torch.optim.AdamW(model.parameters(), lr=1e-3, betas=(0.0, 0.99))
+
+
+def train_step(model, opt):
+    model(x0, torch.full((4,), 0.5), cond).square().mean().backward()
+    opt.step()
+    opt.zero_grad()
+
+
+student.zero_grad(set_to_none=True)
+plain = copy.deepcopy(student)
+plain_opt = make(plain)
+shard = FSDP(student, auto_wrap_policy=policy, device_id=torch.device("cpu"), use_orig_params=True)
+shard_opt = make(shard)
+for m, o in ((plain, plain_opt), (shard, shard_opt)):
+    train_step(m, o)
+ckpt = Path({root!r}) / "ckpt"
+save_checkpoint(ckpt, 1, {{"student": shard}}, {{"g": (shard, shard_opt)}}, {{}}, write=dist.get_rank() == 0)
+dist.barrier()
+saved = load_file(ckpt / "step-000001" / "student.safetensors")
+for k, v in plain.state_dict().items():
+    torch.testing.assert_close(saved[k], v, atol=1e-6, rtol=1e-5)
+fresh = FSDP(copy.deepcopy(setup()[2]), auto_wrap_policy=policy, device_id=torch.device("cpu"), use_orig_params=True)
+fresh_opt = make(fresh)
+load_checkpoint(ckpt / "step-000001", {{"student": fresh}}, {{"g": (fresh, fresh_opt)}}, restore_rng=False)
+for m, o in ((plain, plain_opt), (fresh, fresh_opt)):
+    train_step(m, o)
+full_fresh = module_state(fresh)
+if dist.get_rank() == 0:
+    for k, v in plain.state_dict().items():
+        torch.testing.assert_close(full_fresh[k], v, atol=1e-6, rtol=1e-5)
+print("OK", dist.get_rank(), local, full, flush=True)
+"""
+
+
+@pytest.mark.slow  # ~10 s: two Python processes
+def test_fsdp_sharded_teacher_and_student_checkpoints(tmp_path):
+    script = tmp_path / "fsdp.py"
+    script.write_text(SCRIPT.format(tests=str(Path(__file__).parent), root=str(tmp_path)))
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", str(script)],
+                          capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=300,
+                          cwd=Path(__file__).parents[1])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.count("OK") == 2

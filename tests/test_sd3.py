@@ -1,0 +1,282 @@
+"""SD3 / SD3.5 pipeline folders (ladd.models.sd3) against diffusers' own StableDiffusion3Pipeline, on a tiny random
+pipeline built here: every component (4-block MMDiT, 16-channel VAE with SD3's scaling and shift factors, CLIP-L and
+CLIP-G with projections, T5, BERT WordPiece tokenizers from the MiniLM folder, the shift-3 scheduler), saved with
+``save_pretrained`` as a real download would be. CPU, offline."""
+
+import json
+import shutil
+
+import pytest
+import torch
+
+from ladd.config import ConfigError
+from ladd.models.io import AssetError
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+PROMPTS = ["a red fox in the snow", "two cups of coffee", ""]
+# widths: CLIP-L 8 + CLIP-G 16 = pooled 24; both zero-padded to T5's 32 = the transformer's joint_attention_dim
+CLIP_L, CLIP_G, T5_WIDTH = 8, 16, 32
+
+
+def build_tiny_pipeline(t5: bool = True):
+    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel, \
+        StableDiffusion3Pipeline
+    from transformers import AutoTokenizer, CLIPTextConfig, CLIPTextModelWithProjection, T5Config, T5EncoderModel
+
+    from ladd.models.text_encoder import minilm_path
+
+    torch.manual_seed(0)
+    tok = AutoTokenizer.from_pretrained(minilm_path(), model_max_length=16, local_files_only=True)
+
+    def clip(width):
+        return CLIPTextModelWithProjection(CLIPTextConfig(
+            vocab_size=tok.vocab_size, hidden_size=width, projection_dim=width, intermediate_size=2 * width,
+            num_hidden_layers=2, num_attention_heads=2, max_position_embeddings=16, eos_token_id=tok.sep_token_id,
+            bos_token_id=tok.cls_token_id, pad_token_id=tok.pad_token_id))
+
+    t5_model = T5EncoderModel(T5Config(vocab_size=tok.vocab_size, d_model=T5_WIDTH, d_ff=40, d_kv=8, num_layers=1,
+                                       num_heads=2, relative_attention_num_buckets=8)) if t5 else None
+    transformer = SD3Transformer2DModel(
+        sample_size=8, patch_size=2, in_channels=16, out_channels=16, num_layers=4, attention_head_dim=8,
+        num_attention_heads=2, joint_attention_dim=T5_WIDTH, caption_projection_dim=16,
+        pooled_projection_dim=CLIP_L + CLIP_G, pos_embed_max_size=16)
+    vae = AutoencoderKL(in_channels=3, out_channels=3, down_block_types=["DownEncoderBlock2D"] * 4,
+                        up_block_types=["UpDecoderBlock2D"] * 4, block_out_channels=[8, 8, 8, 8], layers_per_block=1,
+                        latent_channels=16, norm_num_groups=4, sample_size=64,
+                        scaling_factor=1.5305, shift_factor=0.0609)  # SD3's
+    pipe = StableDiffusion3Pipeline(
+        transformer=transformer.eval(), vae=vae.eval(), scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0),
+        text_encoder=clip(CLIP_L).eval(), tokenizer=tok, text_encoder_2=clip(CLIP_G).eval(), tokenizer_2=tok,
+        text_encoder_3=t5_model and t5_model.eval(), tokenizer_3=tok if t5 else None)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+@pytest.fixture(scope="module")
+def sd3(tmp_path_factory):
+    """(folder, the pipeline as built in memory)."""
+    folder = tmp_path_factory.mktemp("sd3") / "tiny-sd3"
+    pipe = build_tiny_pipeline()
+    pipe.save_pretrained(folder)
+    return folder, pipe
+
+
+def copy_without(folder, dest, *parts):
+    shutil.copytree(folder, dest, ignore=lambda d, names: [n for n in names if n in parts])
+    return dest
+
+
+def test_shifted_grids_are_diffusers_shift():
+    """ladd.flow's shifted grids equal FlowMatchEulerDiscreteScheduler(shift)'s sigmas for the uniform grid."""
+    import numpy as np
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    from ladd import flow
+
+    torch.testing.assert_close(flow.student_grid(4, 3.0), torch.tensor([1.0, 0.9, 0.75, 0.5]))
+    for steps in (1, 4, 28):
+        scheduler = FlowMatchEulerDiscreteScheduler(shift=3.0)
+        scheduler.set_timesteps(sigmas=np.linspace(1.0, 1 / steps, steps).tolist())
+        torch.testing.assert_close(flow.sampling_times("euler", steps, 3.0), scheduler.sigmas, rtol=0, atol=1e-6)
+        torch.testing.assert_close(flow.sampling_times("renoise", steps, 3.0), scheduler.sigmas, rtol=0, atol=1e-6)
+
+
+# ------------------------------------------------------------------------------------------------ (a) folder check
+def test_check_sd3_folder(sd3, tmp_path):
+    from ladd.models.sd3 import check_sd3_folder
+
+    folder, _ = sd3
+    assert check_sd3_folder(folder)["_class_name"] == "StableDiffusion3Pipeline"
+    with pytest.raises(AssetError, match=r"missing or incomplete.*text_encoder_2/ \(CLIP-G text encoder\).*expected"):
+        check_sd3_folder(copy_without(folder, tmp_path / "no-clip-g", "text_encoder_2"))
+    (tmp_path / "no-clip-g" / "text_encoder_2").mkdir()  # an interrupted download: the folder without weights
+    (tmp_path / "no-clip-g" / "text_encoder_2" / "config.json").write_text("{}")
+    with pytest.raises(AssetError, match=r"text_encoder_2/"):
+        check_sd3_folder(tmp_path / "no-clip-g")
+    with pytest.raises(AssetError, match=r"text_encoder_3/ and tokenizer_3/ .*both or neither"):
+        check_sd3_folder(copy_without(folder, tmp_path / "half-t5", "tokenizer_3"))
+    check_sd3_folder(copy_without(folder, tmp_path / "no-t5", "text_encoder_3", "tokenizer_3"))  # T5 is optional
+
+    other = copy_without(folder, tmp_path / "flux")
+    index = json.loads((other / "model_index.json").read_text())
+    (other / "model_index.json").write_text(json.dumps({**index, "_class_name": "FluxPipeline"}))
+    with pytest.raises(AssetError, match=r"names 'FluxPipeline', expected 'StableDiffusion3Pipeline'"):
+        check_sd3_folder(other)
+    with pytest.raises(AssetError, match=r"no model_index\.json"):
+        check_sd3_folder(folder / "transformer")
+    with pytest.raises(AssetError, match=r"does not exist.*huggingface-cli download"):
+        check_sd3_folder(tmp_path / "nowhere")
+
+
+# ------------------------------------------------------------------------------------------ (b) the prompt encoder
+def test_prompt_encoder_equals_encode_prompt_and_caches(sd3, tmp_path, monkeypatch):
+    from ladd.models.sd3 import SD3PromptEncoder
+    from ladd.models.text_encoder import load_text_encoder
+
+    folder, pipe = sd3
+    enc = load_text_encoder(name="sd3", path=str(folder), max_length=8, device="cpu", cache_dir=tmp_path / "cache")
+    assert isinstance(enc, SD3PromptEncoder)
+    emb = enc.encode(PROMPTS)
+    with torch.no_grad():
+        tokens, _, pooled, _ = pipe.encode_prompt(PROMPTS, None, None, do_classifier_free_guidance=False,
+                                                  max_sequence_length=8)
+    assert emb.tokens.shape == (3, 16 + 8, T5_WIDTH) and emb.pooled.shape == (3, CLIP_L + CLIP_G)
+    torch.testing.assert_close(emb.tokens, tokens, rtol=0, atol=1e-6)
+    torch.testing.assert_close(emb.pooled, pooled, rtol=0, atol=1e-6)
+
+    calls = []
+    monkeypatch.setattr(enc.pipe, "encode_prompt", lambda *a, **k: calls.append(a))
+    again = enc.encode([PROMPTS[1], PROMPTS[0]])  # in-memory cache
+    assert calls == [] and torch.equal(again.tokens, emb.tokens[[1, 0]])
+    enc.release()
+    assert enc._pipe is None
+
+    fresh = SD3PromptEncoder(folder, max_length=8, device="cpu", cache_dir=tmp_path / "cache")
+    disk = fresh.encode(PROMPTS)  # on-disk cache: the encoders are never loaded
+    assert fresh._pipe is None and len(list((tmp_path / "cache").rglob("*.safetensors"))) == 3
+    assert torch.equal(disk.tokens, emb.tokens) and torch.equal(disk.pooled, emb.pooled)
+    other = SD3PromptEncoder(folder, max_length=4, device="cpu", cache_dir=tmp_path / "cache")
+    assert other.encode(PROMPTS[:1]).tokens.shape == (1, 16 + 4, T5_WIDTH)  # another T5 length: not a cache hit
+
+
+def test_prompt_encoder_without_t5(sd3, tmp_path):
+    """SD3 without T5: the pipeline zero-fills T5's tokens; ours equal diffusers' own pipeline loaded that way."""
+    from diffusers import StableDiffusion3Pipeline
+
+    from ladd.models.sd3 import SD3PromptEncoder
+
+    folder = copy_without(sd3[0], tmp_path / "no-t5", "text_encoder_3", "tokenizer_3")
+    emb = SD3PromptEncoder(folder, max_length=8, device="cpu").encode(PROMPTS[:2])
+    pipe = StableDiffusion3Pipeline.from_pretrained(sd3[0], text_encoder_3=None, tokenizer_3=None)
+    with torch.no_grad():
+        tokens, _, pooled, _ = pipe.encode_prompt(PROMPTS[:2], None, None, do_classifier_free_guidance=False,
+                                                  max_sequence_length=8)
+    assert emb.tokens[:, 16:].abs().sum() == 0
+    torch.testing.assert_close(emb.tokens, tokens, rtol=0, atol=1e-6)
+    torch.testing.assert_close(emb.pooled, pooled, rtol=0, atol=1e-6)
+
+
+# ------------------------------------------------------------------------------------- (c) the teacher's velocity
+def test_teacher_velocity_is_the_transformer_at_1000t(sd3):
+    from ladd.models.teacher import load_teacher
+    from ladd.models.text_encoder import TextEmbeddings
+
+    folder, pipe = sd3
+    teacher = load_teacher(folder).eval()
+    g = torch.Generator().manual_seed(0)
+    x, t = torch.randn(2, 16, 8, 8, generator=g), torch.tensor([0.9, 0.25])
+    cond = TextEmbeddings(torch.randn(2, 24, T5_WIDTH, generator=g), torch.randn(2, CLIP_L + CLIP_G, generator=g))
+    with torch.no_grad():
+        ours = teacher.velocity(x, t, cond)
+        ref = pipe.transformer(hidden_states=x, encoder_hidden_states=cond.tokens, pooled_projections=cond.pooled,
+                               timestep=1000 * t, return_dict=False)[0]
+    torch.testing.assert_close(ours, ref, rtol=0, atol=1e-6)
+    assert teacher.features(x, t, cond, [3])[0].shape == (2, 16, 4, 4)  # patch 2: a 4x4 token grid
+
+
+# ----------------------------------------------------------------- (d) ladd's teacher sampler vs diffusers' pipeline
+def test_teacher_sampler_reproduces_the_pipeline(sd3):
+    """Euler + CFG over ladd.flow.euler_grid(steps, shift 3) equals StableDiffusion3Pipeline given the unshifted
+    uniform sigmas (its scheduler shifts them); latents and the decoded images (VAE scaling and shift) agree.
+    Note: without ``sigmas`` the pipeline's own grid ends at shift(1/1000)-based times (e.g. 4 steps:
+    [1, .86, .60, .009, 0]), not ours ([1, .9, .75, .5, 0])."""
+    import numpy as np
+
+    from ladd import flow
+    from ladd.generate import generate
+    from ladd.models.registry import load_generator
+    from ladd.sampling import euler
+
+    folder, pipe = sd3
+    gen = load_generator(str(folder))
+    assert gen.recommended == {"steps": 28, "guidance": 7.0, "sampler": "euler", "shift": 3.0}
+    steps, guidance, seed = 4, 5.0, 123
+    noise = torch.randn(1, 16, 8, 8, generator=torch.Generator().manual_seed(seed))  # as ladd.generate draws it
+    kwargs = dict(prompt=PROMPTS[0], num_inference_steps=steps, guidance_scale=guidance, height=64, width=64,
+                  sigmas=np.linspace(1.0, 1 / steps, steps).tolist(), latents=noise.clone())
+    with torch.no_grad():
+        ref = pipe(output_type="latent", **kwargs).images
+        images = pipe(output_type="np", **kwargs).images  # [1, 64, 64, 3] in [0, 1]
+    torch.testing.assert_close(pipe.scheduler.sigmas, flow.euler_grid(steps, 3.0), rtol=0, atol=1e-6)
+    cond, uncond = gen.text_encoder.encode([PROMPTS[0]]), gen.text_encoder.encode([""])
+    ours = euler(gen.model, noise, flow.euler_grid(steps, gen.recommended["shift"]), cond, uncond, guidance)
+    torch.testing.assert_close(ours, ref, rtol=1e-4, atol=1e-4)
+    assert (ours - noise).abs().mean() > 0.1  # the sampler moved
+
+    ladd_images, _ = generate(gen, [PROMPTS[0]], [seed], steps, guidance, "euler", 64, 64)  # uint8, shift applied
+    assert np.abs(ladd_images / 255.0 - images).max() <= 1 / 255 + 1e-3
+
+
+# ---------------------------------------------------------------------------------------- (e) ladd distill on it
+def test_distill_on_an_sd3_folder(sd3, tmp_path):
+    from safetensors.torch import load_file
+
+    from ladd.cli import main
+    from ladd.data import shards
+    from ladd.distill.run import distill
+
+    folder = sd3[0]
+    prompts = ["a lighthouse at dusk", "a bowl of ramen", "an owl on a branch"]
+    (tmp_path / "prompts.txt").write_text("\n".join(prompts) + "\n\n")
+    overrides = [f"paths.teacher={folder}", f"paths.vae={folder / 'vae'}", f"paths.data={tmp_path / 'data'}",
+                 f"paths.run_dir={tmp_path / 'run'}", f"paths.text_cache={tmp_path / 'text-cache'}",
+                 f"data.prompts={tmp_path / 'prompts.txt'}", "data.num_samples=4", "data.shard_size=4",
+                 "data.batch_size=4", "data.steps=2", "train.steps=2", "train.batch_size=2", "train.grad_accum=1",
+                 "train.ckpt_every=2", "train.sample_every=2", "student.shift=3", "eval.enabled=false"]
+    summary = distill("configs/tiny.yaml", overrides)
+    run, export = tmp_path / "run", tmp_path / "run" / "export"
+    assert summary["steps"] == 2 and (run / "samples" / "000002.png").is_file()
+
+    data = shards.ShardDataset.load(tmp_path / "data")
+    assert [r["prompt"] for r in data.records] == prompts + prompts[:1] and data.records[0]["spec"] == []
+    assert data.latent_shape == (16, 8, 8) and data.text.tokens.shape == (4, 16 + 256, T5_WIDTH)
+    gen = data.generation
+    assert (gen["steps"], gen["guidance"], gen["shift"], gen["prompts"]["count"]) == (2, 7.0, 3.0, 3)
+    assert gen["text_encoder"] == {"name": "sd3", "path": str(folder.resolve()), "max_length": 256}
+    assert len(list((tmp_path / "text-cache").rglob("*.safetensors"))) == 3 + 1 + 8  # prompts, "", previews
+
+    config = json.loads((export / "config.json").read_text())
+    assert config["ladd_recommended"] == {"steps": 4, "guidance": 1.0, "sampler": "renoise", "shift": 3.0}
+    assert config["ladd_text_encoder"]["name"] == "sd3"
+    assert json.loads((export / "scheduler" / "scheduler_config.json").read_text())["shift"] == 3.0
+    assert "teacher samples of 3 prompts of data.prompts, 2 euler steps, guidance 7" in (export / "card.md").read_text()
+    assert load_file(export / "diffusion_pytorch_model.safetensors").keys() == \
+        load_file(folder / "transformer" / "diffusion_pytorch_model.safetensors").keys()
+    assert main(["sample", "--model", str(export), "--prompt", prompts[0], "--n", "2",
+                 "--out", str(tmp_path / "s.png")]) == 0  # its own SD3 text encoders, VAE and shifted grid
+
+    # data from other prompts is not reused
+    (tmp_path / "other.txt").write_text("a castle\n")
+    with pytest.raises(shards.DataError, match="prompts"):
+        distill("configs/tiny.yaml", overrides + [f"data.prompts={tmp_path / 'other.txt'}"])
+
+
+# ------------------------------------------------------------------------------------------------ presets, errors
+@pytest.mark.parametrize("preset", ["configs/sd3-medium.yaml", "configs/sd3.5-large.yaml"])
+def test_presets_pass_check_config_on_the_tiny_pipeline(preset, sd3, tmp_path):
+    from ladd.distill.config import load_distill_config
+    from ladd.distill.run import check_config
+
+    folder = sd3[0]
+    cfg = load_distill_config(preset)
+    assert cfg.data.prompts is None and not cfg.eval.enabled and cfg.train.mixed_precision == "bf16"
+    assert (cfg.data.height, cfg.data.width) == (1024, 1024) and cfg.disc.blocks == "spaced:4"
+    large = "3.5-large" in preset  # as SD3.5-Large-Turbo: shift 3; its teacher's card: CFG 3.5
+    assert (cfg.student.shift, cfg.data.guidance) == ((3.0, 3.5) if large else (1.0, None))
+    assert cfg.disc.resolve_blocks(38 if large else 24) == ([9, 18, 27, 37] if large else [5, 11, 17, 23])
+    with pytest.raises(ConfigError, match=rf"paths\.teacher: {cfg.paths.teacher} does not exist"):
+        check_config(cfg)  # the placeholder teacher path
+
+    (tmp_path / "p.txt").write_text("a cat\n")
+    paths = [f"paths.teacher={folder}", f"paths.vae={folder / 'vae'}", f"paths.data={tmp_path / 'data'}"]
+    gen = check_config(load_distill_config(preset, paths + [f"data.prompts={tmp_path / 'p.txt'}"]))
+    assert gen["latent_shape"] == [16, 128, 128] and gen["shift"] == 3.0
+    with pytest.raises(ConfigError, match=r"data\.prompts: the SD3 teacher .* needs a prompt file"):
+        check_config(load_distill_config(preset, paths))
+    with pytest.raises(ConfigError, match=r"data\.prompts: .*missing\.txt does not exist"):
+        check_config(load_distill_config(preset, paths + [f"data.prompts={tmp_path / 'missing.txt'}"]))
+    (tmp_path / "empty.txt").write_text("\n")
+    with pytest.raises(ConfigError, match=r"data\.prompts: .*empty\.txt holds no prompts"):
+        check_config(load_distill_config(preset, paths + [f"data.prompts={tmp_path / 'empty.txt'}"]))
+    with pytest.raises(ConfigError, match=r"eval\.enabled"):
+        check_config(load_distill_config(preset, paths + [f"data.prompts={tmp_path / 'p.txt'}", "eval.enabled=true"]))
