@@ -1,9 +1,10 @@
 """FSDP, as an accelerate FSDP launch uses it, on two CPU processes (gloo).
 
 accelerate runs FSDP only on GPUs, so this test wraps the models with torch's FSDP directly, as accelerate would
-(one unit per JointTransformerBlock). (1) A sharded frozen teacher: one generator step and one discriminator step
-give the same losses and student gradients as the unsharded teacher (the steps call the teacher through
-``__call__``, ``teacher(x, t, cond, blocks)``: an FSDP wrapper gathers its shards only there). (2) A sharded student
+(one unit per JointTransformerBlock). (1) A sharded frozen teacher and sharded heads: one generator step and one
+discriminator step give the same losses and student gradients as unsharded ones, and the generator step leaves
+the heads without gradients (the steps call the teacher through ``__call__``, ``teacher(x, t, cond, blocks)``: an
+FSDP wrapper gathers its shards only there). (2) A sharded student
 and its optimizer: a checkpoint holds the full weights, and a sharded copy resumed from it trains on exactly as
 an unsharded student and optimizer do.
 """
@@ -34,20 +35,21 @@ cfg, teacher, student, disc, x0, cond = setup()
 policy = functools.partial(transformer_auto_wrap_policy, transformer_layer_cls={{JointTransformerBlock}})
 
 
-def steps(t):
+def steps(t, heads):
     student.zero_grad(set_to_none=True)
-    g = generator_step(student, t, disc, x0, cond, cfg, torch.Generator().manual_seed(1))
+    g = generator_step(student, t, heads, x0, cond, cfg, torch.Generator().manual_seed(1))
     g.loss.backward()
-    d_loss, _ = discriminator_step(t, disc, x0, cond, g.fake, cfg, torch.Generator().manual_seed(2))
+    assert all(p.grad is None for p in heads.parameters())  # the G step leaves the heads alone
+    d_loss, _ = discriminator_step(t, heads, x0, cond, g.fake, cfg, torch.Generator().manual_seed(2))
     return g.loss.detach(), d_loss.detach(), torch.cat([p.grad.flatten() for p in student.parameters()])
 
 
 full = sum(p.numel() for p in teacher.parameters())
-results = [steps(teacher)]  # before wrapping: FSDP takes over the module's parameters
+results = [steps(teacher, disc)]  # before wrapping: FSDP takes over the modules' parameters
 sharded = FSDP(teacher, auto_wrap_policy=policy, device_id=torch.device("cpu"))
 local = sum(p.numel() for p in sharded.parameters())  # this process's shard
 assert local < 0.6 * full, (local, full)
-results.append(steps(sharded))
+results.append(steps(sharded, FSDP(disc, device_id=torch.device("cpu"), use_orig_params=True)))
 (g0, d0, grad0), (g1, d1, grad1) = results
 assert grad0.abs().sum() > 0
 torch.testing.assert_close(g1, g0, atol=1e-6, rtol=1e-5)

@@ -215,6 +215,11 @@ class OptimConfig:
             _fail("optim.weight_decay/grad_clip", "must be >= 0", "use 0 to switch them off")
 
 
+FSDP_EMA = ("train.ema_decay: the EMA keeps a full copy of the student on every process, which FSDP is there to "
+            "avoid (an EMA of a sharded student is not implemented); use train.ema_decay=0 with FSDP, or DDP "
+            "(e.g. with a LoRA student)")
+
+
 @dataclass
 class TrainConfig:
     steps: int = 2000             # LADD iterations (one G step + one D step each)

@@ -96,13 +96,11 @@ def model_card(info: dict, table: str | None = None) -> str:
     return "\n".join(lines)
 
 
-def export_run(run_dir: str | Path, out_dir: str | Path, use_ema: bool = True) -> Path:
-    """Export the newest checkpoint of a ``ladd distill`` run folder to ``out_dir`` (e.g. to ship it, or after an
-    interrupted run): the EMA weights (``use_ema`` and EMA on) else the raw student, with the run's card when
-    ``run_dir/export`` holds the same training state, else a card built from the run's config. A LoRA run's student
-    is rebuilt from its config (teacher + adapters) before the checkpoint is loaded."""
+def load_run_student(run_dir: str | Path, use_ema: bool = True):
+    """``(student, step, cfg, checkpoint folder)`` from the newest checkpoint of a ``ladd distill`` run folder: the
+    EMA weights (``use_ema`` and EMA on) else the raw student, as a plain (unsharded) module on CPU. A LoRA run's
+    student is rebuilt from its config (teacher + adapters) before the checkpoint is loaded."""
     from ladd.config import ConfigError, load
-    from ladd.data.synth import teacher_text_encoder
     from ladd.distill.config import DistillConfig
     from ladd.distill.steps import init_student
     from ladd.models.teacher import load_teacher
@@ -125,6 +123,17 @@ def export_run(run_dir: str | Path, out_dir: str | Path, use_ema: bool = True) -
         model = ema.shadow
     else:
         load_module(model, ckpt / "student.safetensors")
+    return model, step, cfg, ckpt
+
+
+def export_run(run_dir: str | Path, out_dir: str | Path, use_ema: bool = True) -> Path:
+    """Export the newest checkpoint of a ``ladd distill`` run folder to ``out_dir`` (e.g. to ship it, or after an
+    interrupted run; ``load_run_student``), with the run's card when ``run_dir/export`` holds the same training
+    state, else a card built from the run's config."""
+    from ladd.data.synth import teacher_text_encoder
+
+    run_dir = Path(run_dir)
+    model, step, cfg, ckpt = load_run_student(run_dir, use_ema)
     old = run_dir / "export"
     same = (old / "card.md").is_file() and json.loads((old / "config.json").read_text()).get(
         "ladd_trained_steps") == step

@@ -19,7 +19,7 @@ import json
 import logging
 import os
 import platform
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
@@ -29,7 +29,7 @@ from ladd.config import ConfigError
 from ladd.data import shards
 from ladd.data.synth import (generation_settings, synthesize, teacher_config, teacher_recommended,
                              teacher_text_encoder, weights_file)
-from ladd.distill.config import DistillConfig, load_distill_config
+from ladd.distill.config import FSDP_EMA, DistillConfig, load_distill_config
 from ladd.models.io import read_config
 
 log = logging.getLogger(__name__)
@@ -70,6 +70,8 @@ def check_config(cfg: DistillConfig, num_processes: int = 1) -> dict:
     channels, existing data made with other settings, the evaluation prompts and evaluator. The model folders
     first (``check_model_paths``). Returns the data's generation settings."""
     cfg.train.micro_batch(num_processes)
+    if os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true" and cfg.train.ema_decay > 0:
+        raise ConfigError(FSDP_EMA)
     check_model_paths(cfg)
     teacher_cfg = teacher_config(cfg.paths.teacher)
     cfg.disc.resolve_blocks(teacher_cfg["num_layers"])
@@ -131,6 +133,10 @@ def _run(cfg: DistillConfig, gen: dict, run_dir: Path, state, text_encoder, comm
     result = train(cfg, load_teacher(cfg.paths.teacher), data, run_dir, vae, preview)
     summary = {"run_dir": str(run_dir), "steps": result.step, "seconds": result.seconds, "rows": []}
     if state.is_main_process:
+        if result.sharded:  # FSDP: each process holds a shard; the final checkpoint holds the gathered weights
+            from ladd.distill.export import load_run_student
+
+            result = replace(result, student=load_run_student(run_dir, use_ema=False)[0], sharded=False)
         info = _card_info(cfg, gen, result, command)
         export_dir = _export(cfg, run_dir, result, info)
         if cfg.eval.enabled:

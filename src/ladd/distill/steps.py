@@ -67,6 +67,20 @@ def _param_grads_off(module: torch.nn.Module):
             p.requires_grad_(f)
 
 
+def _heads_for_generator(disc: torch.nn.Module) -> torch.nn.Module:
+    """The heads as the generator step uses them: without their DDP wrapper (they take no part in that step's
+    gradient sync); FSDP-sharded heads, whose flags cannot be switched inside a wrapped forward, as a gathered
+    frozen copy (the heads are small: ~1M parameters)."""
+    from ladd.training.checkpoint import is_sharded
+
+    if not is_sharded(disc):
+        return _unwrap(disc)
+    from torch.distributed.fsdp import FullyShardedDataParallel
+
+    with FullyShardedDataParallel.summon_full_params(disc, writeback=False):
+        return copy.deepcopy(_unwrap(disc)).requires_grad_(False)
+
+
 def freeze(model: torch.nn.Module) -> torch.nn.Module:
     """Frozen teacher: eval mode, no parameter grads (it is still differentiable w.r.t. its inputs)."""
     return model.eval().requires_grad_(False)
@@ -148,7 +162,7 @@ def generator_step(student, teacher, disc, x0: torch.Tensor, cond: TextEmbedding
     ``x0_hat`` and the student. The heads' parameters get no gradient here (pass ``disc`` unwrapped from DDP,
     since it takes no part in this step's gradient sync). ``step`` selects the warm-up grid probabilities."""
     _check_frozen(teacher)
-    disc = _unwrap(disc)
+    disc = _heads_for_generator(disc)
     grid = flow.student_grid(cfg.student.steps, cfg.student.shift)
     probs = torch.tensor(cfg.student.probs_at(step))
     x0_hat, t_s = student_forward(student, x0, cond, grid, probs, generator)

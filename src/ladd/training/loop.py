@@ -163,9 +163,9 @@ def _build(acc, cfg, teacher) -> _Parts:
     from accelerate.utils import DistributedType
 
     if acc.distributed_type == DistributedType.FSDP and cfg.train.ema_decay > 0:
-        raise C.ConfigError("train.ema_decay: the EMA keeps a full copy of the student on every process, which "
-                            "FSDP is there to avoid (not implemented for a sharded student); use "
-                            "train.ema_decay=0 with FSDP, or DDP (e.g. with a LoRA student)")
+        from ladd.distill.config import FSDP_EMA
+
+        raise C.ConfigError(FSDP_EMA)
     teacher = S.freeze(teacher).to(acc.device)
     if cfg.train.gradient_checkpointing:  # set before the copy: the student inherits it
         teacher.enable_gradient_checkpointing()
