@@ -144,3 +144,17 @@ def test_config():
                        ("student.lora_targets=[]", "lora_targets")]:
         with pytest.raises(ConfigError, match=f"student.{field}"):
             load_distill_config(None, [bad])
+
+
+def test_resuming_with_another_rank_names_the_mismatch(root, trained):
+    """The run folder holds a rank-4 LoRA checkpoint: resuming it with rank 8 (or as a full student) stops before
+    the first iteration with a message about the mismatch and what to do, and writes nothing."""
+    from ladd.training.checkpoint import CheckpointError, checkpoint_dirs
+
+    before = [c.name for c in checkpoint_dirs(root / "run" / "checkpoints")]
+    for other in (("student.lora_rank=8",), ("student.lora_rank=0",)):
+        cfg = load_distill_config("configs/tiny.yaml", tiny_overrides(root, "train.steps=4", *other))
+        with pytest.raises(CheckpointError, match=r"does not match the model: .*wrong shapes|does not match the model: "
+                                                  r"missing"):
+            train(cfg, load_teacher(cfg.paths.teacher), ShardDataset.load(cfg.paths.data), cfg.paths.run_dir)
+    assert [c.name for c in checkpoint_dirs(root / "run" / "checkpoints")] == before

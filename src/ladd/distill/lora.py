@@ -54,7 +54,7 @@ def add_lora(model: torch.nn.Module, rank: int, alpha: float | None, targets: li
     try:
         from peft import LoraConfig
     except ImportError as e:
-        raise ImportError("student.lora_rank > 0 needs peft: pip install -e '.[lora]' (or pip install peft)") from e
+        raise ImportError("student.lora_rank > 0 needs peft, a dependency of ladd: pip install peft") from e
     check_targets(model.transformer, targets)
     model.transformer.add_adapter(LoraConfig(r=rank, lora_alpha=alpha or rank, target_modules=list(targets)))
     for name, p in model.named_parameters():
