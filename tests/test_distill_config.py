@@ -35,11 +35,17 @@ def test_default_probs_per_grid(steps):
     assert cfg.student.probs == DEFAULT_PROBS[steps] and len(cfg.student.probs) == steps
 
 
-@pytest.mark.parametrize("preset", ["configs/nano.yaml", "configs/tiny.yaml"])
+@pytest.mark.parametrize("preset", ["configs/nano.yaml", "configs/nano-1step.yaml", "configs/tiny.yaml"])
 def test_presets_load(preset):
     cfg = load_distill_config(preset)
     assert cfg.optim.lr_heads > cfg.optim.lr_student > 0
     assert cfg.train.micro_batch(1) * cfg.train.grad_accum == cfg.train.batch_size
+
+
+def test_one_step_preset_is_nano_with_a_one_step_grid():
+    one, base = load_distill_config("configs/nano-1step.yaml"), load_distill_config("configs/nano.yaml")
+    assert (one.student.steps, one.student.probs, one.disc.noise_m) == (1, [1.0], 0.0)
+    assert one.paths.data == base.paths.data and one.optim == base.optim and one.train == base.train
 
 
 def test_numeric_strings_from_the_command_line():

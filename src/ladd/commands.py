@@ -13,7 +13,7 @@ def add_eval(sub) -> None:
                     "OUT/readback.jsonl and OUT/grid.png. --images DIR evaluates DIR/{i:05d}_{k:02d}.png: image k of "
                     "prompt line i (non-empty lines counted from 0).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--model", default="nano-teacher", help="real | nano-teacher | nano-student | PATH to a model folder | nano-vae or vae:PATH (real images reconstructed by a VAE)")
+    p.add_argument("--model", default="nano-teacher", help="real | nano-teacher | nano-student | nano-student-1step | PATH to a model folder | nano-vae or vae:PATH (real images reconstructed by a VAE)")
     p.add_argument("--prompts", default="prompts/nano-eval.jsonl", help="prompt file (JSON lines)")
     p.add_argument("--per-prompt", type=int, default=4, help="images per prompt")
     p.add_argument("--steps", type=int, default=None, help="sampling steps (default: the model card's)")
@@ -46,7 +46,7 @@ def run_eval(args) -> None:
 def add_sample(sub) -> None:
     p = sub.add_parser("sample", help="generate a grid of images for one prompt",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--model", default="nano-teacher", help="nano-teacher | nano-student | PATH")
+    p.add_argument("--model", default="nano-teacher", help="nano-teacher | nano-student | nano-student-1step | PATH")
     p.add_argument("--prompt", required=True)
     p.add_argument("--steps", type=int, default=None, help="default: the model card's")
     p.add_argument("--guidance", type=float, default=None, help="CFG scale, 1 = none (default: the model card's)")

@@ -12,9 +12,9 @@ diffusers' format for the teacher (``pipe.load_lora_weights(<export>/lora)`` on 
 
 ``save_pretrained`` writes the first two; we add the keys ladd.models.registry reads: ``ladd_recommended``
 (``steps`` = the student grid, guidance 1, the re-noising sampler, ``shift`` = ``student.shift``),
-``ladd_text_encoder`` (the teacher's) and ``ladd_vae`` (relative to the export folder), so ``ladd eval --model <run>/export`` and
-``ladd.models.teacher.load_teacher`` load it as they load the teacher. diffusers logs that it ignores the
-ladd_* keys when it reads the config.
+``ladd_text_encoder`` (the teacher's) and ``ladd_vae`` (relative to the export folder), so
+``ladd eval --model <run>/export`` and ``ladd.models.teacher.load_teacher`` load it as they load the teacher.
+diffusers logs that it ignores the ladd_* keys when it reads the config.
 """
 
 from __future__ import annotations
@@ -88,7 +88,7 @@ def model_card(info: dict, table: str | None = None) -> str:
         *([f"- LoRA student ({info['lora']}): merged into these weights; `lora/` holds the adapters alone, "
            f"for the teacher (`StableDiffusion3Pipeline.load_lora_weights`)"] if info.get("lora") else []),
         f"- wall time: {info['seconds'] / 60:.1f} min on {info['device']}",
-        f"- use: {info['student_steps']} steps, no guidance, re-noising sampler "
+        f"- use: {info['student_steps']} step{'s' * (info['student_steps'] > 1)}, no guidance, re-noising sampler "
         f"(`ladd sample --model <this folder> --prompt ...`)", "",
     ]
     if table:

@@ -1,10 +1,10 @@
 """Model names -> folders, and a loaded text-to-image generator (denoiser + VAE + text encoder + its card).
 
-Names: ``nano-teacher``, ``nano-student`` (shipped under ``assets/nano``), or a path to a model folder. A model
-folder's ``config.json`` may carry ``ladd_recommended`` (steps, guidance, sampler, shift), ``ladd_text_encoder`` and
-``ladd_vae`` (a path, relative to the folder or absolute; default: the nano VAE). A diffusers
-``StableDiffusion3Pipeline`` folder brings its own (ladd.models.sd3): its VAE, its text encoders, the pipeline's
-default setting with its scheduler's shift.
+Names: ``nano-teacher``, ``nano-student``, ``nano-student-1step`` (shipped under ``assets/nano``), or a path to a
+model folder. A model folder's ``config.json`` may carry ``ladd_recommended`` (steps, guidance, sampler, shift),
+``ladd_text_encoder`` and ``ladd_vae`` (a path, relative to the folder or absolute; default: the nano VAE). A
+diffusers ``StableDiffusion3Pipeline`` folder brings its own (ladd.models.sd3): its VAE, its text encoders, the
+pipeline's default setting with its scheduler's shift.
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ from ladd.models.io import AssetError, read_config
 
 DEFAULT_RECOMMENDED = {"steps": 50, "guidance": 4.0, "sampler": "euler", "shift": 1.0}
 DEFAULT_TEXT_ENCODER = {"name": "minilm", "max_length": 40}
-NAMED = {"nano-teacher": "nano/teacher", "nano-student": "nano/student", "nano-vae": "nano/vae",
-         "nano-evaluator": "nano/evaluator"}
+NAMED = {"nano-teacher": "nano/teacher", "nano-student": "nano/student", "nano-student-1step": "nano/student-1step",
+         "nano-vae": "nano/vae", "nano-evaluator": "nano/evaluator"}
 
 
 def assets_dir() -> Path:

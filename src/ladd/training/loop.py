@@ -12,8 +12,9 @@ Resume by re-running the same command: the newest checkpoint is loaded. Every ra
 comes from generators seeded by ``(seed, step, micro)`` (batch, student times, noise), from which each process
 keeps its slice of the global batch (ladd.distill.draws), so a resumed run repeats an uninterrupted one and N
 processes train on the same numbers as one (misaligned prompts are rolled within each process's slice).
-Ctrl-C finishes the current iteration, writes a checkpoint and stops (a second Ctrl-C stops at once). A NaN or inf loss stops the run without checkpointing the broken state.
-Metrics stay on the device between log steps: no host sync inside an iteration.
+Ctrl-C finishes the current iteration, writes a checkpoint and stops (a second Ctrl-C stops at once). A NaN or
+inf loss stops the run without checkpointing the broken state. Metrics stay on the device between log steps: no
+host sync inside an iteration.
 """
 
 from __future__ import annotations
