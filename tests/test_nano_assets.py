@@ -80,3 +80,18 @@ def test_per_image_seeds_do_not_depend_on_batch_size(tmp_path):
     a, _ = generate(gen, prompts, seeds, steps=3, guidance=3.0, batch_size=3)
     b, _ = generate(gen, prompts, seeds, steps=3, guidance=3.0, batch_size=1)
     assert np.abs(a.astype(int) - b.astype(int)).max() <= 1
+
+
+@pytest.mark.parametrize("name, steps", [("nano-student", 4), ("nano-student-1step", 1)])
+def test_shipped_students_sample_with_their_card_setting(name, steps):
+    """The shipped students load by name with their recommended setting (no guidance, their grid) and sample
+    images that are not the teacher's at that step count (they were trained: same noise, other images)."""
+    from ladd.generate import generate, image_seed
+    from ladd.models.registry import load_generator
+
+    student, teacher = load_generator(name), load_generator("nano-teacher")
+    assert student.recommended["steps"] == steps and student.recommended["guidance"] == 1.0
+    prompts, seeds = ["a red circle", "two blue squares"], [image_seed(0, i, 0) for i in range(2)]
+    ours, _ = generate(student, prompts, seeds, steps=steps, guidance=1.0, sampler="renoise")
+    theirs, _ = generate(teacher, prompts, seeds, steps=steps, guidance=1.0, sampler="renoise")
+    assert ours.shape == (2, 64, 64, 3) and np.abs(ours.astype(int) - theirs.astype(int)).mean() > 2
