@@ -99,7 +99,8 @@ def distill(preset: str | Path | None = DEFAULT_PRESET, overrides=(), text_encod
             command: str | None = None) -> dict:
     """Run the whole job for ``preset`` + dotted ``overrides``; returns a summary (run folder, steps, rows of the
     comparison table). ``text_encoder`` (``encode(prompts) -> TextEmbeddings``) replaces the teacher's own."""
-    from ladd.training.loop import log_to_file, process_state
+    from ladd.training.loop import process_state
+    from ladd.training.runtime import log_to_file
 
     cfg = load_distill_config(preset, overrides)
     state = process_state()

@@ -5,7 +5,7 @@ step (the student's loss through the frozen teacher's features) and one discrimi
 vs the G step's cached fakes; see ladd.distill.steps for why D judges the pre-update fakes), both backpropagated;
 then clipping, both optimizers, the EMA. Phases as in NVlabs/edm: step, report, preview, checkpoint.
 
-Run folder (shared/DESIGN.md): ``config.yaml`` (resolved), ``log.txt`` (``log_to_file``), ``metrics.jsonl``,
+Run folder (shared/DESIGN.md): ``config.yaml`` (resolved), ``log.txt`` (ladd.training.runtime), ``metrics.jsonl``,
 ``tb/`` (TensorBoard), ``samples/<step>.png``, ``checkpoints/`` (ladd.training.checkpoint).
 
 Resume by re-running the same command: the newest checkpoint is loaded. Every random draw of iteration ``step``
@@ -23,8 +23,6 @@ import contextlib
 import json
 import logging
 import os
-import signal
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,6 +40,7 @@ from ladd.distill.draws import Draws
 from ladd.models.text_encoder import TextEmbeddings
 from ladd.training.checkpoint import is_sharded, latest_checkpoint, load_checkpoint, save_checkpoint
 from ladd.training.ema import EMA
+from ladd.training.runtime import deferred_interrupt
 
 log = logging.getLogger(__name__)
 
@@ -131,7 +130,7 @@ def train(cfg, teacher, data: ShardDataset, run_dir: str | Path, vae=None,
     bar = tqdm(total=tc.steps, initial=start, desc="ladd distill", disable=not main, dynamic_ncols=True,
                mininterval=1)
     t0, done, last = time.perf_counter() - elapsed, start, {}
-    with _deferred_interrupt() as interrupted:
+    with deferred_interrupt() as interrupted:
         try:
             for step in range(start, tc.steps):
                 meter.add(_iteration(acc, parts, data, cfg, step, micro_bs), step)
@@ -348,28 +347,6 @@ def save_preview(model, vae, cond: TextEmbeddings, steps: int, latent_shape, pat
     return save_grid(to_uint8(vae.decode(x0.to(vae_device))), path, ncols=len(cond))
 
 
-@contextlib.contextmanager
-def _deferred_interrupt():
-    """Turn the first Ctrl-C into a flag checked between iterations (a state cut mid-update would not resume
-    exactly); the second one interrupts at once. Outside the main thread signals cannot be caught: no-op."""
-    flag = {"set": False}
-    if threading.current_thread() is not threading.main_thread():
-        yield flag
-        return
-
-    def handler(signum, frame):
-        if flag["set"]:
-            raise KeyboardInterrupt
-        flag["set"] = True
-        log.warning("Ctrl-C: stopping after this iteration with a checkpoint (press again to stop at once)")
-
-    old = signal.signal(signal.SIGINT, handler)
-    try:
-        yield flag
-    finally:
-        signal.signal(signal.SIGINT, old)
-
-
 def _stop_requested(acc, flag: dict, at_log: bool) -> bool:
     """Single process: at once. Several: agreed at log steps (a collective), so all stop at the same step."""
     if acc.num_processes == 1:
@@ -377,26 +354,3 @@ def _stop_requested(acc, flag: dict, at_log: bool) -> bool:
     if not at_log:
         return False
     return bool(acc.reduce(torch.tensor([float(flag["set"])], device=acc.device), "sum").item() > 0)
-
-
-@contextlib.contextmanager
-def log_to_file(path: str | Path, enabled: bool = True):
-    """Copy the ``ladd`` loggers' records (INFO and up) into ``path``, the run folder's log.txt, while inside."""
-    if not enabled:
-        yield
-        return
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handler = logging.FileHandler(path)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%Y-%m-%d %H:%M:%S"))
-    logger = logging.getLogger("ladd")
-    old_level = logger.level
-    if logger.getEffectiveLevel() > logging.INFO:
-        logger.setLevel(logging.INFO)
-    logger.addHandler(handler)
-    try:
-        yield
-    finally:
-        logger.removeHandler(handler)
-        handler.close()
-        logger.setLevel(old_level)

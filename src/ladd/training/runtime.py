@@ -1,0 +1,56 @@
+"""What a long run needs from its process: Ctrl-C turned into a clean stop, and its log records in the run folder."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import signal
+import threading
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+
+@contextlib.contextmanager
+def deferred_interrupt():
+    """Turn the first Ctrl-C into a flag checked between iterations (a state cut mid-update would not resume
+    exactly); the second one interrupts at once. Outside the main thread signals cannot be caught: no-op."""
+    flag = {"set": False}
+    if threading.current_thread() is not threading.main_thread():
+        yield flag
+        return
+
+    def handler(signum, frame):
+        if flag["set"]:
+            raise KeyboardInterrupt
+        flag["set"] = True
+        log.warning("Ctrl-C: stopping after this iteration with a checkpoint (press again to stop at once)")
+
+    old = signal.signal(signal.SIGINT, handler)
+    try:
+        yield flag
+    finally:
+        signal.signal(signal.SIGINT, old)
+
+
+@contextlib.contextmanager
+def log_to_file(path: str | Path, enabled: bool = True):
+    """Copy the ``ladd`` loggers' records (INFO and up) into ``path``, the run folder's log.txt, while inside."""
+    if not enabled:
+        yield
+        return
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(path)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%Y-%m-%d %H:%M:%S"))
+    logger = logging.getLogger("ladd")
+    old_level = logger.level
+    if logger.getEffectiveLevel() > logging.INFO:
+        logger.setLevel(logging.INFO)
+    logger.addHandler(handler)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        handler.close()
+        logger.setLevel(old_level)
