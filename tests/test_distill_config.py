@@ -74,6 +74,7 @@ def test_numeric_strings_from_the_command_line():
     ("loss.r1_weight=-1", "loss.r1_weight"),
     ("loss.misaligned_weight=1", "loss.misaligned_weight"),
     ("train.mixed_precision=fp8", "train.mixed_precision"),
+    ("data.precision=fp16", "data.precision"),
 ])
 def test_errors_name_the_field(override, field):
     overrides = [override, "train.grad_accum=4"] if "batch_size" in override else [override]

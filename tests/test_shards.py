@@ -167,3 +167,17 @@ def test_batches_depend_only_on_seed_step_and_the_global_batch(assets):
     # two processes of a global batch of 8 hold the two halves of one process's batch of 8
     halves = [data.indices(4, 0, 5, rank=r, world=2) for r in (0, 1)]
     assert torch.equal(torch.cat(halves), data.indices(8, 0, 5))
+
+
+def test_bf16_teacher_samples_near_fp32_and_is_recorded(assets):
+    """data.precision=bf16 (for GPUs): the same samples up to bf16 rounding, recorded in the data's settings, so
+    fp32 data are not reused for it."""
+    run_synth(assets)
+    fp32 = shards.ShardDataset.load(assets / "data")
+    run_synth(assets, "data.precision=bf16", f"paths.data={assets / 'bf16'}")
+    bf16 = shards.ShardDataset.load(assets / "bf16")
+    assert bf16.generation["precision"] == "bf16" and "precision" not in fp32.generation
+    rel = float((bf16.latents - fp32.latents).norm() / fp32.latents.norm())
+    assert 0 < rel < 0.05, rel
+    with pytest.raises(shards.DataError, match="precision"):
+        run_synth(assets, "data.precision=bf16")

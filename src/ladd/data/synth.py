@@ -101,6 +101,8 @@ def generation_settings(cfg) -> dict:
         gen["shift"] = rec["shift"]
     if d.prompts is not None:
         gen["prompts"] = prompt_file_settings(d.prompts)
+    if d.precision != "fp32":
+        gen["precision"] = d.precision
     return gen
 
 
@@ -166,7 +168,13 @@ def load_models(cfg, gen: dict, text_encoder=None, device="cpu"):
     from ladd.models.teacher import load_teacher
 
     teacher = load_teacher(cfg.paths.teacher).eval().requires_grad_(False).to(device)
-    return lambda records, cond, uncond: teacher_latents(teacher, records, cond, uncond, gen, bs, device), text_encoder
+    if gen.get("precision") == "bf16":  # bf16 weights, matmuls under autocast; the Euler updates stay in fp32
+        teacher = teacher.to(torch.bfloat16)
+
+    def make(records, cond, uncond):
+        with torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=gen.get("precision") == "bf16"):
+            return teacher_latents(teacher, records, cond, uncond, gen, bs, device)
+    return make, text_encoder
 
 
 def write_shards(data_dir: Path, gen: dict, todo: list[int], make_latents, text_encoder,

@@ -286,10 +286,14 @@ class DataConfig:
     height: int = 64
     width: int = 64
     prompts: str | None = None       # prompt file (.txt, one per line, or .jsonl) replacing the ShapeWorld captions
+    precision: str = "fp32"          # the teacher while sampling: "fp32", or "bf16" (bf16 weights + autocast: GPUs)
 
     def __post_init__(self):
         if self.source not in ("synthetic", "real"):
             _fail("data.source", f"got {self.source!r}", "use 'synthetic' (teacher samples) or 'real' (VAE-encoded)")
+        if self.precision not in ("fp32", "bf16"):
+            _fail("data.precision", f"got {self.precision!r}", "use 'fp32' or 'bf16' (bf16 halves the teacher's "
+                  "memory and is several times faster on GPUs)")
         if self.source == "real" and self.prompts is not None:
             _fail("data.prompts", "replaces the captions of teacher samples; real data are ShapeWorld images with "
                   "their own captions", "use data.source=synthetic or data.prompts=null")
