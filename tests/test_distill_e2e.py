@@ -75,6 +75,15 @@ def test_distill_end_to_end(tmp_path, fake_text_encoder):
     stamps = {p: p.stat().st_mtime_ns for p in [run / "export" / "config.json", *run.glob("eval/*/metrics.json")]}
     assert distill("configs/tiny.yaml", overrides)["steps"] == 4
     assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
+    # a newer VAE (it decodes every evaluated sample) makes the evaluations run again, but not the training
+    import os
+    import time
+
+    later = time.time() + 5
+    os.utime(tmp_path / "vae" / "model.safetensors", (later, later))
+    assert distill("configs/tiny.yaml", overrides)["steps"] == 4
+    assert all(p.stat().st_mtime_ns != t for p, t in stamps.items() if p.parent.parent.name == "eval")
+    assert (run / "export" / "config.json").stat().st_mtime_ns == stamps[run / "export" / "config.json"]
 
     # `ladd export` writes the same student (and the run's card) to another folder
     assert main(["export", str(run), "--out", str(tmp_path / "shipped")]) == 0

@@ -221,9 +221,13 @@ def _jobs(cfg: DistillConfig, export_dir: Path) -> list[tuple]:
 
 
 def _reuse(ecfg, model_dir: str) -> dict | None:
-    """A previous evaluation with the same settings, newer than the model's weights (else None)."""
+    """A previous evaluation with the same settings, newer than the weights of the model, of the VAE that decodes
+    its samples and of the evaluator (else None)."""
+    from ladd.models.registry import model_settings, resolve
+
     path = Path(ecfg.out) / "metrics.json"
-    if not path.is_file() or path.stat().st_mtime < weights_file(model_dir).stat().st_mtime:
+    inputs = [weights_file(model_dir), weights_file(model_settings(model_dir)[2]), weights_file(resolve(ecfg.evaluator))]
+    if not path.is_file() or path.stat().st_mtime < max(f.stat().st_mtime for f in inputs):
         return None
     old = json.loads(path.read_text())
     if old.pop("config", None) != asdict(ecfg):
