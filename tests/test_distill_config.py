@@ -125,3 +125,12 @@ def test_preset_with_a_base(tmp_path):
     b.write_text("base: a.yaml\n")
     with pytest.raises(ConfigError, match="cycle"):
         load_distill_config(a)
+
+
+def test_an_fsdp_launch_refuses_the_ema_before_loading_anything(monkeypatch):
+    from ladd.distill.run import check_config
+
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")  # what `accelerate launch` with an FSDP config sets
+    with pytest.raises(ConfigError, match=r"train\.ema_decay: .*FSDP"):
+        check_config(load_distill_config("configs/nano.yaml"))
+    check_config(load_distill_config("configs/nano.yaml", ["train.ema_decay=0"]))
