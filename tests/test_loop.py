@@ -195,3 +195,14 @@ def test_ema_warm_up_and_decay():
         expected = d * expected + (1 - d) * value
         assert abs(ema.shadow.weight.item() - expected) < 1e-6
     assert int(ema.updates) == 3
+
+
+def test_bf16_with_gradient_checkpointing_trains(root):
+    """train.mixed_precision=bf16 (teacher stored in bf16, student and heads in fp32 under autocast) with
+    train.gradient_checkpointing: the large-model settings run on CPU and the student moves."""
+    result = run(root, "bf16", "train.mixed_precision=bf16", "train.gradient_checkpointing=true")
+    teacher = load_teacher(root / "teacher")
+    assert result.step == 4 and next(result.student.parameters()).dtype == torch.float32
+    assert all(torch.isfinite(torch.tensor(result.metrics[k])) for k in ("g_loss", "d_loss"))
+    assert max((p - q).abs().max() for p, q in zip(result.student.parameters(), teacher.parameters())) > 1e-4
+    assert result.student.transformer.gradient_checkpointing
