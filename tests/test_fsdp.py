@@ -99,7 +99,8 @@ print("OK", dist.get_rank(), local, full, flush=True)
 def test_fsdp_sharded_teacher_and_student_checkpoints(tmp_path):
     script = tmp_path / "fsdp.py"
     script.write_text(SCRIPT.format(tests=str(Path(__file__).parent), root=str(tmp_path)))
-    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", str(script)],
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                           str(script)],
                           capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=300,
                           cwd=Path(__file__).parents[1])
     assert proc.returncode == 0, proc.stderr[-3000:]

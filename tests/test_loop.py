@@ -164,7 +164,8 @@ def test_two_processes_train_like_one(tmp_path, one_thread):
     script = tmp_path / "two.py"
     script.write_text(TWO_PROCESS_SCRIPT.format(tests=str(Path(__file__).parent), root=str(tmp_path)))
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", str(script)],
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                           str(script)],
                           capture_output=True, text=True, env=env, timeout=300, cwd=Path(__file__).parents[1])
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = [(tmp_path / f"result-{rank}.txt").read_text().split() for rank in (0, 1)]
@@ -200,7 +201,13 @@ def test_ema_warm_up_and_decay():
 def test_bf16_with_gradient_checkpointing_trains(root):
     """train.mixed_precision=bf16 (teacher stored in bf16, student and heads in fp32 under autocast) with
     train.gradient_checkpointing: the large-model settings run on CPU and the student moves."""
-    result = run(root, "bf16", "train.mixed_precision=bf16", "train.gradient_checkpointing=true")
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state()  # accelerate keeps one mixed-precision setting per process
+    try:
+        result = run(root, "bf16", "train.mixed_precision=bf16", "train.gradient_checkpointing=true")
+    finally:
+        AcceleratorState._reset_state()
     teacher = load_teacher(root / "teacher")
     assert result.step == 4 and next(result.student.parameters()).dtype == torch.float32
     assert all(torch.isfinite(torch.tensor(result.metrics[k])) for k in ("g_loss", "d_loss"))
