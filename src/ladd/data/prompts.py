@@ -9,6 +9,26 @@ from pathlib import Path
 from ladd.config import ConfigError
 
 
+def json_prompt_lines(path: Path, error) -> list[tuple[str, dict]]:
+    """``(where, item)`` for every non-blank line of the JSON-lines prompt file ``path`` (``where`` = ``file:line``),
+    each a JSON object with a non-empty string ``"prompt"``; for the first line that is not, raises
+    ``error(problem)`` (the caller's exception, with its own context and fix). Shared by ``data.prompts`` and the
+    evaluation prompt files (ladd.nano.prompts.read_prompts)."""
+    out = []
+    for n, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        where = f"{path}:{n}"
+        try:
+            item = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise error(f"{where}: not valid JSON ({e.msg}); each line must be one JSON object") from None
+        if not isinstance(item, dict) or not isinstance(item.get("prompt"), str) or not item["prompt"].strip():
+            raise error(f"{where}: each line needs a non-empty string field 'prompt'")
+        out.append((where, item))
+    return out
+
+
 def read_prompt_texts(path: str | Path) -> list[str]:
     """The prompts of ``path`` in file order (blank lines skipped); ``ConfigError`` naming ``data.prompts`` if the
     file is missing, empty or malformed."""
@@ -16,19 +36,11 @@ def read_prompt_texts(path: str | Path) -> list[str]:
     fix = "give a .txt file with one prompt per line or a .jsonl file with a 'prompt' field per line"
     if not path.is_file():
         raise ConfigError(f"data.prompts: {path} does not exist; {fix}")
-    lines = [(n, line.strip()) for n, line in enumerate(path.read_text().splitlines(), 1) if line.strip()]
-    if path.suffix != ".jsonl":
-        texts = [line for _, line in lines]
+    if path.suffix == ".jsonl":
+        texts = [item["prompt"].strip()
+                 for _, item in json_prompt_lines(path, lambda problem: ConfigError(f"data.prompts: {problem}; {fix}"))]
     else:
-        texts = []
-        for n, line in lines:
-            try:
-                item = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ConfigError(f"data.prompts: {path}:{n} is not valid JSON ({e.msg}); {fix}") from None
-            if not isinstance(item, dict) or not isinstance(item.get("prompt"), str) or not item["prompt"].strip():
-                raise ConfigError(f"data.prompts: {path}:{n} has no non-empty string field 'prompt'; {fix}")
-            texts.append(item["prompt"].strip())
+        texts = [line.strip() for line in path.read_text().splitlines() if line.strip()]
     if not texts:
         raise ConfigError(f"data.prompts: {path} holds no prompts; {fix}")
     return texts

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ladd.data.prompts import json_prompt_lines
 from ladd.nano.vocab import (CELL_WORDS, CELLS, COLORS, FIELDS, GENERIC_SHAPE_WORDS, MAX_OBJECTS, NUMBER_WORDS,
                              SHAPE_WORDS, SHAPES, SIZE_WORDS)
 
@@ -196,16 +197,7 @@ def read_prompts(path: str | Path) -> list[dict]:
     if not path.is_file():
         raise PromptFileError(f"prompt file {path} does not exist (make one with `ladd nano make-prompts`)")
     prompts = []
-    for n, line in enumerate(path.read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        where = f"{path}:{n}"
-        try:
-            item = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise PromptFileError(f"{where}: not valid JSON ({e.msg}); each line must be one JSON object") from None
-        if not isinstance(item, dict) or not isinstance(item.get("prompt"), str) or not item["prompt"].strip():
-            raise PromptFileError(f"{where}: each line needs a non-empty string field 'prompt'")
+    for where, item in json_prompt_lines(path, PromptFileError):
         if "category" in item and not isinstance(item["category"], str):
             raise PromptFileError(f"{where}: 'category' must be a string such as {CATEGORIES[0]!r}")
         if "objects" not in item:
