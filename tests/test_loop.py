@@ -9,13 +9,12 @@ import pytest
 import torch
 
 from ladd.data.shards import ShardDataset
-from ladd.data.synth import synthesize
 from ladd.distill import steps as S
 from ladd.distill.config import load_distill_config
 from ladd.models.teacher import load_teacher
 from ladd.training.checkpoint import checkpoint_dirs, latest_checkpoint
 from ladd.training.loop import NonFiniteLossError, train
-from test_shards import FakeEncoder, make_assets, tiny_overrides
+from test_shards import assets_with_data, make_assets, tiny_overrides
 
 # Same seeds, same order of floating-point operations: resumed weights should match bit for bit; the tolerance
 # only allows for reductions that a different thread count could reorder.
@@ -27,10 +26,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 @pytest.fixture(scope="module")
 def root(tmp_path_factory):
-    root = tmp_path_factory.mktemp("loop")
-    make_assets(root)
-    synthesize(load_distill_config("configs/tiny.yaml", tiny_overrides(root)), FakeEncoder(), 0, 1)
-    return root
+    return assets_with_data(tmp_path_factory.mktemp("loop"))
 
 
 def run(root, name, *extra):

@@ -8,7 +8,6 @@ import torch
 
 from ladd.config import ConfigError
 from ladd.data.shards import ShardDataset
-from ladd.data.synth import synthesize
 from ladd.distill import lora
 from ladd.distill.config import StudentConfig, load_distill_config
 from ladd.distill.export import export_run, export_student
@@ -17,7 +16,7 @@ from ladd.distill.steps import init_student
 from ladd.models.teacher import load_teacher
 from ladd.training.checkpoint import latest_checkpoint, load_module
 from ladd.training.loop import train
-from test_shards import FakeEncoder, make_assets, tiny_overrides
+from test_shards import assets_with_data, tiny_overrides
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 LORA = ("student.lora_rank=4", "student.lora_alpha=8")  # scale 2: a lost alpha would show in the outputs
@@ -25,10 +24,7 @@ LORA = ("student.lora_rank=4", "student.lora_alpha=8")  # scale 2: a lost alpha 
 
 @pytest.fixture(scope="module")
 def root(tmp_path_factory):
-    root = tmp_path_factory.mktemp("lora")
-    make_assets(root)
-    synthesize(load_distill_config("configs/tiny.yaml", tiny_overrides(root)), FakeEncoder(), 0, 1)
-    return root
+    return assets_with_data(tmp_path_factory.mktemp("lora"))
 
 
 @pytest.fixture(scope="module")

@@ -58,6 +58,16 @@ def make_assets(root: Path, recommended=None) -> dict:
     return {"teacher": root / "teacher", "vae": root / "vae"}
 
 
+def assets_with_data(root: Path) -> Path:
+    """``make_assets`` plus the tiny preset's synthetic data in ``root/data`` (for tests that train)."""
+    from ladd.data.synth import synthesize
+    from ladd.distill.config import load_distill_config
+
+    make_assets(root)
+    synthesize(load_distill_config("configs/tiny.yaml", tiny_overrides(root)), FakeEncoder(), 0, 1)
+    return root
+
+
 def tiny_overrides(root: Path, *extra: str) -> list[str]:
     return [f"paths.teacher={root / 'teacher'}", f"paths.vae={root / 'vae'}", f"paths.data={root / 'data'}",
             f"paths.run_dir={root / 'run'}", "data.num_samples=10", "data.shard_size=4", "data.batch_size=4",
