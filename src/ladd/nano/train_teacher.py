@@ -18,7 +18,7 @@ import torch
 
 from ladd import flow
 from ladd.models.io import save_model
-from ladd.models.teacher import NANO_TEACHER_CONFIG, build_nano_teacher
+from ladd.models.teacher import NANO_TEACHER_CONFIG, build_nano_teacher, load_teacher
 from ladd.models.text_encoder import TextEmbeddings, load_text_encoder
 from ladd.models.vae import VAE, load_vae
 from ladd.nano import recipe
@@ -50,6 +50,7 @@ class TeacherTrainConfig:
     recommended_guidance: float = 4.0
     minutes: float | None = None
     seed: int = 0
+    init: str | None = None  # a trained teacher folder: start from its weights (fresh optimizer), e.g. to train on
 
 
 @torch.no_grad()
@@ -118,11 +119,14 @@ def rf_loss(model, x0: torch.Tensor, cond: TextEmbeddings, generator: torch.Gene
 
 def train_teacher(cfg: TeacherTrainConfig) -> Path:
     vae = load_vae(cfg.vae)
+    init = load_teacher(cfg.init).transformer.state_dict() if cfg.init else None  # bad folders fail here, early
     captions, empty = caption_data(cfg)
     latents = latent_data(cfg, vae)
     n = latents.shape[0]
     torch.manual_seed(cfg.seed)
     model = build_nano_teacher(in_channels=vae.latent_channels, out_channels=vae.latent_channels)
+    if init is not None:  # weights only: the optimizer, schedule and EMA start afresh from them
+        model.transformer.load_state_dict(init)
     ema = EMA(model, cfg.ema_decay)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.0, betas=(0.9, 0.99))
     decay_from = int(0.7 * cfg.steps)
@@ -162,9 +166,10 @@ def train_teacher(cfg: TeacherTrainConfig) -> Path:
                   ladd_text_encoder={"name": "minilm", "max_length": cfg.max_length})
     config = {k: (list(v) if isinstance(v, tuple) else v) for k, v in config.items() if not k.startswith("_")}
     n_params = sum(p.numel() for p in model.parameters())
+    how = f" --init {cfg.init}" if cfg.init else ""
     card = (f"# nano teacher\n\ndiffusers `SD3Transformer2DModel`, {n_params / 1e6:.2f}M parameters "
             f"({NANO_TEACHER_CONFIG['num_layers']} joint blocks, patch 1 on 8x8 latents), EMA {cfg.ema_decay} weights.\n\n"
-            f"- command: `ladd nano train-teacher --steps {cfg.steps} --batch-size {cfg.batch_size} --lr {cfg.lr}`\n"
+            f"- command: `ladd nano train-teacher --steps {cfg.steps} --batch-size {cfg.batch_size} --lr {cfg.lr}{how}`\n"
             f"- data: ShapeWorld seed {cfg.pool_seed}, {cfg.pool_size} images, {cfg.captions_per_image} random "
             f"captions each (MiniLM, {cfg.max_length} tokens), caption dropout {cfg.caption_dropout}\n"
             f"- steps done: {done}, AdamW lr {cfg.lr}, warm-up {cfg.warmup}, logit-normal(0, 1) t\n"

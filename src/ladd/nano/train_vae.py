@@ -92,11 +92,11 @@ def train_vae(cfg: VAETrainConfig) -> Path:
     model.eval()
     with torch.no_grad():
         held = recipe.to_tensor(images[-512:])
-        z = torch.cat([model.encode(held[i:i + 128]).latent_dist.mean for i in range(0, 512, 128)])
+        z = torch.cat([model.encode(held[i:i + 128]).latent_dist.mean for i in range(0, len(held), 128)])
         shift, scale = z.mean().item(), 1.0 / z.std().item()
         if cfg.decoder_only:  # same encoder, same latent space: keep the factors the teacher was trained with
             shift, scale = base.config.shift_factor, base.config.scaling_factor
-        rec = torch.cat([model.decode(z[i:i + 128]).sample for i in range(0, 512, 128)])
+        rec = torch.cat([model.decode(z[i:i + 128]).sample for i in range(0, len(z), 128)])
         score = psnr(rec, held).mean().item()
     config = dict(NANO_VAE_CONFIG, shift_factor=shift, scaling_factor=scale)
     n_params = sum(p.numel() for p in model.parameters())

@@ -1,0 +1,49 @@
+"""The nano-asset recipes on a tiny pool: the teacher recipe trains, resumes and warm-starts; a decoder-only VAE
+fine-tune keeps the latent space (encoder and factors) that the teacher was trained in."""
+
+import json
+
+import torch
+from safetensors.torch import load_file
+
+from ladd.models.io import read_config
+from ladd.models.teacher import load_teacher
+from ladd.nano.train_teacher import TeacherTrainConfig, train_teacher
+from ladd.nano.train_vae import VAETrainConfig, train_vae
+
+
+def _teacher_cfg(tmp_path, **kw) -> TeacherTrainConfig:
+    return TeacherTrainConfig(out=str(tmp_path / "teacher"), run_dir=str(tmp_path / "run"),
+                              cache_dir=str(tmp_path / "cache"), pool_size=16, batch_size=4, warmup=1,
+                              sample_every=0, **kw)
+
+
+def test_teacher_recipe_trains_and_resumes(tmp_path, one_thread):
+    out = train_teacher(_teacher_cfg(tmp_path, steps=2))
+    assert load_teacher(out).num_blocks == 6
+    assert "steps done: 2" in (out / "card.md").read_text()
+    train_teacher(_teacher_cfg(tmp_path, steps=3))  # same run folder: resumes at step 2, runs step 2 only
+    steps = [json.loads(line)["step"] for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [0, 1, 2]  # logged at step 0 and at each run's last step; the resumed run did step 2 only
+
+
+def test_teacher_recipe_warm_starts_from_a_trained_teacher(tmp_path, one_thread):
+    out = train_teacher(_teacher_cfg(tmp_path, steps=0, init="assets/nano/teacher"))
+    shipped = load_file("assets/nano/teacher/model.safetensors")
+    mine = load_file(out / "model.safetensors")
+    assert shipped.keys() == mine.keys()
+    assert all(torch.equal(shipped[k], mine[k]) for k in shipped)
+    assert "--init assets/nano/teacher" in (out / "card.md").read_text()
+
+
+def test_vae_decoder_only_fine_tune_keeps_the_latent_space(tmp_path, one_thread):
+    cfg = VAETrainConfig(out=str(tmp_path / "vae"), run_dir=str(tmp_path / "run"), cache_dir=str(tmp_path / "cache"),
+                         pool_size=16, steps=2, batch_size=2, decoder_only="assets/nano/vae")
+    out = train_vae(cfg)
+    base, tuned = load_file("assets/nano/vae/model.safetensors"), load_file(out / "model.safetensors")
+    encoder = [k for k in base if k.startswith(("encoder.", "quant_conv."))]
+    decoder = [k for k in base if k.startswith("decoder.")]
+    assert encoder and all(torch.equal(base[k], tuned[k]) for k in encoder)
+    assert any(not torch.equal(base[k], tuned[k]) for k in decoder)
+    for key in ("scaling_factor", "shift_factor"):
+        assert read_config(out)[key] == read_config("assets/nano/vae")[key]
