@@ -47,7 +47,7 @@ class TeacherTrainConfig:
     ema_decay: float = 0.999
     sample_every: int = 2000
     recommended_steps: int = 50
-    recommended_guidance: float = 4.0
+    recommended_guidance: float = 3.0  # chosen by `benchmarks/teacher_steps.py --steps 50 --guidance 2 3 4 5`
     minutes: float | None = None
     seed: int = 0
     init: str | None = None  # a trained teacher folder: start from its weights (fresh optimizer), e.g. to train on
