@@ -43,11 +43,16 @@ def test_fd_sees_blur_and_noise(evaluator, real_sets):
     assert fd(noisy, b) >= 5 * base, (fd(noisy, b), base)
 
 
+def _no_nan(name):
+    raise AssertionError(f"metrics.json holds {name}, which is not JSON")
+
+
 def test_eval_real_images_align(tmp_path):
     out = tmp_path / "real"
     assert main(["eval", "--model", "real", "--per-prompt", "1", "--out", str(out), "--cache-dir", str(tmp_path)]) == 0
-    m = json.loads((out / "metrics.json").read_text())
+    m = json.loads((out / "metrics.json").read_text(), parse_constant=_no_nan)
     assert m["alignment"] >= 0.98 and m["n_images"] == 360
+    assert m["diversity"] is None  # one image per prompt: nothing varies across seeds; JSON null, not NaN
     assert min(m["alignment_by_category"].values()) >= 0.95
 
 
@@ -60,6 +65,7 @@ def test_eval_teacher_end_to_end(tmp_path):
     for key in ("alignment", "alignment_by_category", "fd", "diversity", "nfe_per_image", "seconds_per_image",
                 "n_images", "model", "steps", "guidance"):
         assert key in m
+    assert m["diversity"] > 0 and m["diversity_real"] > 0
     assert m["n_images"] == 12 and m["steps"] == 4 and m["nfe_per_image"] == 4 * (2 if m["guidance"] != 1 else 1)
     assert (out / "grid.png").is_file() and len(list((out / "images").glob("*.png"))) == 12
     # the saved images evaluate to the same figures through --images

@@ -173,11 +173,11 @@ def evaluate(cfg: EvalConfig) -> dict:
         "model": "real" if cfg.model == "real" and not cfg.images else (cfg.images or cfg.model),
         **metrics.alignment(prompts, readbacks, pidx),
         "fd": metrics.frechet_distance(mu, sigma, mu_ref, sigma_ref),
-        "diversity": div,
-        "diversity_real": div_ref,
+        "diversity": _finite_or_none(div),  # None (JSON null) with one image per prompt: nothing to vary
+        "diversity_real": _finite_or_none(div_ref),
         "n_images": len(index),
         "n_prompts": len(prompts),
-        "seconds_per_image": seconds / len(index),
+        "seconds_per_image": _finite_or_none(seconds / len(index)),  # None for real or given images
         **settings,
         "prompts": cfg.prompts,
         "seed": cfg.seed,
@@ -209,6 +209,14 @@ def write_outputs(cfg: EvalConfig, result: dict, images, index, prompts, readbac
             Image.fromarray(img).save(img_dir / f"{i:05d}_{kk:02d}.png")
 
 
+def _finite_or_none(x: float) -> float | None:
+    return float(x) if np.isfinite(x) else None
+
+
+def _fmt(x: float | None, spec: str) -> str:
+    return "-" if x is None or not np.isfinite(x) else format(x, spec)
+
+
 def format_table(rows: list[dict]) -> str:
     """A Markdown table of evaluation results (one row per result)."""
     cats = sorted({c for r in rows for c in r["alignment_by_category"]})
@@ -217,6 +225,6 @@ def format_table(rows: list[dict]) -> str:
     for r in rows:
         vals = [str(r.get("label", r["model"])), str(r["steps"]), f"{r['guidance']:g}", str(r["nfe_per_image"]),
                 f"{r['alignment']:.3f}"] + [f"{r['alignment_by_category'].get(c, float('nan')):.2f}" for c in cats]
-        vals += [f"{r['fd']:.2f}", f"{r['diversity']:.2f}", f"{r['seconds_per_image']:.4f}"]
+        vals += [f"{r['fd']:.2f}", _fmt(r['diversity'], ".2f"), _fmt(r['seconds_per_image'], ".4f")]
         lines.append("| " + " | ".join(vals) + " |")
     return "\n".join(lines)
