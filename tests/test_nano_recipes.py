@@ -2,12 +2,16 @@
 fine-tune keeps the latent space (encoder and factors) that the teacher was trained in."""
 
 import json
+import os
+import signal
 
+import pytest
 import torch
 from safetensors.torch import load_file
 
 from ladd.models.io import read_config
 from ladd.models.teacher import load_teacher
+from ladd.nano import recipe
 from ladd.nano.train_teacher import TeacherTrainConfig, train_teacher
 from ladd.nano.train_vae import VAETrainConfig, train_vae
 
@@ -47,3 +51,28 @@ def test_vae_decoder_only_fine_tune_keeps_the_latent_space(tmp_path, one_thread)
     assert any(not torch.equal(base[k], tuned[k]) for k in decoder)
     for key in ("scaling_factor", "shift_factor"):
         assert read_config(out)[key] == read_config("assets/nano/vae")[key]
+
+
+def test_sigterm_stops_after_the_step_in_progress_with_a_checkpoint_and_resumes(tmp_path):
+    """`kill` (SIGTERM) or Ctrl-C mid-step: the step finishes, a checkpoint is written, re-running resumes after it.
+    SIGTERM matters because a job started with nohup or & ignores SIGINT."""
+    weight = torch.nn.Parameter(torch.zeros(1))
+    seen = []
+
+    def step(i):
+        seen.append(i)
+        if i == 1 and len(seen) == 2:
+            os.kill(os.getpid(), signal.SIGTERM)
+        with torch.no_grad():
+            weight.add_(1.0)  # after the signal: must still be in the checkpoint
+        return {"loss": float(i)}
+
+    module = torch.nn.ParameterList([weight])
+    with pytest.raises(KeyboardInterrupt):
+        recipe.run(step, {"m": module}, tmp_path, steps=5)
+    assert seen == [0, 1]
+    assert torch.load(tmp_path / "checkpoint.pt", weights_only=True)["step"] == 2
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the handler is removed again
+    weight.data.fill_(-100.0)  # resume must load the checkpoint's value (2), not keep this one
+    done, _ = recipe.run(step, {"m": module}, tmp_path, steps=5)
+    assert done == 5 and seen == [0, 1, 2, 3, 4] and weight.item() == 5.0

@@ -75,6 +75,9 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"ladd: error: {e}  (run with -v for the traceback)", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("ladd: interrupted; re-run the same command to resume from the last checkpoint", file=sys.stderr)
+        return 130
     return 0
 
 

@@ -1,8 +1,8 @@
 """What the nano-asset recipes (train-vae, train-evaluator, train-teacher) share: a resumable step loop.
 
 A recipe gives a ``step(i) -> dict of floats`` closure; this loop adds the progress bar, ``metrics.jsonl``,
-TensorBoard events, atomic checkpoints every ``ckpt_every`` steps and on Ctrl-C, resume by re-running the same
-command, and an optional wall-clock budget.
+TensorBoard events, atomic checkpoints every ``ckpt_every`` steps and on Ctrl-C or SIGTERM (after the step in
+progress), resume by re-running the same command, and an optional wall-clock budget.
 """
 
 from __future__ import annotations
@@ -17,6 +17,8 @@ from typing import Callable
 import numpy as np
 import torch
 from tqdm.auto import tqdm
+
+from ladd.training.runtime import deferred_interrupt
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +80,7 @@ def run(
     done = start
     bar = tqdm(range(start, steps), initial=start, total=steps, desc=desc, dynamic_ncols=True, mininterval=2)
     try:
-        with open(run_dir / "metrics.jsonl", "a") as f:
+        with open(run_dir / "metrics.jsonl", "a") as f, deferred_interrupt() as interrupted:
             for i in bar:
                 metrics = step(i)
                 done = i + 1
@@ -93,10 +95,13 @@ def run(
                 if minutes is not None and time.time() - t0 > 60 * minutes:
                     log.info("time budget of %.1f min reached at step %d", minutes, done)
                     break
-    except KeyboardInterrupt:
-        log.warning("interrupted: checkpoint at step %d written, re-run the same command to resume", done)
-        save_checkpoint(ckpt, modules, done, time.time() - t0)
-        raise
+                if interrupted["set"]:  # Ctrl-C or SIGTERM came during the step: it finished, now stop
+                    save_checkpoint(ckpt, modules, done, time.time() - t0)
+                    log.warning("interrupted: checkpoint at step %d written, re-run the same command to resume",
+                                done)
+                    raise KeyboardInterrupt
+    finally:  # a second signal stops mid-step: the last complete checkpoint stands, nothing half-updated is saved
+        bar.close()
+        writer.close()
     save_checkpoint(ckpt, modules, done, time.time() - t0)
-    writer.close()
     return done, time.time() - t0

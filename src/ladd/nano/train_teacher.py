@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from ladd import flow
 from ladd.models.io import save_model
@@ -56,7 +57,8 @@ class TeacherTrainConfig:
 @torch.no_grad()
 def encode_pool(vae: VAE, images: np.ndarray, batch: int = 500) -> torch.Tensor:
     """Model latents (posterior means, scaled) of uint8 images ``[N, H, W, 3]``."""
-    return torch.cat([vae.encode(recipe.to_tensor(images[i:i + batch])) for i in range(0, len(images), batch)])
+    chunks = tqdm(range(0, len(images), batch), desc="encoding images", unit="chunk", mininterval=5)
+    return torch.cat([vae.encode(recipe.to_tensor(images[i:i + batch])) for i in chunks])
 
 
 def encoder_hash(vae: VAE) -> str:
@@ -83,7 +85,7 @@ def caption_data(cfg: TeacherTrainConfig):
     log.info("encoding %d captions with the text encoder", len(texts))
     encoder = load_text_encoder("minilm", cfg.max_length)
     parts = []
-    for i in range(0, len(texts), 4096):
+    for i in tqdm(range(0, len(texts), 4096), desc="encoding captions", unit="chunk", mininterval=5):
         parts.append(encoder.encode(texts[i:i + 4096]).to(torch.float16))
         encoder._cache.clear()
     emb, empty = TextEmbeddings.cat(parts), encoder.encode([""])

@@ -1,4 +1,5 @@
-"""What a long run needs from its process: Ctrl-C turned into a clean stop, and its log records in the run folder."""
+"""What a long run needs from its process: Ctrl-C (or SIGTERM, what `kill` and cluster schedulers send) turned into a
+clean stop, and its log records in the run folder."""
 
 from __future__ import annotations
 
@@ -13,8 +14,10 @@ log = logging.getLogger(__name__)
 
 @contextlib.contextmanager
 def deferred_interrupt():
-    """Turn the first Ctrl-C into a flag checked between iterations (a state cut mid-update would not resume
-    exactly); the second one interrupts at once. Outside the main thread signals cannot be caught: no-op."""
+    """Turn the first Ctrl-C or SIGTERM into a flag checked between iterations (a state cut mid-update would not
+    resume exactly); the second one interrupts at once. SIGTERM is handled too because a job started in the
+    background (``nohup``, ``&``) ignores SIGINT, and schedulers (SLURM, Kubernetes) stop jobs with SIGTERM.
+    Outside the main thread signals cannot be caught: no-op."""
     flag = {"set": False}
     if threading.current_thread() is not threading.main_thread():
         yield flag
@@ -24,13 +27,15 @@ def deferred_interrupt():
         if flag["set"]:
             raise KeyboardInterrupt
         flag["set"] = True
-        log.warning("Ctrl-C: stopping after this iteration with a checkpoint (press again to stop at once)")
+        log.warning("%s: stopping after this iteration with a checkpoint (send it again to stop at once)",
+                    "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name)
 
-    old = signal.signal(signal.SIGINT, handler)
+    old = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         yield flag
     finally:
-        signal.signal(signal.SIGINT, old)
+        for sig, previous in old.items():
+            signal.signal(sig, previous)
 
 
 @contextlib.contextmanager
