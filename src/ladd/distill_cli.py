@@ -81,9 +81,6 @@ def run_distill(args) -> None:
     except NonFiniteLossError as e:
         print(f"ladd: error: {e}", file=sys.stderr)
         raise SystemExit(1) from None
-    except KeyboardInterrupt:
-        print("ladd: interrupted; re-run the same command to resume from the last checkpoint", file=sys.stderr)
-        raise SystemExit(130) from None
 
 
 def run_export(args) -> None:
