@@ -70,3 +70,17 @@ def test_caption_names_every_object():
         for o, s in zip(scene["objects"], stated):
             assert all(o[k] == v for k, v in s.items())
         assert isinstance(text, str) and text
+
+
+def test_counting_scenes_and_captions_are_common():
+    """The counting prompts ('three triangles') must be in the training distribution: scenes that repeat a shape,
+    and sparse captions that name only shapes, so that identical objects are grouped under a number word."""
+    rng = np.random.default_rng(0)
+    scenes = [sw.sample_scene(sw.scene_rng(1, i)) for i in range(3000)]
+    triples = [s for s in scenes if len(s["objects"]) == 3]
+    three_of_a_kind = np.mean([len({o["shape"] for o in s["objects"]}) == 1 for s in triples])
+    assert three_of_a_kind > 0.2  # 1/16 if objects were independent
+    stated = [caption(s, rng)[1] for s in scenes]
+    counts = [max(n for _, n in group(spec)) for spec in stated]
+    assert np.mean([c == 2 for c in counts]) > 0.03 and np.mean([c == 3 for c in counts]) > 0.01
+    assert np.mean([all(set(o) == {"shape"} for o in spec) for spec in stated]) > 0.05

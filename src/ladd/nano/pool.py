@@ -42,9 +42,14 @@ def render_pool(seed: int, n: int, height: int = 64, width: int = 64, workers: i
     return np.concatenate([p[0] for p in parts]), [s for p in parts for s in p[1]]
 
 
+def pool_key(seed: int, n: int) -> str:
+    """Names a pool in cache files: the world's version, its seed and size."""
+    return f"w{shapeworld.WORLD_VERSION}-s{seed}-n{n}"
+
+
 def load_pool(cache_dir: str | Path, seed: int, n: int, height: int = 64, width: int = 64):
     """The pool from ``cache_dir``, rendering and caching it first if needed."""
-    path = Path(cache_dir) / f"pool-s{seed}-n{n}-{height}x{width}.npz"
+    path = Path(cache_dir) / f"pool-{pool_key(seed, n)}-{height}x{width}.npz"
     if path.exists():
         data = np.load(path)
         return data["images"], json.loads(str(data["scenes"]))

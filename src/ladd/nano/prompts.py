@@ -108,11 +108,24 @@ def group(objects: list[dict]) -> list[tuple[dict, int]]:
     return groups
 
 
+PER_OBJECT_KEEP = {"shape": 0.92, "color": 0.85, "size": 0.5, "position": 0.6}
+PER_CAPTION_KEEP = {"shape": 0.95, "color": 0.5, "size": 0.3, "position": 0.35}
+CAPTION_VERSION = 2  # bump when captions change, so that cached caption embeddings are not reused
+
+
 def caption(scene: dict, rng: np.random.Generator) -> tuple[str, list[dict]]:
     """A random caption of ``scene`` and the partial spec it states. Every object is named, so the caption fixes the
-    object count; any other attribute may be left out."""
-    keep = {"shape": 0.92, "color": 0.85, "size": 0.5, "position": 0.6}
-    stated = [{k: o[k] for k in FIELDS if rng.random() < keep[k]} for o in scene["objects"]]
+    object count; any other attribute may be left out.
+
+    Half the captions drop attributes object by object; the other half choose one set of attributes for all the
+    objects, so that sparse captions such as 'two circles and a square' (the style of the counting prompts) are
+    common: with per-object dropout alone, 0.15% of captions held a number word and 0.9% named shapes only, and a
+    teacher trained on them drew 'three triangles' as one triangle."""
+    if rng.random() < 0.5:
+        stated = [{k: o[k] for k in FIELDS if rng.random() < PER_OBJECT_KEEP[k]} for o in scene["objects"]]
+    else:
+        fields = [k for k in FIELDS if rng.random() < PER_CAPTION_KEEP[k]]
+        stated = [{k: o[k] for k in fields} for o in scene["objects"]]
     order = rng.permutation(len(stated))
     text = join([describe(g, rng, n) for g, n in group([stated[i] for i in order])], rng)
     if rng.random() < 0.15:

@@ -23,8 +23,8 @@ from ladd.models.teacher import NANO_TEACHER_CONFIG, build_nano_teacher, load_te
 from ladd.models.text_encoder import TextEmbeddings, load_text_encoder
 from ladd.models.vae import VAE, load_vae
 from ladd.nano import recipe
-from ladd.nano.pool import load_pool
-from ladd.nano.prompts import caption
+from ladd.nano.pool import load_pool, pool_key
+from ladd.nano.prompts import CAPTION_VERSION, caption
 from ladd.training.ema import EMA
 
 log = logging.getLogger(__name__)
@@ -74,7 +74,7 @@ def encoder_hash(vae: VAE) -> str:
 def caption_data(cfg: TeacherTrainConfig):
     """(embeddings of K random captions per pool image, caption k of image i at row k * N + i; empty-prompt
     embedding), cached in ``cache_dir``. Independent of the VAE, so it can be made while the VAE trains."""
-    key = f"s{cfg.pool_seed}-n{cfg.pool_size}-k{cfg.captions_per_image}-L{cfg.max_length}"
+    key = f"c{CAPTION_VERSION}-{pool_key(cfg.pool_seed, cfg.pool_size)}-k{cfg.captions_per_image}-L{cfg.max_length}"
     path = Path(cfg.cache_dir) / f"captions-{key}.pt"
     if path.exists():
         d = torch.load(path, weights_only=True)
@@ -95,7 +95,7 @@ def caption_data(cfg: TeacherTrainConfig):
 
 def latent_data(cfg: TeacherTrainConfig, vae: VAE) -> torch.Tensor:
     """Model latents of the pool, cached in ``cache_dir`` per latent space (encoder weights and factors)."""
-    path = Path(cfg.cache_dir) / f"latents-s{cfg.pool_seed}-n{cfg.pool_size}-vae{encoder_hash(vae)}.pt"
+    path = Path(cfg.cache_dir) / f"latents-{pool_key(cfg.pool_seed, cfg.pool_size)}-vae{encoder_hash(vae)}.pt"
     if path.exists():
         return torch.load(path, weights_only=True)["latents"]
     images, _ = load_pool(cfg.cache_dir, cfg.pool_seed, cfg.pool_size)
