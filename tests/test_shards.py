@@ -160,6 +160,15 @@ def test_other_settings_in_the_same_folder_fail_before_loading(assets):
         run_synth(assets, "data.guidance=5")
 
 
+def test_data_from_older_captions_is_not_reused(assets, monkeypatch):
+    run_synth(assets)
+    from ladd.nano import prompts
+
+    monkeypatch.setattr(prompts, "CAPTION_VERSION", prompts.CAPTION_VERSION + 1)
+    with pytest.raises(shards.DataError, match="captions: folder"):
+        run_synth(assets)
+
+
 def test_real_source_encodes_shapeworld_images(assets):
     assert run_synth(assets, "data.source=real", "data.num_samples=3") == [0]
     data = shards.ShardDataset.load(assets / "data")

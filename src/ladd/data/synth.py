@@ -90,6 +90,11 @@ def generation_settings(cfg) -> dict:
            "height": d.height, "width": d.width,
            "latent_shape": [teacher_cfg["in_channels"], d.height // down, d.width // down],
            "text_encoder": teacher_text_encoder(cfg.paths.teacher)}
+    if d.prompts is None:  # ShapeWorld scenes and their captions, which change with these versions
+        from ladd.nano.prompts import CAPTION_VERSION
+        from ladd.nano.shapeworld import WORLD_VERSION
+
+        gen["captions"] = f"world {WORLD_VERSION}, captions {CAPTION_VERSION}"
     if d.source == "real":
         return {**gen, "vae": str(Path(cfg.paths.vae).resolve()), "vae_hash": file_hash(weights_file(cfg.paths.vae))}
     rec = teacher_recommended(cfg.paths.teacher)
