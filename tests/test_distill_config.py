@@ -127,10 +127,11 @@ def test_preset_with_a_base(tmp_path):
         load_distill_config(a)
 
 
-def test_an_fsdp_launch_refuses_the_ema_before_loading_anything(monkeypatch):
+def test_an_fsdp_launch_refuses_the_ema_before_loading_anything(monkeypatch, tmp_path):
     from ladd.distill.run import check_config
 
     monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")  # what `accelerate launch` with an FSDP config sets
+    data = f"paths.data={tmp_path / 'data'}"  # not the checkout's runs/nano-synth, which may hold older data
     with pytest.raises(ConfigError, match=r"train\.ema_decay: .*FSDP"):
-        check_config(load_distill_config("configs/nano.yaml"))
-    check_config(load_distill_config("configs/nano.yaml", ["train.ema_decay=0"]))
+        check_config(load_distill_config("configs/nano.yaml", [data]))
+    check_config(load_distill_config("configs/nano.yaml", ["train.ema_decay=0", data]))
