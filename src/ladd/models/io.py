@@ -27,6 +27,7 @@ def save_model(model: torch.nn.Module, out_dir: str | Path, config: dict, card: 
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     save_file(state, tmp / "model.safetensors")
     (tmp / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    shutil.copymode(tmp / "config.json", tmp / "model.safetensors")  # safetensors writes 0600; use the umask's mode
     if card is not None:
         (tmp / "card.md").write_text(card)
     return replace_dir(tmp, out_dir)
