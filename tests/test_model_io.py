@@ -2,11 +2,25 @@ import stat
 
 import torch
 
-from ladd.models.io import save_model
+from ladd.models.io import replace_dir, save_model
+
+
+def mode(path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
 
 
 def test_saved_weights_are_as_readable_as_the_config(tmp_path):
     """safetensors writes its file with mode 0600; a shipped or exported model must be readable like its config."""
     out = save_model(torch.nn.Linear(2, 2), tmp_path / "m", {"in": 2}, card="# m\n")
-    mode = lambda name: stat.S_IMODE((out / name).stat().st_mode)
-    assert mode("model.safetensors") == mode("config.json")
+    assert mode(out / "model.safetensors") == mode(out / "config.json")
+
+
+def test_replace_dir_gives_every_file_the_default_mode(tmp_path):
+    """Exports (diffusers' save_pretrained) go through replace_dir too, subfolders included."""
+    (tmp_path / "x.tmp" / "scheduler").mkdir(parents=True)
+    (tmp_path / "plain").write_text("")
+    for name in ("weights.safetensors", "scheduler/config.json"):
+        (tmp_path / "x.tmp" / name).write_text("")
+        (tmp_path / "x.tmp" / name).chmod(0o600)
+    out = replace_dir(tmp_path / "x.tmp", tmp_path / "x")
+    assert mode(out / "weights.safetensors") == mode(out / "scheduler" / "config.json") == mode(tmp_path / "plain")

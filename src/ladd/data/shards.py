@@ -28,6 +28,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
+from ladd.models.io import default_mode
 from ladd.models.text_encoder import TextEmbeddings
 
 FORMAT = "ladd-shards"
@@ -72,6 +73,7 @@ def write_shard(path: Path, tensors: dict[str, torch.Tensor], records: list[dict
     meta = {"format": FORMAT, "version": VERSION, "shard": path.name, "generation": generation, "records": records}
     tmp = temp_path(path)
     save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, tmp, metadata={"ladd": json.dumps(meta)})
+    default_mode(tmp)
     os.replace(tmp, path)
     return path
 

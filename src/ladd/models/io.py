@@ -27,14 +27,25 @@ def save_model(model: torch.nn.Module, out_dir: str | Path, config: dict, card: 
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     save_file(state, tmp / "model.safetensors")
     (tmp / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
-    shutil.copymode(tmp / "config.json", tmp / "model.safetensors")  # safetensors writes 0600; use the umask's mode
     if card is not None:
         (tmp / "card.md").write_text(card)
     return replace_dir(tmp, out_dir)
 
 
+def default_mode(path: Path) -> None:
+    """Give a file the mode a plain ``open`` would (0666 less the umask): safetensors, and so diffusers'
+    ``save_pretrained``, write weights readable by their owner only (0600)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, 0o666 & ~umask)
+
+
 def replace_dir(tmp: Path, out_dir: Path) -> Path:
-    """Move the finished folder ``tmp`` to ``out_dir``, replacing an old one; a crash never leaves a half folder."""
+    """Move the finished folder ``tmp`` to ``out_dir``, replacing an old one; a crash never leaves a half folder.
+    Its files get the umask's default mode, so that a saved or exported model is readable like any other file."""
+    for f in tmp.rglob("*"):
+        if f.is_file():
+            default_mode(f)
     if out_dir.exists():
         old = out_dir.with_name(out_dir.name + ".old")
         shutil.rmtree(old, ignore_errors=True)
