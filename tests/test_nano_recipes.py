@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 from ladd.models.io import read_config
 from ladd.models.teacher import load_teacher
 from ladd.nano import recipe
-from ladd.nano.train_teacher import TeacherTrainConfig, train_teacher
+from ladd.nano.train_teacher import TeacherTrainConfig, lr_factor, train_teacher
 from ladd.nano.train_vae import VAETrainConfig, train_vae
 
 
@@ -20,6 +20,21 @@ def _teacher_cfg(tmp_path, **kw) -> TeacherTrainConfig:
     return TeacherTrainConfig(out=str(tmp_path / "teacher"), run_dir=str(tmp_path / "run"),
                               cache_dir=str(tmp_path / "cache"), pool_size=16, batch_size=4, warmup=1,
                               sample_every=0, **kw)
+
+
+def test_teacher_lr_schedule_warms_up_holds_and_decays_to_a_tenth():
+    f = [lr_factor(i, steps=100, warmup=10, decay_start=0.5) for i in range(100)]
+    assert f[0] == pytest.approx(0.1) and f[9] == f[49] == 1.0
+    assert all(a >= b for a, b in zip(f[10:], f[11:]))  # never rises after the warm-up
+    assert f[75] == pytest.approx(0.55) and f[99] == pytest.approx(0.1 + 0.9 / 50)
+    assert lr_factor(100, 100, 10, 0.5) == pytest.approx(0.1)  # the last scheduler step ends at 0.1x
+    assert lr_factor(5, 10, 0, 0.0) == pytest.approx(0.55)  # decay from the start, no warm-up
+
+
+def test_bad_decay_start_fails_before_any_work(tmp_path):
+    with pytest.raises(ValueError, match="decay_start"):
+        train_teacher(_teacher_cfg(tmp_path, steps=1, decay_start=1.5))
+    assert not (tmp_path / "cache").exists()
 
 
 def test_teacher_recipe_trains_and_resumes(tmp_path, one_thread):
