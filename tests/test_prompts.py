@@ -49,13 +49,14 @@ def test_missing_file(tmp_path):
         read_prompts(tmp_path / "nope.jsonl")
 
 
-def test_unseen_phrasing_is_disjoint_from_the_training_captions():
+@pytest.mark.parametrize("version", [2, 3])
+def test_unseen_phrasing_is_disjoint_from_the_training_captions(version):
     import numpy as np
 
     from ladd.nano.prompts import UNSEEN, caption, make_prompts
     from ladd.nano.shapeworld import sample_scene, scene_rng
 
-    captions = [caption(sample_scene(scene_rng(1, i)), np.random.default_rng(i))[0] for i in range(2000)]
+    captions = [caption(sample_scene(scene_rng(1, i)), np.random.default_rng(i), version)[0] for i in range(2000)]
     new_phrases = [f.replace("{}", "").strip(" :,.") for f in UNSEEN.frames]
     new_phrases += [w for ws in UNSEEN.cell_words.values() for w in ws] + [j.strip() for j in UNSEEN.joins]
     new_phrases += [w for ws in UNSEEN.size_words.values() for w in ws] + ["ball", "tile", "wedge", "a pair of"]
@@ -63,3 +64,27 @@ def test_unseen_phrasing_is_disjoint_from_the_training_captions():
         assert not any(phrase in c for c in captions), phrase
     unseen = make_prompts(10, seed=4321, phrasing="unseen")
     assert len(unseen) == 60 and all(any(p in u["prompt"] for p in new_phrases) for u in unseen)
+
+
+def test_captions_3_use_many_more_words_than_captions_2():
+    import numpy as np
+
+    from ladd.nano.prompts import caption
+    from ladd.nano.shapeworld import sample_scene, scene_rng
+
+    def vocabulary(version):
+        rng = np.random.default_rng(0)
+        return {w for i in range(2000) for w in caption(sample_scene(scene_rng(1, i)), rng, version)[0].split()}
+
+    v2, v3 = vocabulary(2), vocabulary(3)
+    assert len(v3) > 1.5 * len(v2)
+
+
+def test_unknown_caption_version_is_refused():
+    import numpy as np
+
+    from ladd.nano.prompts import caption
+    from ladd.nano.shapeworld import sample_scene, scene_rng
+
+    with pytest.raises(ValueError, match="caption version 9"):
+        caption(sample_scene(scene_rng(1, 0)), np.random.default_rng(0), 9)

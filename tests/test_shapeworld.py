@@ -60,11 +60,12 @@ def test_object_is_drawn_in_its_cell_with_its_color():
     assert blueness(cell) > blueness(other) + 0.2
 
 
-def test_caption_names_every_object():
+@pytest.mark.parametrize("version", [2, 3])
+def test_caption_names_every_object(version):
     rng = np.random.default_rng(0)
     for i in range(200):
         _, scene = sw.sample(1, i)
-        text, stated = caption(scene, rng)
+        text, stated = caption(scene, rng, version)
         assert len(stated) == len(scene["objects"])
         assert sum(n for _, n in group(stated)) == len(stated)
         for o, s in zip(scene["objects"], stated):

@@ -39,6 +39,7 @@ class Phrasing:
     cell_words: dict
     number_words: dict
     joins: tuple
+    color_forms: tuple = ("{color} {noun}",)  # how a color attaches to its noun
 
 
 TRAINING = Phrasing(FRAMES, SHAPE_WORDS, SIZE_WORDS, CELL_WORDS, NUMBER_WORDS, (", ", " and ", ", and ", " with "))
@@ -60,6 +61,48 @@ UNSEEN = Phrasing(
 )
 PHRASINGS = {"training": TRAINING, "unseen": UNSEEN}
 
+# Captions 3: the training words and many more frames, synonyms, position phrases and word orders, so that a
+# teacher learns the meaning rather than the templates. Nothing here is in UNSEEN, which stays a held-out test
+# (tests/test_prompts.py checks both).
+WIDE = Phrasing(
+    frames=FRAMES + ("an image showing {}", "a simple image of {}", "a diagram of {}", "a rendering of {}",
+                     "a canvas with {}", "this picture shows {}", "here is {}", "draw {}", "show {}", "generate {}",
+                     "a flat drawing of {}", "clip art of {}", "a toy scene with {}", "the image has {}",
+                     "in this image: {}", "a graphic with {}", "a frame with {}", "{} on the canvas",
+                     "{} in the picture", "a plain image containing {}", "please draw {}"),
+    shape_words={
+        "circle": SHAPE_WORDS["circle"] + (("disc", "discs"), ("dot", "dots"), ("round shape", "round shapes"),
+                                           ("orb", "orbs")),
+        "square": SHAPE_WORDS["square"] + (("square shape", "square shapes"), ("rectangle", "rectangles"),
+                                           ("quad", "quads")),
+        "triangle": SHAPE_WORDS["triangle"] + (("triangular shape", "triangular shapes"), ("pyramid", "pyramids"),
+                                               ("three-sided shape", "three-sided shapes"), ("arrowhead", "arrowheads")),
+        "cross": SHAPE_WORDS["cross"] + (("plus shape", "plus shapes"), ("cross shape", "cross shapes"),
+                                         ("+ sign", "+ signs")),
+    },
+    size_words={"small": SIZE_WORDS["small"] + ("smaller", "compact", "wee", "modest"),
+                "large": SIZE_WORDS["large"] + ("bigger", "enormous", "massive", "sizable")},
+    cell_words={
+        "top left": CELL_WORDS["top left"] + ("top-left", "toward the top left", "in the northwest corner"),
+        "top": CELL_WORDS["top"] + ("at the top middle", "up top", "in the north"),
+        "top right": CELL_WORDS["top right"] + ("top-right", "toward the top right", "in the northeast corner"),
+        "left": CELL_WORDS["left"] + ("on the left side", "to the left", "in the west"),
+        "center": CELL_WORDS["center"] + ("centered", "in the very center", "at the middle"),
+        "right": CELL_WORDS["right"] + ("on the right side", "to the right", "in the east"),
+        "bottom left": CELL_WORDS["bottom left"] + ("bottom-left", "toward the bottom left",
+                                                    "in the southwest corner"),
+        "bottom": CELL_WORDS["bottom"] + ("at the bottom middle", "down low", "in the south"),
+        "bottom right": CELL_WORDS["bottom right"] + ("bottom-right", "toward the bottom right",
+                                                      "in the southeast corner"),
+    },
+    number_words={1: NUMBER_WORDS[1] + ("1", "one lone"), 2: NUMBER_WORDS[2] + ("two separate", "exactly two"),
+                  3: NUMBER_WORDS[3] + ("three separate", "exactly three")},
+    joins=TRAINING.joins + (" along with ", " together with ", "; ", " & "),
+    color_forms=("{color} {noun}", "{color} {noun}", "{color} {noun}", "{color}-colored {noun}",
+                 "{noun} in {color}", "{noun} colored {color}"),
+)
+CAPTION_PHRASINGS = {2: TRAINING, 3: WIDE}  # what each CAPTION_VERSION's captions are made of
+
 
 # ------------------------------------------------------------------------------------------------------- captions
 def _pick(rng: np.random.Generator, options):
@@ -76,9 +119,11 @@ def describe(obj: dict, rng: np.random.Generator, count: int = 1, words: Phrasin
     out = [_pick(rng, words.number_words[count])]
     if obj.get("size"):
         out.append(_pick(rng, words.size_words[obj["size"]]))
-    if obj.get("color"):
-        out.append(obj["color"])
-    out.append(_noun(obj, rng, count > 1, words))
+    noun = _noun(obj, rng, count > 1, words)
+    if obj.get("color"):  # one form draws nothing from rng, so that captions 2 stay as they were
+        form = _pick(rng, words.color_forms) if len(words.color_forms) > 1 else words.color_forms[0]
+        noun = form.format(color=obj["color"], noun=noun)
+    out.append(noun)
     if obj.get("position"):
         out.append(_pick(rng, words.cell_words[obj["position"]]))
     if out[0] == "a" and out[1][0] in "aeiou":
@@ -91,7 +136,7 @@ def join(parts: list[str], rng: np.random.Generator, words: Phrasing = TRAINING)
         return parts[0]
     if len(parts) == 2:
         return parts[0] + _pick(rng, words.joins) + parts[1]
-    last = (" and ", ", and ", ", ") if words is TRAINING else words.joins
+    last = (" and ", ", and ", ", ") if words in (TRAINING, WIDE) else words.joins
     return ", ".join(parts[:-1]) + _pick(rng, last) + parts[-1]
 
 
@@ -110,27 +155,33 @@ def group(objects: list[dict]) -> list[tuple[dict, int]]:
 
 PER_OBJECT_KEEP = {"shape": 0.92, "color": 0.85, "size": 0.5, "position": 0.6}
 PER_CAPTION_KEEP = {"shape": 0.95, "color": 0.5, "size": 0.3, "position": 0.35}
-CAPTION_VERSION = 2  # bump when captions change, so that cached caption embeddings are not reused
+# The captions the shipped teacher was trained on, and the default of `train-teacher --captions` and of synthetic
+# data; a new version gets a new key, so cached caption embeddings and synthetic shards are never reused across it.
+CAPTION_VERSION = 2
 
 
-def caption(scene: dict, rng: np.random.Generator) -> tuple[str, list[dict]]:
+def caption(scene: dict, rng: np.random.Generator, version: int = CAPTION_VERSION) -> tuple[str, list[dict]]:
     """A random caption of ``scene`` and the partial spec it states. Every object is named, so the caption fixes the
     object count; any other attribute may be left out.
 
     Half the captions drop attributes object by object; the other half choose one set of attributes for all the
     objects, so that sparse captions such as 'two circles and a square' (the style of the counting prompts) are
     common: with per-object dropout alone, 0.15% of captions held a number word and 0.9% named shapes only, and a
-    teacher trained on them drew 'three triangles' as one triangle."""
+    teacher trained on them drew 'three triangles' as one triangle. ``version`` picks the words
+    (``CAPTION_PHRASINGS``): 2 the templates of the eval prompts, 3 many more."""
+    if version not in CAPTION_PHRASINGS:
+        raise ValueError(f"unknown caption version {version}; use one of {sorted(CAPTION_PHRASINGS)}")
+    words = CAPTION_PHRASINGS[version]
     if rng.random() < 0.5:
         stated = [{k: o[k] for k in FIELDS if rng.random() < PER_OBJECT_KEEP[k]} for o in scene["objects"]]
     else:
         fields = [k for k in FIELDS if rng.random() < PER_CAPTION_KEEP[k]]
         stated = [{k: o[k] for k in fields} for o in scene["objects"]]
     order = rng.permutation(len(stated))
-    text = join([describe(g, rng, n) for g, n in group([stated[i] for i in order])], rng)
+    text = join([describe(g, rng, n, words) for g, n in group([stated[i] for i in order])], rng, words)
     if rng.random() < 0.15:
         text += f" on a {BACKGROUND_WORDS[scene['background']['kind']]} background"
-    return _pick(rng, FRAMES).format(text), stated
+    return _pick(rng, words.frames).format(text), stated
 
 
 # --------------------------------------------------------------------------------------------------- prompt files

@@ -24,7 +24,7 @@ from ladd.models.text_encoder import TextEmbeddings, load_text_encoder
 from ladd.models.vae import VAE, load_vae
 from ladd.nano import recipe
 from ladd.nano.pool import load_pool, pool_key
-from ladd.nano.prompts import CAPTION_VERSION, caption
+from ladd.nano.prompts import CAPTION_PHRASINGS, CAPTION_VERSION, caption
 from ladd.training.ema import EMA
 
 log = logging.getLogger(__name__)
@@ -39,6 +39,7 @@ class TeacherTrainConfig:
     pool_seed: int = 1
     pool_size: int = 60000
     captions_per_image: int = 1
+    captions: int = CAPTION_VERSION  # which captions (ladd.nano.prompts.CAPTION_PHRASINGS): 3 has many more words
     max_length: int = 40
     steps: int = 12000
     batch_size: int = 64
@@ -75,14 +76,14 @@ def encoder_hash(vae: VAE) -> str:
 def caption_data(cfg: TeacherTrainConfig):
     """(embeddings of K random captions per pool image, caption k of image i at row k * N + i; empty-prompt
     embedding), cached in ``cache_dir``. Independent of the VAE, so it can be made while the VAE trains."""
-    key = f"c{CAPTION_VERSION}-{pool_key(cfg.pool_seed, cfg.pool_size)}-k{cfg.captions_per_image}-L{cfg.max_length}"
+    key = f"c{cfg.captions}-{pool_key(cfg.pool_seed, cfg.pool_size)}-k{cfg.captions_per_image}-L{cfg.max_length}"
     path = Path(cfg.cache_dir) / f"captions-{key}.pt"
     if path.exists():
         d = torch.load(path, weights_only=True)
         return TextEmbeddings(d["tokens"], d["pooled"]), TextEmbeddings(d["u_tokens"], d["u_pooled"])
     _, scenes = load_pool(cfg.cache_dir, cfg.pool_seed, cfg.pool_size)
     rng = np.random.default_rng([cfg.pool_seed, 77])
-    texts = [caption(s, rng)[0] for _ in range(cfg.captions_per_image) for s in scenes]
+    texts = [caption(s, rng, cfg.captions)[0] for _ in range(cfg.captions_per_image) for s in scenes]
     log.info("encoding %d captions with the text encoder", len(texts))
     encoder = load_text_encoder("minilm", cfg.max_length)
     parts = []
@@ -131,6 +132,8 @@ def lr_factor(i: int, steps: int, warmup: int, decay_start: float) -> float:
 
 
 def train_teacher(cfg: TeacherTrainConfig) -> Path:
+    if cfg.captions not in CAPTION_PHRASINGS:
+        raise ValueError(f"unknown --captions {cfg.captions}; use one of {sorted(CAPTION_PHRASINGS)}")
     if not 0.0 <= cfg.decay_start <= 1.0:
         raise ValueError(f"decay_start must be a fraction of the steps in [0, 1], got {cfg.decay_start}")
     vae = load_vae(cfg.vae)
@@ -179,7 +182,8 @@ def train_teacher(cfg: TeacherTrainConfig) -> Path:
             f"({NANO_TEACHER_CONFIG['num_layers']} joint blocks, patch 1 on 8x8 latents), EMA {cfg.ema_decay} weights.\n\n"
             f"- command: `ladd nano train-teacher --steps {cfg.steps} --batch-size {cfg.batch_size} --lr {cfg.lr}{how}`\n"
             f"- data: ShapeWorld seed {cfg.pool_seed}, {cfg.pool_size} images, {cfg.captions_per_image} random "
-            f"captions each (MiniLM, {cfg.max_length} tokens), caption dropout {cfg.caption_dropout}\n"
+            f"captions each (captions {cfg.captions}; MiniLM, {cfg.max_length} tokens), caption dropout "
+            f"{cfg.caption_dropout}\n"
             f"- steps done: {done}, AdamW lr {cfg.lr}, warm-up {cfg.warmup}, linear decay to 0.1x from "
             f"{cfg.decay_start:.0%} of the steps, logit-normal(0, 1) t\n"
             f"- wall time: {seconds / 60:.1f} min on {platform.machine()} CPU, {torch.get_num_threads()} threads\n"
