@@ -1,6 +1,6 @@
 import numpy as np
 
-from ladd.evaluation.metrics import alignment, diversity, frechet_distance, satisfies
+from ladd.evaluation.metrics import alignment, diversity, failure, frechet_distance, satisfies
 
 
 def obj(shape, color="red", size="small", position="center"):
@@ -40,3 +40,16 @@ def test_frechet_distance():
 def test_diversity():
     f = np.array([[0.0, 0], [3, 4], [1, 1], [1, 1]])
     assert diversity(f, [0, 0, 1, 1]) == 2.5  # mean of 5 and 0
+
+
+def test_failure_says_why_and_failures_sum_to_the_misses():
+    spec = [{"shape": "circle"}, {"shape": "square"}]
+    assert failure(spec, [obj("square"), obj("circle")]) is None
+    assert failure(spec, [obj("circle")]) == "too_few"
+    assert failure(spec, [obj("circle"), obj("square"), obj("square")]) == "too_many"
+    assert failure(spec, [obj("triangle"), obj("triangle")]) == "attributes"  # two objects, wrong shapes
+    prompts = [{"category": "two_objects", "objects": spec}]
+    reads = [[obj("square"), obj("circle")], [obj("circle")], [obj("circle"), obj("circle")], [obj("circle")]]
+    a = alignment(prompts, reads, [0, 0, 0, 0])
+    assert a["alignment"] == 0.25
+    assert a["failures_by_category"]["two_objects"] == {"too_few": 0.5, "too_many": 0.0, "attributes": 0.25}

@@ -66,6 +66,8 @@ def test_eval_teacher_end_to_end(tmp_path):
                 "n_images", "model", "steps", "guidance"):
         assert key in m
     assert m["diversity"] > 0 and m["diversity_real"] > 0
+    for c, acc in m["alignment_by_category"].items():  # every miss has one reason
+        assert abs(sum(m["failures_by_category"][c].values()) - (1 - acc)) < 1e-9
     assert m["n_images"] == 12 and m["steps"] == 4 and m["nfe_per_image"] == 4 * (2 if m["guidance"] != 1 else 1)
     assert (out / "grid.png").is_file() and len(list((out / "images").glob("*.png"))) == 12
     # the saved images evaluate to the same figures through --images

@@ -194,8 +194,9 @@ def write_outputs(cfg: EvalConfig, result: dict, images, index, prompts, readbac
     os.replace(tmp, out / "metrics.json")
     with open(out / "readback.jsonl.tmp", "w") as f:
         for (i, k), r in zip(index, readbacks):
-            ok = metrics.satisfies(prompts[i]["objects"], r)
-            f.write(json.dumps({"prompt_index": i, "k": k, "prompt": prompts[i]["prompt"], "ok": ok, "read": r}) + "\n")
+            why = metrics.failure(prompts[i]["objects"], r)
+            f.write(json.dumps({"prompt_index": i, "k": k, "prompt": prompts[i]["prompt"], "ok": why is None,
+                                "failure": why, "read": r}) + "\n")
     os.replace(out / "readback.jsonl.tmp", out / "readback.jsonl")
     # grid: one row per prompt for a spread of prompts over the file, per_prompt images each (at most 8)
     rows = np.linspace(0, len(prompts) - 1, min(16, len(prompts))).round().astype(int)

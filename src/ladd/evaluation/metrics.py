@@ -17,12 +17,26 @@ def satisfies(spec: list[dict], readback: list[dict]) -> bool:
                for perm in itertools.permutations(readback))
 
 
+FAILURES = ("too_few", "too_many", "attributes")
+
+
+def failure(spec: list[dict], readback: list[dict]) -> str | None:
+    """Why an image fails its spec: None (it satisfies it), 'too_few' or 'too_many' objects, or 'attributes' (the
+    count is right but no assignment agrees on every stated attribute: a wrong color, a swapped shape)."""
+    if len(readback) != len(spec):
+        return "too_few" if len(readback) < len(spec) else "too_many"
+    return None if satisfies(spec, readback) else "attributes"
+
+
 def alignment(prompts: list[dict], readbacks: list[list[dict]], prompt_index: list[int]) -> dict:
-    """Overall and per-category fraction of images satisfying their prompt's spec."""
-    ok = np.array([satisfies(prompts[i]["objects"], r) for i, r in zip(prompt_index, readbacks)], dtype=float)
+    """Overall and per-category fraction of images satisfying their prompt's spec, and per category the fraction
+    of images failing for each reason in ``FAILURES`` (they sum to 1 - alignment)."""
+    why = np.array([failure(prompts[i]["objects"], r) or "" for i, r in zip(prompt_index, readbacks)])
     cats = np.array([prompts[i]["category"] for i in prompt_index])
-    return {"alignment": float(ok.mean()),
-            "alignment_by_category": {c: float(ok[cats == c].mean()) for c in sorted(set(cats))}}
+    return {"alignment": float((why == "").mean()),
+            "alignment_by_category": {c: float((why[cats == c] == "").mean()) for c in sorted(set(cats))},
+            "failures_by_category": {c: {f: float((why[cats == c] == f).mean()) for f in FAILURES}
+                                     for c in sorted(set(cats))}}
 
 
 def feature_stats(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
