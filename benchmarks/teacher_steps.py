@@ -1,8 +1,9 @@
-"""The "teacher with few steps" baseline and the guidance sweep: `ladd eval` of one model at several step counts
-and guidance scales, side by side in one run. Prints a Markdown table and writes JSON.
+"""The "teacher with few steps" baseline and the guidance and time-shift sweeps: `ladd eval` of one model at several
+step counts, guidance scales and time-grid shifts, side by side in one run. Prints a Markdown table and writes JSON.
 
     python benchmarks/teacher_steps.py --steps 1 2 4 8 25 50 --guidance 4 --out runs/bench-teacher-steps
     python benchmarks/teacher_steps.py --steps 50 --guidance 1 2 3 4 5 6 --limit 120 --out runs/bench-guidance
+    python benchmarks/teacher_steps.py --steps 50 --shift 1 2 3 --per-prompt 1 --out runs/bench-shift
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ def main() -> None:
     p.add_argument("--model", default="nano-teacher")
     p.add_argument("--steps", type=int, nargs="+", default=[1, 2, 4, 8, 25, 50])
     p.add_argument("--guidance", type=float, nargs="+", default=[None])
+    p.add_argument("--shift", type=float, nargs="+", default=[None], help="time-grid shifts (default: the card's)")
     p.add_argument("--prompts", default="prompts/nano-eval.jsonl")
     p.add_argument("--per-prompt", type=int, default=4)
     p.add_argument("--limit", type=int, default=None)
@@ -26,13 +28,16 @@ def main() -> None:
     p.add_argument("--out", default="runs/bench-teacher-steps")
     args = p.parse_args()
     rows = []
-    for guidance in args.guidance:
-        for steps in args.steps:
-            tag = f"steps{steps}-cfg{guidance if guidance is not None else 'card'}"
-            cfg = EvalConfig(model=args.model, prompts=args.prompts, per_prompt=args.per_prompt, steps=steps,
-                             guidance=guidance, seed=args.seed, out=str(Path(args.out) / tag), limit=args.limit)
-            rows.append({**evaluate(cfg), "label": f"{args.model}"})
-            print(format_table(rows[-1:]), flush=True)
+    for shift in args.shift:
+        for guidance in args.guidance:
+            for steps in args.steps:
+                tag = f"steps{steps}-cfg{guidance if guidance is not None else 'card'}"
+                tag += f"-shift{shift}" if shift is not None else ""
+                cfg = EvalConfig(model=args.model, prompts=args.prompts, per_prompt=args.per_prompt, steps=steps,
+                                 guidance=guidance, shift=shift, seed=args.seed, out=str(Path(args.out) / tag),
+                                 limit=args.limit)
+                rows.append({**evaluate(cfg), "label": f"{args.model}" + (f" shift {shift}" if shift else "")})
+                print(format_table(rows[-1:]), flush=True)
     table = format_table(rows)
     print("\n" + table)
     out = Path(args.out)

@@ -33,6 +33,11 @@ def test_impossible_size(tmp_path, capsys):
     assert code == 2 and "multiple of 16" in err and not (tmp_path / "o").exists()
 
 
+def test_bad_shift(tmp_path, capsys):
+    code, err = run(["eval", "--model", "nano-teacher", "--shift", "0", "--out", str(tmp_path / "o")], capsys)
+    assert code == 2 and "--shift must be > 0" in err and not (tmp_path / "o").exists()
+
+
 def test_missing_model_folder(tmp_path, capsys):
     code, err = run(["sample", "--model", str(tmp_path / "nothing"), "--prompt", "a circle",
                      "--out", str(tmp_path / "x.png")], capsys)

@@ -90,6 +90,19 @@ def test_per_image_seeds_do_not_depend_on_batch_size(tmp_path):
     assert np.abs(a.astype(int) - b.astype(int)).max() <= 1
 
 
+def test_shift_overrides_the_cards_time_grid():
+    from ladd.generate import generate, image_seed
+    from ladd.models.registry import load_generator
+
+    gen = load_generator("nano-teacher")
+    assert gen.recommended.get("shift", 1.0) == 1.0
+    prompts, seeds = ["a red circle", "two blue squares"], [image_seed(0, i, 0) for i in range(2)]
+    card, _ = generate(gen, prompts, seeds, steps=2, guidance=3.0)
+    one, _ = generate(gen, prompts, seeds, steps=2, guidance=3.0, shift=1.0)
+    three, _ = generate(gen, prompts, seeds, steps=2, guidance=3.0, shift=3.0)
+    assert np.array_equal(card, one) and np.abs(card.astype(int) - three.astype(int)).mean() > 1
+
+
 @pytest.mark.parametrize("name, steps", [("nano-student", 4), ("nano-student-1step", 1)])
 def test_shipped_students_sample_with_their_card_setting(name, steps):
     """The shipped students load by name with their recommended setting (no guidance, their grid) and sample

@@ -19,6 +19,8 @@ def add_eval(sub) -> None:
     p.add_argument("--steps", type=int, default=None, help="sampling steps (default: the model card's)")
     p.add_argument("--guidance", type=float, default=None, help="CFG scale, 1 = none (default: the model card's)")
     p.add_argument("--sampler", choices=["euler", "renoise"], default=None, help="default: the model card's")
+    p.add_argument("--shift", type=float, default=None,
+                   help="time-grid shift, > 1 spends more steps at high noise (default: the model card's)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="runs/eval", help="output folder")
     p.add_argument("--images", default=None, help="evaluate images from this folder instead of generating")
@@ -35,7 +37,7 @@ def run_eval(args) -> None:
     from ladd.evaluation.evaluate import EvalConfig, evaluate, format_table
 
     cfg = EvalConfig(model=args.model, prompts=args.prompts, per_prompt=args.per_prompt, steps=args.steps,
-                     guidance=args.guidance, sampler=args.sampler, seed=args.seed, out=args.out, images=args.images,
+                     guidance=args.guidance, sampler=args.sampler, shift=args.shift, seed=args.seed, out=args.out, images=args.images,
                      save_images=args.save_images, batch_size=args.batch_size, height=args.height, width=args.width,
                      limit=args.limit, cache_dir=args.cache_dir)
     result = evaluate(cfg)
@@ -51,6 +53,7 @@ def add_sample(sub) -> None:
     p.add_argument("--steps", type=int, default=None, help="default: the model card's")
     p.add_argument("--guidance", type=float, default=None, help="CFG scale, 1 = none (default: the model card's)")
     p.add_argument("--sampler", choices=["euler", "renoise"], default=None)
+    p.add_argument("--shift", type=float, default=None, help="time-grid shift (default: the model card's)")
     p.add_argument("--n", type=int, default=8, help="number of images")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--height", type=int, default=64)
@@ -72,7 +75,8 @@ def run_sample(args) -> None:
     steps = args.steps or gen.recommended["steps"]
     guidance = gen.recommended["guidance"] if args.guidance is None else args.guidance
     images, seconds = generate(gen, [args.prompt] * args.n, [image_seed(args.seed, 0, k) for k in range(args.n)],
-                               steps, guidance, args.sampler or gen.recommended["sampler"], args.height, args.width)
+                               steps, guidance, args.sampler or gen.recommended["sampler"], args.height, args.width,
+                               shift=args.shift)
     save_grid(images, args.out, ncols=min(args.n, 8))
     print(f"wrote {args.out}: {args.n} images, {steps} steps, guidance {guidance:g}, "
           f"{seconds / args.n:.4f} s/image")

@@ -21,16 +21,18 @@ def image_seed(seed: int, prompt_index: int, k: int) -> int:
 @torch.no_grad()
 def generate(gen: Generator, prompts: list[str], seeds: list[int], steps: int, guidance: float,
              sampler: str = "euler", height: int = 64, width: int = 64, batch_size: int = 64,
-             progress=None) -> tuple[np.ndarray, float]:
+             progress=None, shift: float | None = None) -> tuple[np.ndarray, float]:
     """uint8 images ``[N, H, W, 3]`` for ``prompts[i]`` with ``seeds[i]``; also the wall seconds spent, text encoding
     excluded (embeddings are cached per prompt, as in training). The time grid is shifted by the model's
-    recommended ``shift`` (a property of the model, like its timestep scale)."""
+    recommended ``shift`` (a property of the model, like its timestep scale) unless ``shift`` is given."""
     from ladd.nano.recipe import to_uint8
 
     sample = get_sampler(sampler)
     down = gen.vae.downsample
     c = gen.vae.latent_channels
-    times = flow.sampling_times(sampler, steps, gen.recommended.get("shift", 1.0))
+    if shift is not None and shift <= 0:
+        raise ValueError(f"shift must be > 0 (1 = no shift, > 1 = more steps at high noise), got {shift}")
+    times = flow.sampling_times(sampler, steps, gen.recommended.get("shift", 1.0) if shift is None else shift)
     cond_all = gen.text_encoder.encode(prompts)
     uncond_one = gen.text_encoder.encode([""])
     out, seconds = [], 0.0

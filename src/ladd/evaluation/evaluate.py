@@ -35,6 +35,7 @@ class EvalConfig:
     steps: int | None = None
     guidance: float | None = None
     sampler: str | None = None
+    shift: float | None = None  # the time grid's shift; None: the model card's (1 = none)
     seed: int = 0
     out: str = "runs/eval"
     images: str | None = None
@@ -145,19 +146,23 @@ def produce(cfg: EvalConfig, prompts, index):
     steps = cfg.steps or gen.recommended["steps"]
     guidance = gen.recommended["guidance"] if cfg.guidance is None else cfg.guidance
     sampler = cfg.sampler or gen.recommended["sampler"]
+    shift = gen.recommended.get("shift", 1.0) if cfg.shift is None else cfg.shift
     texts = [prompts[i]["prompt"] for i, _ in index]
     seeds = [image_seed(cfg.seed, i, k) for i, k in index]
     with tqdm(total=len(index), desc=f"sampling {cfg.model}", dynamic_ncols=True, mininterval=2) as bar:
         images, seconds = generate(gen, texts, seeds, steps, guidance, sampler, cfg.height, cfg.width,
-                                   cfg.batch_size, progress=bar)
+                                   cfg.batch_size, progress=bar, shift=shift)
     nfe = steps * (2 if guidance != 1.0 else 1)
-    return images, seconds, {"steps": steps, "guidance": guidance, "sampler": sampler, "nfe_per_image": nfe}
+    return images, seconds, {"steps": steps, "guidance": guidance, "sampler": sampler, "shift": shift,
+                             "nfe_per_image": nfe}
 
 
 def evaluate(cfg: EvalConfig) -> dict:
     prompts = read_prompts(cfg.prompts)[: cfg.limit]
     if cfg.per_prompt < 1:
         raise ValueError(f"--per-prompt must be >= 1, got {cfg.per_prompt}")
+    if cfg.shift is not None and cfg.shift <= 0:
+        raise ValueError(f"--shift must be > 0 (1 = no shift, > 1 = more steps at high noise), got {cfg.shift}")
     from ladd.nano.shapeworld import check_size
 
     check_size(cfg.height, cfg.width)
