@@ -37,9 +37,9 @@ def run_eval(args) -> None:
     from ladd.evaluation.evaluate import EvalConfig, evaluate, format_table
 
     cfg = EvalConfig(model=args.model, prompts=args.prompts, per_prompt=args.per_prompt, steps=args.steps,
-                     guidance=args.guidance, sampler=args.sampler, shift=args.shift, seed=args.seed, out=args.out, images=args.images,
-                     save_images=args.save_images, batch_size=args.batch_size, height=args.height, width=args.width,
-                     limit=args.limit, cache_dir=args.cache_dir)
+                     guidance=args.guidance, sampler=args.sampler, shift=args.shift, seed=args.seed, out=args.out,
+                     images=args.images, save_images=args.save_images, batch_size=args.batch_size,
+                     height=args.height, width=args.width, limit=args.limit, cache_dir=args.cache_dir)
     result = evaluate(cfg)
     print(format_table([result]))
     print(f"wrote {cfg.out}/metrics.json and {cfg.out}/grid.png")
