@@ -38,11 +38,13 @@ class Phrasing:
     size_words: dict
     cell_words: dict
     number_words: dict
-    joins: tuple
+    joins: tuple  # between two objects
+    last_joins: tuple | None = None  # before the last of three objects (None: ``joins``)
     color_forms: tuple = ("{color} {noun}",)  # how a color attaches to its noun
 
 
-TRAINING = Phrasing(FRAMES, SHAPE_WORDS, SIZE_WORDS, CELL_WORDS, NUMBER_WORDS, (", ", " and ", ", and ", " with "))
+TRAINING = Phrasing(FRAMES, SHAPE_WORDS, SIZE_WORDS, CELL_WORDS, NUMBER_WORDS, (", ", " and ", ", and ", " with "),
+                    last_joins=(" and ", ", and ", ", "))
 UNSEEN = Phrasing(
     frames=("we see {}", "an illustration showing {}", "a scene that contains {}", "{}, nothing else",
             "sketch: {}", "somewhere in the frame: {}"),
@@ -98,10 +100,18 @@ WIDE = Phrasing(
     number_words={1: NUMBER_WORDS[1] + ("1", "one lone"), 2: NUMBER_WORDS[2] + ("two separate", "exactly two"),
                   3: NUMBER_WORDS[3] + ("three separate", "exactly three")},
     joins=TRAINING.joins + (" along with ", " together with ", "; ", " & "),
+    last_joins=TRAINING.last_joins,
     color_forms=("{color} {noun}", "{color} {noun}", "{color} {noun}", "{color}-colored {noun}",
                  "{noun} in {color}", "{noun} colored {color}"),
 )
 CAPTION_PHRASINGS = {2: TRAINING, 3: WIDE}  # what each CAPTION_VERSION's captions are made of
+
+
+def caption_words(version: int) -> Phrasing:
+    """The words of captions ``version``; an unknown version raises ValueError naming the known ones."""
+    if version not in CAPTION_PHRASINGS:
+        raise ValueError(f"unknown caption version {version}; use one of {sorted(CAPTION_PHRASINGS)}")
+    return CAPTION_PHRASINGS[version]
 
 
 # ------------------------------------------------------------------------------------------------------- captions
@@ -136,7 +146,7 @@ def join(parts: list[str], rng: np.random.Generator, words: Phrasing = TRAINING)
         return parts[0]
     if len(parts) == 2:
         return parts[0] + _pick(rng, words.joins) + parts[1]
-    last = (" and ", ", and ", ", ") if words in (TRAINING, WIDE) else words.joins
+    last = words.joins if words.last_joins is None else words.last_joins
     return ", ".join(parts[:-1]) + _pick(rng, last) + parts[-1]
 
 
@@ -169,9 +179,7 @@ def caption(scene: dict, rng: np.random.Generator, version: int = CAPTION_VERSIO
     common: with per-object dropout alone, 0.15% of captions held a number word and 0.9% named shapes only, and a
     teacher trained on them drew 'three triangles' as one triangle. ``version`` picks the words
     (``CAPTION_PHRASINGS``): 2 the templates of the eval prompts, 3 many more."""
-    if version not in CAPTION_PHRASINGS:
-        raise ValueError(f"unknown caption version {version}; use one of {sorted(CAPTION_PHRASINGS)}")
-    words = CAPTION_PHRASINGS[version]
+    words = caption_words(version)
     if rng.random() < 0.5:
         stated = [{k: o[k] for k in FIELDS if rng.random() < PER_OBJECT_KEEP[k]} for o in scene["objects"]]
     else:

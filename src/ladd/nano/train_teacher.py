@@ -24,7 +24,7 @@ from ladd.models.text_encoder import TextEmbeddings, load_text_encoder
 from ladd.models.vae import VAE, load_vae
 from ladd.nano import recipe
 from ladd.nano.pool import load_pool, pool_key
-from ladd.nano.prompts import CAPTION_PHRASINGS, CAPTION_VERSION, caption
+from ladd.nano.prompts import CAPTION_VERSION, caption, caption_words
 from ladd.training.ema import EMA
 
 log = logging.getLogger(__name__)
@@ -132,8 +132,7 @@ def lr_factor(i: int, steps: int, warmup: int, decay_start: float) -> float:
 
 
 def train_teacher(cfg: TeacherTrainConfig) -> Path:
-    if cfg.captions not in CAPTION_PHRASINGS:
-        raise ValueError(f"unknown --captions {cfg.captions}; use one of {sorted(CAPTION_PHRASINGS)}")
+    caption_words(cfg.captions)  # an unknown caption version fails here, before any work
     if not 0.0 <= cfg.decay_start <= 1.0:
         raise ValueError(f"decay_start must be a fraction of the steps in [0, 1], got {cfg.decay_start}")
     vae = load_vae(cfg.vae)
