@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 from ladd.models.io import read_config
 from ladd.models.teacher import load_teacher
 from ladd.nano import recipe
-from ladd.nano.train_teacher import TeacherTrainConfig, lr_factor, train_teacher
+from ladd.nano.train_teacher import TeacherTrainConfig, lr_factor, row_weights, train_teacher
 from ladd.nano.train_vae import VAETrainConfig, train_vae
 
 
@@ -37,11 +37,25 @@ def test_bad_decay_start_fails_before_any_work(tmp_path):
     assert not (tmp_path / "cache").exists()
 
 
+def test_two_shape_weight_weights_captions_naming_two_different_shapes():
+    stated = [[{"shape": "circle"}, {"shape": "square"}], [{"shape": "circle"}, {"shape": "circle"}],
+              [{"color": "red"}, {"shape": "cross"}], [{"shape": "triangle", "color": "red"}, {}, {"shape": "cross"}]]
+    assert row_weights(stated, 3.0).tolist() == [3.0, 1.0, 1.0, 3.0]
+    assert row_weights(stated, 1.0).tolist() == [1.0] * 4
+
+
+def test_bad_two_shape_weight_fails_before_any_work(tmp_path):
+    with pytest.raises(ValueError, match="two_shape_weight"):
+        train_teacher(_teacher_cfg(tmp_path, steps=1, two_shape_weight=0))
+    assert not (tmp_path / "cache").exists()
+
+
 def test_teacher_recipe_trains_and_resumes(tmp_path, one_thread):
-    out = train_teacher(_teacher_cfg(tmp_path, steps=2))
+    out = train_teacher(_teacher_cfg(tmp_path, steps=2, two_shape_weight=2.0))
     assert load_teacher(out).num_blocks == 6
+    assert "--two-shape-weight 2.0" in (out / "card.md").read_text()
     assert "steps done: 2" in (out / "card.md").read_text()
-    train_teacher(_teacher_cfg(tmp_path, steps=3))  # same run folder: resumes at step 2, runs step 2 only
+    train_teacher(_teacher_cfg(tmp_path, steps=3, two_shape_weight=2.0))  # same run folder: resumes at step 2, runs step 2 only
     steps = [json.loads(line)["step"] for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert steps == [0, 1, 2]  # logged at step 0 and at each run's last step; the resumed run did step 2 only
 
