@@ -55,7 +55,8 @@ def test_teacher_recipe_trains_and_resumes(tmp_path, one_thread):
     assert load_teacher(out).num_blocks == 6
     assert "--two-shape-weight 2.0" in (out / "card.md").read_text()
     assert "steps done: 2" in (out / "card.md").read_text()
-    train_teacher(_teacher_cfg(tmp_path, steps=3, two_shape_weight=2.0))  # same run folder: resumes at step 2, runs step 2 only
+    # the same run folder: resumes at step 2 and runs step 2 only
+    train_teacher(_teacher_cfg(tmp_path, steps=3, two_shape_weight=2.0))
     steps = [json.loads(line)["step"] for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert steps == [0, 1, 2]  # logged at step 0 and at each run's last step; the resumed run did step 2 only
 

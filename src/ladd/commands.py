@@ -13,7 +13,9 @@ def add_eval(sub) -> None:
                     "OUT/readback.jsonl and OUT/grid.png. --images DIR evaluates DIR/{i:05d}_{k:02d}.png: image k of "
                     "prompt line i (non-empty lines counted from 0).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--model", default="nano-teacher", help="real | nano-teacher | nano-student | nano-student-1step | PATH to a model folder | nano-vae or vae:PATH (real images reconstructed by a VAE)")
+    p.add_argument("--model", default="nano-teacher",
+                   help="real | nano-teacher | nano-student | nano-student-1step | PATH to a model folder | "
+                        "nano-vae or vae:PATH (real images reconstructed by a VAE)")
     p.add_argument("--prompts", default="prompts/nano-eval.jsonl", help="prompt file (JSON lines)")
     p.add_argument("--per-prompt", type=int, default=4, help="images per prompt")
     p.add_argument("--steps", type=int, default=None, help="sampling steps (default: the model card's)")

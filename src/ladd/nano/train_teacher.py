@@ -200,11 +200,13 @@ def train_teacher(cfg: TeacherTrainConfig) -> Path:
     config = {k: (list(v) if isinstance(v, tuple) else v) for k, v in config.items() if not k.startswith("_")}
     n_params = sum(p.numel() for p in model.parameters())
     how = f" --init {cfg.init}" if cfg.init else ""
-    how += (f" --decay-start {cfg.decay_start} --captions-per-image {cfg.captions_per_image} --captions {cfg.captions}"
-            f" --two-shape-weight {cfg.two_shape_weight}")
+    how += (f" --decay-start {cfg.decay_start} --captions-per-image {cfg.captions_per_image} "
+            f"--captions {cfg.captions} --two-shape-weight {cfg.two_shape_weight}")
     card = (f"# nano teacher\n\ndiffusers `SD3Transformer2DModel`, {n_params / 1e6:.2f}M parameters "
-            f"({NANO_TEACHER_CONFIG['num_layers']} joint blocks, patch 1 on 8x8 latents), EMA {cfg.ema_decay} weights.\n\n"
-            f"- command: `ladd nano train-teacher --steps {cfg.steps} --batch-size {cfg.batch_size} --lr {cfg.lr}{how}`\n"
+            f"({NANO_TEACHER_CONFIG['num_layers']} joint blocks, patch 1 on 8x8 latents), "
+            f"EMA {cfg.ema_decay} weights.\n\n"
+            f"- command: `ladd nano train-teacher --steps {cfg.steps} --batch-size {cfg.batch_size} "
+            f"--lr {cfg.lr}{how}`\n"
             f"- data: ShapeWorld seed {cfg.pool_seed}, {cfg.pool_size} images, {cfg.captions_per_image} random "
             f"captions each (captions {cfg.captions}; MiniLM, {cfg.max_length} tokens), caption dropout "
             f"{cfg.caption_dropout}, captions naming two different shapes sampled {cfg.two_shape_weight}x\n"
