@@ -42,21 +42,24 @@ def test_two_shape_weight_weights_captions_naming_two_different_shapes():
               [{"color": "red"}, {"shape": "cross"}], [{"shape": "triangle", "color": "red"}, {}, {"shape": "cross"}]]
     assert row_weights(stated, 3.0).tolist() == [3.0, 1.0, 1.0, 3.0]
     assert row_weights(stated, 1.0).tolist() == [1.0] * 4
+    # captions naming two different shapes and no colour (the two_objects prompts' style) get their own weight
+    assert row_weights(stated, 2.0, 6.0).tolist() == [6.0, 1.0, 1.0, 2.0]
 
 
-def test_bad_two_shape_weight_fails_before_any_work(tmp_path):
-    with pytest.raises(ValueError, match="two_shape_weight"):
-        train_teacher(_teacher_cfg(tmp_path, steps=1, two_shape_weight=0))
+@pytest.mark.parametrize("bad", [{"two_shape_weight": 0}, {"shapes_only_weight": -1.0}])
+def test_bad_two_shape_weight_fails_before_any_work(tmp_path, bad):
+    with pytest.raises(ValueError, match=next(iter(bad))):
+        train_teacher(_teacher_cfg(tmp_path, steps=1, **bad))
     assert not (tmp_path / "cache").exists()
 
 
 def test_teacher_recipe_trains_and_resumes(tmp_path, one_thread):
-    out = train_teacher(_teacher_cfg(tmp_path, steps=2, two_shape_weight=2.0))
+    out = train_teacher(_teacher_cfg(tmp_path, steps=2, two_shape_weight=2.0, shapes_only_weight=4.0))
     assert load_teacher(out).num_blocks == 6
-    assert "--two-shape-weight 2.0" in (out / "card.md").read_text()
+    assert "--two-shape-weight 2.0 --shapes-only-weight 4.0" in (out / "card.md").read_text()
     assert "steps done: 2" in (out / "card.md").read_text()
     # the same run folder: resumes at step 2 and runs step 2 only
-    train_teacher(_teacher_cfg(tmp_path, steps=3, two_shape_weight=2.0))
+    train_teacher(_teacher_cfg(tmp_path, steps=3, two_shape_weight=2.0, shapes_only_weight=4.0))
     steps = [json.loads(line)["step"] for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert steps == [0, 1, 2]  # logged at step 0 and at each run's last step; the resumed run did step 2 only
 

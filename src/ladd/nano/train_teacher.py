@@ -48,6 +48,7 @@ class TeacherTrainConfig:
     decay_start: float = 0.7  # the lr decays linearly to 0.1x from this fraction of the steps to the end
     caption_dropout: float = 0.1
     two_shape_weight: float = 1.0  # sampling weight of captions naming >= 2 different shapes (1: uniform)
+    shapes_only_weight: float | None = None  # the weight of those of them that name no colour (None: as above)
     ema_decay: float = 0.999
     sample_every: int = 2000
     recommended_steps: int = 50
@@ -83,12 +84,18 @@ def pool_captions(cfg: TeacherTrainConfig) -> tuple[list[str], list[list[dict]]]
     return [text for text, _ in rows], [stated for _, stated in rows]
 
 
-def row_weights(stated: list[list[dict]], two_shape_weight: float) -> torch.Tensor:
+def row_weights(stated: list[list[dict]], two_shape_weight: float,
+                shapes_only_weight: float | None = None) -> torch.Tensor:
     """Sampling weight of each caption row: ``two_shape_weight`` for captions naming two or more different shapes,
-    1 for the rest. The teacher binds two shapes given by shape words alone worst ('a circle and a triangle' drawn
-    as two triangles: run 6 reached 0.34 on two_objects and >= 0.62 elsewhere), and 37% of captions name two."""
+    ``shapes_only_weight`` (default: the same) for those of them that name no colour, 1 for the rest. The teacher
+    binds two shapes given by shape words alone worst ('a circle and a triangle' drawn as two triangles: run 6
+    reached 0.34 on two_objects and >= 0.62 elsewhere); 37% of captions name two shapes, 10% with no colour."""
     two = torch.tensor([len({o["shape"] for o in s if o.get("shape")}) >= 2 for s in stated])
-    return torch.where(two, two_shape_weight, 1.0).double()
+    bare = torch.tensor([not any(o.get("color") for o in s) for s in stated])
+    weights = torch.where(two, two_shape_weight, 1.0).double()
+    if shapes_only_weight is not None:
+        weights[two & bare] = shapes_only_weight
+    return weights
 
 
 def caption_data(cfg: TeacherTrainConfig):
@@ -151,14 +158,16 @@ def train_teacher(cfg: TeacherTrainConfig) -> Path:
     caption_words(cfg.captions)  # an unknown caption version fails here, before any work
     if not 0.0 <= cfg.decay_start <= 1.0:
         raise ValueError(f"decay_start must be a fraction of the steps in [0, 1], got {cfg.decay_start}")
-    if cfg.two_shape_weight <= 0:
-        raise ValueError(f"two_shape_weight must be > 0 (1 samples captions uniformly), got {cfg.two_shape_weight}")
+    for name in ("two_shape_weight", "shapes_only_weight"):
+        if (w := getattr(cfg, name)) is not None and w <= 0:
+            raise ValueError(f"{name} must be > 0 (1 samples captions uniformly), got {w}")
     vae = load_vae(cfg.vae)
     init = load_teacher(cfg.init).transformer.state_dict() if cfg.init else None  # bad folders fail here, early
     captions, empty = caption_data(cfg)
     latents = latent_data(cfg, vae)
     n = latents.shape[0]
-    weights = row_weights(pool_captions(cfg)[1], cfg.two_shape_weight) if cfg.two_shape_weight != 1 else None
+    uniform = cfg.two_shape_weight == 1 and cfg.shapes_only_weight in (None, 1)
+    weights = None if uniform else row_weights(pool_captions(cfg)[1], cfg.two_shape_weight, cfg.shapes_only_weight)
     torch.manual_seed(cfg.seed)
     model = build_nano_teacher(in_channels=vae.latent_channels, out_channels=vae.latent_channels)
     if init is not None:  # weights only: the optimizer, schedule and EMA start afresh from them
@@ -202,6 +211,8 @@ def train_teacher(cfg: TeacherTrainConfig) -> Path:
     how = f" --init {cfg.init}" if cfg.init else ""
     how += (f" --decay-start {cfg.decay_start} --captions-per-image {cfg.captions_per_image} "
             f"--captions {cfg.captions} --two-shape-weight {cfg.two_shape_weight}")
+    if cfg.shapes_only_weight is not None:
+        how += f" --shapes-only-weight {cfg.shapes_only_weight}"
     card = (f"# nano teacher\n\ndiffusers `SD3Transformer2DModel`, {n_params / 1e6:.2f}M parameters "
             f"({NANO_TEACHER_CONFIG['num_layers']} joint blocks, patch 1 on 8x8 latents), "
             f"EMA {cfg.ema_decay} weights.\n\n"
@@ -209,7 +220,8 @@ def train_teacher(cfg: TeacherTrainConfig) -> Path:
             f"--lr {cfg.lr}{how}`\n"
             f"- data: ShapeWorld seed {cfg.pool_seed}, {cfg.pool_size} images, {cfg.captions_per_image} random "
             f"captions each (captions {cfg.captions}; MiniLM, {cfg.max_length} tokens), caption dropout "
-            f"{cfg.caption_dropout}, captions naming two different shapes sampled {cfg.two_shape_weight}x\n"
+            f"{cfg.caption_dropout}, captions naming two different shapes sampled {cfg.two_shape_weight}x"
+            f"{'' if cfg.shapes_only_weight is None else f' ({cfg.shapes_only_weight}x with no colour)'}\n"
             f"- steps done: {done}, AdamW lr {cfg.lr}, warm-up {cfg.warmup}, linear decay to 0.1x from "
             f"{cfg.decay_start:.0%} of the steps, logit-normal(0, 1) t\n"
             f"- wall time: {seconds / 60:.1f} min on {platform.machine()} CPU, {torch.get_num_threads()} threads\n"
