@@ -49,7 +49,7 @@ def test_missing_file(tmp_path):
         read_prompts(tmp_path / "nope.jsonl")
 
 
-@pytest.mark.parametrize("version", [2, 3])
+@pytest.mark.parametrize("version", [2, 3, 4])
 def test_unseen_phrasing_is_disjoint_from_the_training_captions(version):
     import numpy as np
 
@@ -88,3 +88,25 @@ def test_unknown_caption_version_is_refused():
 
     with pytest.raises(ValueError, match="caption version 9"):
         caption(sample_scene(scene_rng(1, 0)), np.random.default_rng(0), 9)
+
+
+@pytest.mark.parametrize("version, in_reading_order", [(3, False), (4, True)])
+def test_captions_4_name_objects_in_reading_order_when_no_position_is_stated(version, in_reading_order):
+    import numpy as np
+
+    from ladd.nano.prompts import caption, caption_words
+
+    # a circle at the bottom right and a square at the top left: read first, the square is named first
+    scene = {"objects": [{"shape": "circle", "color": "red", "size": "small", "position": "bottom right"},
+                         {"shape": "square", "color": "blue", "size": "large", "position": "top left"}],
+             "background": {"kind": "stripes"}}
+    words = caption_words(version).shape_words
+    first = []
+    for seed in range(400):
+        text, stated = caption(scene, np.random.default_rng(seed), version)
+        if any(o.get("position") for o in stated) or not all(o.get("shape") for o in stated):
+            continue
+        at = {s: min(text.find(w[0]) for w in words[s] if w[0] in text) for s in ("circle", "square")}
+        first.append(at["square"] < at["circle"])
+    assert len(first) > 50
+    assert all(first) if in_reading_order else 0.3 < np.mean(first) < 0.7
