@@ -168,7 +168,7 @@ PER_OBJECT_KEEP = {"shape": 0.92, "color": 0.85, "size": 0.5, "position": 0.6}
 PER_CAPTION_KEEP = {"shape": 0.95, "color": 0.5, "size": 0.3, "position": 0.35}
 # The captions the shipped teacher was trained on, and the default of `train-teacher --captions` and of synthetic
 # data; a new version gets a new key, so cached caption embeddings and synthetic shards are never reused across it.
-CAPTION_VERSION = 3
+CAPTION_VERSION = 4
 
 
 def caption(scene: dict, rng: np.random.Generator, version: int = CAPTION_VERSION) -> tuple[str, list[dict]]:

@@ -39,7 +39,7 @@ class TeacherTrainConfig:
     pool_seed: int = 1
     pool_size: int = 60000
     captions_per_image: int = 1
-    captions: int = CAPTION_VERSION  # which captions (ladd.nano.prompts.CAPTION_PHRASINGS): 3 has many more words
+    captions: int = CAPTION_VERSION  # which captions (ladd.nano.prompts.CAPTION_PHRASINGS); 4: reading order
     max_length: int = 40
     steps: int = 12000
     batch_size: int = 64
