@@ -98,15 +98,15 @@ def row_weights(stated: list[list[dict]], two_shape_weight: float,
     return weights
 
 
-def caption_data(cfg: TeacherTrainConfig):
+def caption_data(cfg: TeacherTrainConfig, rows: tuple[list[str], list[list[dict]]] | None = None):
     """(embeddings of ``pool_captions``; empty-prompt embedding), cached in ``cache_dir``. Independent of the VAE,
-    so it can be made while the VAE trains."""
+    so it can be made while the VAE trains. ``rows``: ``pool_captions(cfg)`` if the caller already made them."""
     key = f"c{cfg.captions}-{pool_key(cfg.pool_seed, cfg.pool_size)}-k{cfg.captions_per_image}-L{cfg.max_length}"
     path = Path(cfg.cache_dir) / f"captions-{key}.pt"
     if path.exists():
         d = torch.load(path, weights_only=True)
         return TextEmbeddings(d["tokens"], d["pooled"]), TextEmbeddings(d["u_tokens"], d["u_pooled"])
-    texts, _ = pool_captions(cfg)
+    texts, _ = rows or pool_captions(cfg)
     log.info("encoding %d captions with the text encoder", len(texts))
     encoder = load_text_encoder("minilm", cfg.max_length)
     parts = []
@@ -163,11 +163,12 @@ def train_teacher(cfg: TeacherTrainConfig) -> Path:
             raise ValueError(f"{name} must be > 0 (1 samples captions uniformly), got {w}")
     vae = load_vae(cfg.vae)
     init = load_teacher(cfg.init).transformer.state_dict() if cfg.init else None  # bad folders fail here, early
-    captions, empty = caption_data(cfg)
+    uniform = cfg.two_shape_weight == 1 and cfg.shapes_only_weight in (None, 1)
+    rows = None if uniform else pool_captions(cfg)  # made once: the weights and a fresh cache both need them
+    captions, empty = caption_data(cfg, rows)
     latents = latent_data(cfg, vae)
     n = latents.shape[0]
-    uniform = cfg.two_shape_weight == 1 and cfg.shapes_only_weight in (None, 1)
-    weights = None if uniform else row_weights(pool_captions(cfg)[1], cfg.two_shape_weight, cfg.shapes_only_weight)
+    weights = None if uniform else row_weights(rows[1], cfg.two_shape_weight, cfg.shapes_only_weight)
     torch.manual_seed(cfg.seed)
     model = build_nano_teacher(in_channels=vae.latent_channels, out_channels=vae.latent_channels)
     if init is not None:  # weights only: the optimizer, schedule and EMA start afresh from them
