@@ -53,3 +53,27 @@ def test_failure_says_why_and_failures_sum_to_the_misses():
     a = alignment(prompts, reads, [0, 0, 0, 0])
     assert a["alignment"] == 0.25
     assert a["failures_by_category"]["two_objects"] == {"too_few": 0.5, "too_many": 0.0, "attributes": 0.25}
+
+
+def test_pair_binding_shares_on_hand_made_readbacks():
+    """benchmarks/pair_binding.py: one shape twice, the named pair in and out of reading order, a third object."""
+    import sys
+
+    sys.path.insert(0, "benchmarks")
+    from pair_binding import binding
+
+    pair = {"objects": [{"shape": "circle"}, {"shape": "triangle"}]}
+    prompts = [pair, {"objects": [{"shape": "circle", "position": "top"}, {"shape": "square"}]}]
+    def row(i, ok, *read):  # read: (shape, cell) pairs
+        return {"prompt_index": i, "ok": ok, "read": [obj(shape, position=cell) for shape, cell in read]}
+
+    rows = [
+        row(0, False, ("triangle", "top"), ("triangle", "bottom")),  # one shape twice
+        row(0, True, ("triangle", "bottom"), ("circle", "top left")),  # the first-named shape first
+        row(0, True, ("triangle", "top left"), ("circle", "right")),  # the other way round
+        row(0, False, ("circle", "top"), ("triangle", "left"), ("circle", "right")),  # a third object
+        row(1, True, ("circle", "top"), ("square", "left")),  # a prompt that states a position: not counted
+    ]
+    r = binding(prompts, rows)
+    assert (r["images"], r["pass"], r["two"], r["n_two"], r["n_both"]) == (4, 0.5, 0.75, 3, 2)
+    assert r["same"] == round(1 / 3, 3) and r["first_first"] == 0.5
