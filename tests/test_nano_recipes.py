@@ -58,6 +58,7 @@ def test_teacher_recipe_trains_and_resumes(tmp_path, one_thread):
     assert load_teacher(out).num_blocks == 6
     assert "--two-shape-weight 2.0 --shapes-only-weight 4.0" in (out / "card.md").read_text()
     assert "steps done: 2" in (out / "card.md").read_text()
+    assert "--pool-size 16" in (out / "card.md").read_text() and "--seed" not in (out / "card.md").read_text()
     # the same run folder: resumes at step 2 and runs step 2 only
     train_teacher(_teacher_cfg(tmp_path, steps=3, two_shape_weight=2.0, shapes_only_weight=4.0))
     steps = [json.loads(line)["step"] for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]

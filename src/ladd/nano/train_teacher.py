@@ -214,6 +214,10 @@ def train_teacher(cfg: TeacherTrainConfig) -> Path:
             f"--captions {cfg.captions} --two-shape-weight {cfg.two_shape_weight}")
     if cfg.shapes_only_weight is not None:
         how += f" --shapes-only-weight {cfg.shapes_only_weight}"
+    defaults = TeacherTrainConfig()
+    for name in ("pool_seed", "pool_size", "seed"):  # the data and the batches, where not the defaults
+        if getattr(cfg, name) != getattr(defaults, name):
+            how += f" --{name.replace('_', '-')} {getattr(cfg, name)}"
     card = (f"# nano teacher\n\ndiffusers `SD3Transformer2DModel`, {n_params / 1e6:.2f}M parameters "
             f"({NANO_TEACHER_CONFIG['num_layers']} joint blocks, patch 1 on 8x8 latents), "
             f"EMA {cfg.ema_decay} weights.\n\n"
