@@ -10,7 +10,7 @@ For every image of a prompt that names exactly two objects of two different shap
   in reading order (top left to bottom right, `ladd.nano.vocab.CELLS`): captions 4 name objects in that order, so
   0.5 means the order is not used and 1.0 that it always is.
 
-    python benchmarks/pair_binding.py runs/s16/eval-two-run9 runs/s16/eval10 --out runs/bench-pairs
+    python benchmarks/pair_binding.py runs/s16/eval9 runs/s16/eval10 --category two_objects --out runs/bench-pairs
 """
 
 from __future__ import annotations
@@ -29,12 +29,12 @@ def is_pair(objects: list[dict]) -> bool:
         o.get("position") for o in objects)
 
 
-def binding(prompts: list[dict], readbacks: list[dict]) -> dict:
-    """The shares above over the readback rows of pair prompts."""
+def binding(prompts: list[dict], readbacks: list[dict], category: str | None = None) -> dict:
+    """The shares above over the readback rows of pair prompts (of one category, if given)."""
     n = passed = two = same = both = first = 0
     for r in readbacks:
         objects = prompts[r["prompt_index"]]["objects"]
-        if not is_pair(objects):
+        if not is_pair(objects) or category not in (None, prompts[r["prompt_index"]].get("category")):
             continue
         n += 1
         passed += r["ok"]
@@ -56,6 +56,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("evals", nargs="+", help="`ladd eval --out` folders (metrics.json + readback.jsonl)")
     p.add_argument("--prompts", default=None, help="the prompt file (default: the one in each metrics.json)")
+    p.add_argument("--category", default=None, help="only this category's prompts (e.g. two_objects)")
     p.add_argument("--out", default="runs/bench-pairs")
     args = p.parse_args()
     rows = {}
@@ -65,7 +66,7 @@ def main() -> None:
                 raise SystemExit(f"error: {d / name} is missing: pass folders written by `ladd eval --out`")
         prompts = read_prompts(args.prompts or json.loads((d / "metrics.json").read_text())["prompts"])
         readbacks = [json.loads(line) for line in (d / "readback.jsonl").read_text().splitlines() if line]
-        rows[str(d)] = binding(prompts, readbacks)
+        rows[str(d)] = binding(prompts, readbacks, args.category)
     cols = ["images", "pass", "two", "same", "first_first"]
     print("| eval | " + " | ".join(cols) + " |\n|---|" + "---|" * len(cols))
     for name, r in rows.items():

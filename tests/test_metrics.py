@@ -62,7 +62,7 @@ def test_pair_binding_shares_on_hand_made_readbacks():
     sys.path.insert(0, "benchmarks")
     from pair_binding import binding
 
-    pair = {"objects": [{"shape": "circle"}, {"shape": "triangle"}]}
+    pair = {"category": "two_objects", "objects": [{"shape": "circle"}, {"shape": "triangle"}]}
     prompts = [pair, {"objects": [{"shape": "circle", "position": "top"}, {"shape": "square"}]}]
     def row(i, ok, *read):  # read: (shape, cell) pairs
         return {"prompt_index": i, "ok": ok, "read": [obj(shape, position=cell) for shape, cell in read]}
@@ -77,3 +77,4 @@ def test_pair_binding_shares_on_hand_made_readbacks():
     r = binding(prompts, rows)
     assert (r["images"], r["pass"], r["two"], r["n_two"], r["n_both"]) == (4, 0.5, 0.75, 3, 2)
     assert r["same"] == round(1 / 3, 3) and r["first_first"] == 0.5
+    assert binding(prompts, rows, "two_objects") == r and binding(prompts, rows, "color_attr")["images"] == 0
