@@ -10,7 +10,8 @@ For every image of a prompt that names exactly two objects of two different shap
   in reading order (top left to bottom right, `ladd.nano.vocab.CELLS`): captions 4 name objects in that order, so
   0.5 means the order is not used and 1.0 that it always is.
 
-    python benchmarks/pair_binding.py runs/s16/eval9 runs/s16/eval10 --category two_objects --out runs/bench-pairs
+    ladd eval --model OLD --out runs/eval-old && ladd eval --model NEW --out runs/eval-new
+    python benchmarks/pair_binding.py runs/eval-old runs/eval-new --category two_objects --out runs/bench-pairs
 """
 
 from __future__ import annotations
