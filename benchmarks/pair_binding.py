@@ -34,8 +34,9 @@ def binding(prompts: list[dict], readbacks: list[dict], category: str | None = N
     """The shares above over the readback rows of pair prompts (of one category, if given)."""
     n = passed = two = same = both = first = 0
     for r in readbacks:
-        objects = prompts[r["prompt_index"]]["objects"]
-        if not is_pair(objects) or category not in (None, prompts[r["prompt_index"]].get("category")):
+        prompt = prompts[r["prompt_index"]]
+        objects = prompt["objects"]
+        if not is_pair(objects) or category not in (None, prompt.get("category")):
             continue
         n += 1
         passed += r["ok"]

@@ -64,6 +64,7 @@ def test_pair_binding_shares_on_hand_made_readbacks():
 
     pair = {"category": "two_objects", "objects": [{"shape": "circle"}, {"shape": "triangle"}]}
     prompts = [pair, {"objects": [{"shape": "circle", "position": "top"}, {"shape": "square"}]}]
+
     def row(i, ok, *read):  # read: (shape, cell) pairs
         return {"prompt_index": i, "ok": ok, "read": [obj(shape, position=cell) for shape, cell in read]}
 

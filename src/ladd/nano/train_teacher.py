@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import platform
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import numpy as np
@@ -154,6 +154,19 @@ def lr_factor(i: int, steps: int, warmup: int, decay_start: float) -> float:
     return warm * (1.0 - 0.9 * frac)
 
 
+# always written: what a reader needs to rerun a run even after a default changed (captions did, twice)
+_ALWAYS = ("steps", "batch_size", "lr", "decay_start", "captions_per_image", "captions", "two_shape_weight")
+_WHERE = ("out", "run_dir", "cache_dir", "sample_every", "minutes")  # where outputs go: not the recipe
+
+
+def command_flags(cfg: TeacherTrainConfig) -> str:
+    """The flags that rerun ``cfg``: the fields in ``_ALWAYS`` and every other recipe field not at its default."""
+    default = TeacherTrainConfig()
+    return " ".join(f"--{f.name.replace('_', '-')} {getattr(cfg, f.name)}" for f in fields(cfg)
+                    if f.name not in _WHERE and getattr(cfg, f.name) is not None
+                    and (f.name in _ALWAYS or getattr(cfg, f.name) != getattr(default, f.name)))
+
+
 def train_teacher(cfg: TeacherTrainConfig) -> Path:
     caption_words(cfg.captions)  # an unknown caption version fails here, before any work
     if not 0.0 <= cfg.decay_start <= 1.0:
@@ -209,20 +222,10 @@ def train_teacher(cfg: TeacherTrainConfig) -> Path:
                   ladd_text_encoder={"name": "minilm", "max_length": cfg.max_length})
     config = {k: (list(v) if isinstance(v, tuple) else v) for k, v in config.items() if not k.startswith("_")}
     n_params = sum(p.numel() for p in model.parameters())
-    how = f" --init {cfg.init}" if cfg.init else ""
-    how += (f" --decay-start {cfg.decay_start} --captions-per-image {cfg.captions_per_image} "
-            f"--captions {cfg.captions} --two-shape-weight {cfg.two_shape_weight}")
-    if cfg.shapes_only_weight is not None:
-        how += f" --shapes-only-weight {cfg.shapes_only_weight}"
-    defaults = TeacherTrainConfig()
-    for name in ("pool_seed", "pool_size", "seed"):  # the data and the batches, where not the defaults
-        if getattr(cfg, name) != getattr(defaults, name):
-            how += f" --{name.replace('_', '-')} {getattr(cfg, name)}"
     card = (f"# nano teacher\n\ndiffusers `SD3Transformer2DModel`, {n_params / 1e6:.2f}M parameters "
             f"({NANO_TEACHER_CONFIG['num_layers']} joint blocks, patch 1 on 8x8 latents), "
             f"EMA {cfg.ema_decay} weights.\n\n"
-            f"- command: `ladd nano train-teacher --steps {cfg.steps} --batch-size {cfg.batch_size} "
-            f"--lr {cfg.lr}{how}`\n"
+            f"- command: `ladd nano train-teacher {command_flags(cfg)}`\n"
             f"- data: ShapeWorld seed {cfg.pool_seed}, {cfg.pool_size} images, {cfg.captions_per_image} random "
             f"captions each (captions {cfg.captions}; MiniLM, {cfg.max_length} tokens), caption dropout "
             f"{cfg.caption_dropout}, captions naming two different shapes sampled {cfg.two_shape_weight}x"
