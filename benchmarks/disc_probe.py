@@ -17,9 +17,9 @@ from pathlib import Path
 import torch
 
 from ladd.distill.config import load_distill_config
-from ladd.distill.discriminator import build_discriminator
-from ladd.distill.probe import blur_latents, shuffled_prompts, train_probe
-from ladd.distill.steps import freeze
+from ladd.methods.components.heads import build_discriminator
+from ladd.methods.components.probe import blur_latents, shuffled_prompts, train_probe
+from ladd.methods.components.student import freeze
 
 
 def teacher_samples(teacher_dir: str, n: int, steps: int, seed: int = 0):
@@ -72,22 +72,22 @@ def main() -> None:
     for name, (real, fake) in tasks.items():
         for m in args.m:
             torch.manual_seed(0)
-            disc = build_discriminator(teacher, cfg.disc)
+            disc = build_discriminator(teacher, cfg.ladd.disc)
             t0 = time.perf_counter()
-            res = train_probe(teacher, disc, real, fake, m=m, s=cfg.disc.noise_s, steps=args.steps,
-                              batch_size=args.batch_size, lr=args.lr or cfg.optim.lr_heads)
-            rows.append({"task": name, "m": m, "s": cfg.disc.noise_s, "accuracy": res.accuracy, "steps": res.steps,
+            res = train_probe(teacher, disc, real, fake, m=m, s=cfg.ladd.disc.noise_s, steps=args.steps,
+                              batch_size=args.batch_size, lr=args.lr or cfg.optim["heads"].lr)
+            rows.append({"task": name, "m": m, "s": cfg.ladd.disc.noise_s, "accuracy": res.accuracy, "steps": res.steps,
                          "history": res.history, "seconds": time.perf_counter() - t0})
             print(f"{name:17s} m={m:+.1f}: accuracy {res.accuracy:.3f} after {res.steps} steps "
                   f"({rows[-1]['seconds']:.0f} s)", flush=True)
     head = f"| task | m | accuracy after {args.steps} steps | best | s |\n|---|---|---|---|---|\n"
     table = head + "".join(f"| {r['task']} | {r['m']:+.1f} | {r['accuracy']:.3f} | "
                            f"{max(a for _, a in r['history']):.3f} | {r['seconds']:.0f} |\n" for r in rows)
-    print(f"\n{source}; heads: {cfg.disc.blocks} blocks, width {cfg.disc.head_width}, depth {cfg.disc.head_depth}, "
+    print(f"\n{source}; heads: {cfg.ladd.disc.blocks} blocks, width {cfg.ladd.disc.head_width}, depth {cfg.ladd.disc.head_depth}, "
           f"batch {args.batch_size}\n\n{table}")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "results.json").write_text(json.dumps({"source": source, "disc": vars(cfg.disc), "rows": rows}, indent=2)
+    (out / "results.json").write_text(json.dumps({"source": source, "disc": vars(cfg.ladd.disc), "rows": rows}, indent=2)
                                       + "\n")
     (out / "results.md").write_text(table)
     print(f"wrote {out}/results.json and {out}/results.md")

@@ -6,10 +6,11 @@ utilisation (MFU) as a Markdown table and writes JSON.
     python benchmarks/gpu_step.py --model sd3.5-large --lora-rank 64 --batch-size 1
     python benchmarks/gpu_step.py --tiny                           # a tiny model on CPU: checks the code path only
 
-Without a CUDA GPU it stops at once and says so (unless ``--tiny``). The iteration is the training loop's:
-``ladd.distill.steps.generator_step`` + backward, ``discriminator_step`` + backward, clipping, both AdamW steps
-(EMA off), under ``torch.autocast(bf16)``, with the frozen teacher stored in bf16 and the student in fp32 (its
-master weights), as ``train.mixed_precision=bf16`` and ``train.gradient_checkpointing=true`` run it.
+Without a CUDA GPU it stops at once and says so (unless ``--tiny``). The iteration is the trainer's own
+(``ladd.training.trainer.iteration``, as ``ladd distill`` runs it): the LADD generator phase + backward, the
+discriminator phase + backward, clipping, both AdamW steps (EMA off), with ``train.mixed_precision=bf16`` (the
+frozen teacher stored in bf16, the student in fp32 master weights under autocast) and
+``train.gradient_checkpointing=true``.
 
 MFU counts the model FLOPs of one iteration (not the recomputation of checkpointing): per sample, the student's
 forward + backward (3 F), the teacher's forward on the fake + its backward to the input (2 F), the teacher's
@@ -20,7 +21,6 @@ over the GPU's dense bf16 peak (``--peak-tflops``, default 989 for an H100/H200 
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import statistics
 import sys
@@ -69,26 +69,34 @@ def _sd3(shape: dict, dtype: torch.dtype, device):
 
 
 def build(args, device):
-    """Random-weight teacher (bf16, frozen) and student: fp32 master weights, or for LoRA a frozen copy of the
-    teacher's bf16 weights under fp32 adapters (peft upcasts them). Random weights: this times, it does not train."""
-    from ladd.distill import steps as S
+    """The method, accelerator and prepared run on a random-weight teacher (fp32 here; the trainer stores it in
+    bf16 and copies the student from it first: fp32 master weights, or for LoRA frozen weights under fp32
+    adapters). Random weights: this times, it does not train."""
     from ladd.distill.config import load_distill_config
-    from ladd.distill.discriminator import build_discriminator
+    from ladd.distill.run import build_method
+    from ladd.training.trainer import make_accelerator, prepare
 
-    cfg = load_distill_config(None, ["student.steps=4", f"disc.blocks=spaced:{args.heads}", "train.ema_decay=0",
-                                     f"student.lora_rank={args.lora_rank}", *args.overrides])
+    cfg = load_distill_config(None, ["student.steps=4", f"ladd.disc.blocks=spaced:{args.heads}", "train.ema_decay=0",
+                                     f"student.lora_rank={args.lora_rank}", "train.mixed_precision=bf16",
+                                     "train.gradient_checkpointing=true", f"train.batch_size={args.batch_size}",
+                                     "train.grad_accum=1", *args.overrides])
     torch.manual_seed(0)
-    shape = SHAPES[args.model]
-    teacher = S.freeze(_sd3(shape, torch.bfloat16, device))
-    if args.lora_rank:
-        student = S.init_student(teacher, cfg.student)
-    else:
-        student = _sd3(shape, torch.float32, device).train()
-    for m in (student, teacher):
-        m.enable_gradient_checkpointing()
-    disc = build_discriminator(teacher, cfg.disc).to(device)
-    opt_g, opt_d = S.build_optimizers(student, disc, cfg.optim)
-    return cfg, teacher, student, disc, opt_g, opt_d
+    method = build_method(cfg, _sd3(SHAPES[args.model], torch.float32, device))
+    acc = make_accelerator(cfg)
+    return cfg, method, acc, prepare(acc, cfg, method)
+
+
+class FixedData:
+    """One fixed batch in the trainer's data interface."""
+
+    def __init__(self, x0, cond):
+        self.x0, self.cond = x0, cond
+
+    def to(self, device):
+        return self
+
+    def batch(self, size, *keys):
+        return self.x0, self.cond
 
 
 def main() -> int:
@@ -103,7 +111,7 @@ def main() -> int:
     p.add_argument("--peak-tflops", type=float, default=989.0, help="the GPU's dense bf16 peak")
     p.add_argument("--tiny", action="store_true", help="a tiny model on CPU: checks the code path, times nothing")
     p.add_argument("--out", default="runs/bench-gpu-step")
-    p.add_argument("overrides", nargs="*", help="dotted overrides of the distill config, e.g. disc.head_width=128")
+    p.add_argument("overrides", nargs="*", help="dotted overrides of the distill config, e.g. ladd.disc.head_width=128")
     args = p.parse_args()
     if args.tiny:
         args.model, args.resolution, args.heads, device = "tiny", 64, 2, torch.device("cpu")
@@ -114,29 +122,20 @@ def main() -> int:
         return 2
     else:
         device = torch.device("cuda")
-    from ladd.distill import steps as S
     from ladd.models.text_encoder import TextEmbeddings
+    from ladd.training.trainer import iteration as train_iteration
 
-    cfg, teacher, student, disc, opt_g, opt_d = build(args, device)
+    cfg, method, acc, run = build(args, device)
     shape = SHAPES[args.model]
     b, lat = args.batch_size, args.resolution // 8
     x0 = torch.randn(b, shape["in_channels"], lat, lat, device=device)
     tokens = TEXT_TOKENS if not args.tiny else 6
     cond = TextEmbeddings(torch.randn(b, tokens, shape["joint_attention_dim"], device=device),
                           torch.randn(b, shape["pooled_projection_dim"], device=device))
-    gen = torch.Generator(device).manual_seed(0)
+    data = FixedData(x0, cond)
 
     def iteration():
-        with torch.autocast(device.type, dtype=torch.bfloat16):
-            g = S.generator_step(student, teacher, disc, x0, cond, cfg, gen)
-            g.loss.backward()
-            d_loss, _ = S.discriminator_step(teacher, disc, x0, cond, g.fake, cfg, gen)
-            d_loss.backward()
-        torch.nn.utils.clip_grad_norm_([q for q in student.parameters() if q.requires_grad], cfg.optim.grad_clip)
-        torch.nn.utils.clip_grad_norm_(disc.parameters(), cfg.optim.grad_clip)
-        for opt in (opt_g, opt_d):
-            opt.step()
-            opt.zero_grad(set_to_none=True)
+        train_iteration(acc, method, run, data, cfg, 0, b)
         if device.type == "cuda":
             torch.cuda.synchronize()
 
@@ -152,7 +151,7 @@ def main() -> int:
     sec = statistics.median(times)
     image_tokens = (lat // shape["patch_size"]) ** 2
     flops = 6 * b * model_flops(shape, image_tokens)
-    n_params = sum(q.numel() for q in teacher.parameters())
+    n_params = sum(q.numel() for q in method.teacher.parameters())
     result = {
         "model": args.model, "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu (--tiny)",
         "params": n_params, "resolution": args.resolution, "batch_size": b, "lora_rank": args.lora_rank,

@@ -1,5 +1,5 @@
-"""One LADD iteration against one teacher training step at the same batch, side by side in one run, and where the
-LADD iteration's time goes. Prints a Markdown table and writes JSON.
+"""One training iteration of a method against one teacher training step at the same batch, side by side in one
+run, and where the iteration's time goes. Prints a Markdown table and writes JSON.
 
     python benchmarks/train_speed.py --batch-size 32 --repeats 20 --out runs/bench-train-speed
     python benchmarks/train_speed.py --random                    # a random nano-sized teacher, no assets needed
@@ -7,9 +7,11 @@ LADD iteration's time goes. Prints a Markdown table and writes JSON.
 Timed parts (each repeated ``--repeats`` times after ``--warmup`` untimed runs, interleaved so that machine noise
 hits all of them alike; medians reported):
 - teacher step: rectified-flow loss, backward, clipping, AdamW (ladd.nano.train_teacher's step, without its EMA)
-- LADD iteration: generator step + backward, discriminator step + backward, clipping, both AdamW steps, EMA
-- its parts: student forward, G step (student forward, re-noise, teacher forward with grad, heads, backward),
-  D step (teacher forward on the real batch under no_grad, heads on real and cached fake, backward)
+- iteration: ``ladd.training.trainer.iteration``, the code ``ladd distill`` runs (for LADD: generator phase +
+  backward, discriminator phase + backward, clipping, both AdamW steps and schedules, EMA)
+- its phases, each with its backward (LADD: generator = student forward, re-noise, teacher forward with grad,
+  heads; discriminator = teacher forward on the real batch under no_grad, heads on real and cached fake), and
+  the student's forward alone
 """
 
 from __future__ import annotations
@@ -23,10 +25,25 @@ from pathlib import Path
 import torch
 
 from ladd.distill.config import load_distill_config
-from ladd.distill.discriminator import build_discriminator
-from ladd.distill import steps as S
+from ladd.distill.run import build_method
+from ladd.draws import Draws
+from ladd.methods.components.student import freeze, init_student, student_forward
 from ladd.models.text_encoder import TextEmbeddings
-from ladd.training.ema import EMA
+from ladd.training.contract import Context
+from ladd.training.trainer import iteration, make_accelerator, prepare
+
+
+class FixedData:
+    """One fixed batch in the trainer's data interface."""
+
+    def __init__(self, x0, cond):
+        self.x0, self.cond = x0, cond
+
+    def to(self, device):
+        return FixedData(self.x0.to(device), self.cond.to(device))
+
+    def batch(self, size, *keys):
+        return self.x0[:size], self.cond
 
 
 def _timed(fn) -> float:
@@ -43,14 +60,15 @@ def main() -> None:
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--random", action="store_true", help="random weights of the nano teacher's shape")
     p.add_argument("--out", default="runs/bench-train-speed")
-    p.add_argument("overrides", nargs="*", help="dotted overrides of the preset, e.g. disc.head_width=128")
+    p.add_argument("overrides", nargs="*", help="dotted overrides of the preset, e.g. ladd.disc.head_width=128")
     args = p.parse_args()
-    cfg = load_distill_config(args.config, args.overrides)
+    cfg = load_distill_config(args.config, [*args.overrides, f"train.batch_size={args.batch_size}",
+                                            "train.grad_accum=1"])
     from ladd.models.teacher import build_nano_teacher, load_teacher
     from ladd.nano.train_teacher import rf_loss
 
     torch.manual_seed(0)
-    teacher = S.freeze(build_nano_teacher() if args.random else load_teacher(cfg.paths.teacher))
+    teacher = freeze(build_nano_teacher() if args.random else load_teacher(cfg.paths.teacher))
     c = teacher.config
     b = args.batch_size
     x0 = torch.randn(b, c.in_channels, c.sample_size, c.sample_size)
@@ -58,7 +76,7 @@ def main() -> None:
     gen = torch.Generator().manual_seed(0)
 
     # the teacher step, on its own trainable copy
-    trainee = S.init_student(teacher)
+    trainee = init_student(teacher)
     opt_t = torch.optim.AdamW(trainee.parameters(), lr=1e-5, betas=(0.9, 0.99))
 
     def teacher_step():
@@ -68,65 +86,55 @@ def main() -> None:
         torch.nn.utils.clip_grad_norm_(trainee.parameters(), 1.0)
         opt_t.step()
 
-    student = S.init_student(teacher)
-    disc = build_discriminator(teacher, cfg.disc)
-    opt_g, opt_d = S.build_optimizers(student, disc, cfg.optim)
-    ema = EMA(student, cfg.train.ema_decay)
+    method = build_method(cfg, teacher)
+    acc = make_accelerator(cfg)
+    run = prepare(acc, cfg, method)
+    data = FixedData(x0, cond)
+    update = method.updates(0)[0]
+    store = {}
 
-    def g_step():
-        g = S.generator_step(student, teacher, disc, x0, cond, cfg, gen)
-        g.loss.backward()
-        return g
+    def phase(name):
+        def fn():
+            ctx = Context(0, Draws(gen), run.ema, store)
+            method.loss(name, (x0, cond), ctx).loss.backward()
+        return fn
 
-    fake = g_step().fake
-
-    def d_step():
-        loss, _ = S.discriminator_step(teacher, disc, x0, cond, fake, cfg, gen)
-        loss.backward()
-
-    def student_forward():
+    def student_alone():
         with torch.no_grad():
-            S.student_forward(student, x0, cond, torch.tensor([1.0]), torch.tensor([1.0]), gen)
+            student_forward(run.modules[method.export], x0, cond, torch.tensor([1.0]), torch.tensor([1.0]), gen)
 
-    def ladd_iteration():
-        g = g_step()
-        loss, _ = S.discriminator_step(teacher, disc, x0, cond, g.fake, cfg, gen)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(student.parameters(), cfg.optim.grad_clip)
-        torch.nn.utils.clip_grad_norm_(disc.parameters(), cfg.optim.grad_clip)
-        opt_g.step()
-        opt_d.step()
-        opt_g.zero_grad(set_to_none=True)
-        opt_d.zero_grad(set_to_none=True)
-        ema.update(student)
+    def one_iteration():
+        iteration(acc, method, run, data, cfg, 0, b)
 
-    parts = {"teacher training step": teacher_step, "LADD iteration": ladd_iteration,
-             "  student forward (no grad)": student_forward, "  G step + backward": g_step,
-             "  D step + backward": d_step}
+    parts = {"teacher training step": teacher_step, f"{cfg.method} iteration": one_iteration,
+             "  student forward (no grad)": student_alone,
+             **{f"  {name} phase + backward": phase(name) for name in update.phases}}
     times = {k: [] for k in parts}
     for r in range(args.warmup + args.repeats):
         for name, fn in parts.items():
             dt = _timed(fn)
             if r >= args.warmup:
                 times[name].append(dt)
-        opt_g.zero_grad(set_to_none=True)
-        opt_d.zero_grad(set_to_none=True)
+        for opt in run.optimizers.values():
+            opt.zero_grad(set_to_none=True)
     med = {k: statistics.median(v) for k, v in times.items()}
     base = med["teacher training step"]
     where = (f"{torch.cuda.get_device_name()}" if torch.cuda.is_available()
              else f"CPU, {torch.get_num_threads()} threads")
     n_params = sum(p.numel() for p in teacher.parameters())
+    trained = ", ".join(f"{k} {sum(q.numel() for q in m.parameters()) / 1e6:.2f}M" for k, m in run.modules.items())
     lines = [f"batch {b}, teacher {n_params / 1e6:.2f}M parameters ({'random' if args.random else cfg.paths.teacher}), "
-             f"{len(disc.heads)} heads width {cfg.disc.head_width} depth {cfg.disc.head_depth}, {where}, "
-             f"median of {args.repeats}", "", "| part | ms | x teacher step |", "|---|---|---|"]
+             f"method {cfg.method} (trained: {trained}), {where}, median of {args.repeats}", "",
+             "| part | ms | x teacher step |", "|---|---|---|"]
     lines += [f"| {k} | {1000 * v:.1f} | {v / base:.2f} |" for k, v in med.items()]
     table = "\n".join(lines)
     print(table)
-    print(f"\nLADD iteration / teacher step: {med['LADD iteration'] / base:.2f}x")
+    ratio = med[f"{cfg.method} iteration"] / base
+    print(f"\n{cfg.method} iteration / teacher step: {ratio:.2f}x")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps({"batch_size": b, "device": where, "n_params": n_params,
-                                                  "median_seconds": med, "ratio": med["LADD iteration"] / base,
+                                                  "method": cfg.method, "median_seconds": med, "ratio": ratio,
                                                   "all_seconds": times}, indent=2) + "\n")
     (out / "results.md").write_text(table + "\n")
     print(f"wrote {out}/results.json and {out}/results.md")

@@ -5,7 +5,9 @@ from pathlib import Path
 import pytest
 
 from ladd.config import ConfigError
-from ladd.distill.config import DEFAULT_PROBS, DiscriminatorConfig, DistillConfig, load_distill_config
+from ladd.distill.config import DistillConfig, load_distill_config
+from ladd.methods.base import DEFAULT_PROBS
+from ladd.methods.components.heads import DiscriminatorConfig
 
 
 @pytest.fixture(autouse=True)
@@ -24,9 +26,9 @@ def no_model_loading(monkeypatch):
 def test_defaults_follow_ladd_md():
     cfg = DistillConfig()
     assert cfg.student.steps == 4 and cfg.student.probs == [0.7, 0.1, 0.1, 0.1]
-    assert (cfg.disc.noise_m, cfg.disc.noise_s, cfg.disc.shared_t) == (1.0, 1.0, False)
-    assert cfg.disc.blocks == "all" and cfg.loss.kind == "hinge"
-    assert cfg.loss.r1_weight == cfg.loss.misaligned_weight == cfg.loss.distill_weight == 0.0
+    assert (cfg.ladd.disc.noise_m, cfg.ladd.disc.noise_s, cfg.ladd.disc.shared_t) == (1.0, 1.0, False)
+    assert cfg.ladd.disc.blocks == "all" and cfg.ladd.loss.kind == "hinge"
+    assert cfg.ladd.loss.r1_weight == cfg.ladd.loss.misaligned_weight == cfg.ladd.loss.distill_weight == 0.0
 
 
 @pytest.mark.parametrize("steps", [1, 2, 4])
@@ -38,41 +40,41 @@ def test_default_probs_per_grid(steps):
 @pytest.mark.parametrize("preset", ["configs/nano.yaml", "configs/nano-1step.yaml", "configs/tiny.yaml"])
 def test_presets_load(preset):
     cfg = load_distill_config(preset)
-    assert cfg.optim.lr_heads > cfg.optim.lr_student > 0
+    assert cfg.optim["heads"].lr > cfg.optim["student"].lr > 0
     assert cfg.train.micro_batch(1) * cfg.train.grad_accum == cfg.train.batch_size
 
 
 def test_one_step_preset_is_nano_with_a_one_step_grid():
     one, base = load_distill_config("configs/nano-1step.yaml"), load_distill_config("configs/nano.yaml")
-    assert (one.student.steps, one.student.probs, one.disc.noise_m) == (1, [1.0], 0.0)
+    assert (one.student.steps, one.student.probs, one.ladd.disc.noise_m) == (1, [1.0], 0.0)
     assert one.paths.data == base.paths.data and one.optim == base.optim and one.train == base.train
 
 
 def test_numeric_strings_from_the_command_line():
     # PyYAML reads 3e-4 (no dot) as a string; the config accepts it as the number it means.
-    cfg = load_distill_config("configs/nano.yaml", ["optim.lr_heads=3e-4", "disc.blocks=[0, 5]"])
-    assert cfg.optim.lr_heads == pytest.approx(3e-4) and cfg.disc.blocks == [0, 5]
+    cfg = load_distill_config("configs/nano.yaml", ["optim.heads.lr=3e-4", "ladd.disc.blocks=[0, 5]"])
+    assert cfg.optim["heads"].lr == pytest.approx(3e-4) and cfg.ladd.disc.blocks == [0, 5]
 
 
 @pytest.mark.parametrize("override, field", [
-    ("disc.blocks=[0, -1]", "disc.blocks"),
-    ("disc.blocks=[0, 1.5]", "disc.blocks"),
-    ("disc.blocks=[]", "disc.blocks"),
-    ("disc.blocks=first", "disc.blocks"),
-    ("disc.noise_m=7", "disc.noise_m"),
-    ("disc.noise_s=0", "disc.noise_s"),
-    ("disc.noise_s=-1", "disc.noise_s"),
+    ("ladd.disc.blocks=[0, -1]", "ladd.disc.blocks"),
+    ("ladd.disc.blocks=[0, 1.5]", "ladd.disc.blocks"),
+    ("ladd.disc.blocks=[]", "ladd.disc.blocks"),
+    ("ladd.disc.blocks=first", "ladd.disc.blocks"),
+    ("ladd.disc.noise_m=7", "ladd.disc.noise_m"),
+    ("ladd.disc.noise_s=0", "ladd.disc.noise_s"),
+    ("ladd.disc.noise_s=-1", "ladd.disc.noise_s"),
     ("student.steps=0", "student.steps"),
     ("student.probs=[]", "student.probs"),
     ("student.probs=[0.5, 0.5]", "student.probs"),
     ("student.probs=[0.5, 0.2, 0.2, 0.2]", "student.probs"),
     ("student.steps=3", "student.probs"),
     ("train.batch_size=30", "train.batch_size"),
-    ("optim.lr_student=0", "optim.lr_student"),
-    ("optim.lr_heads=-1e-4", "optim.lr_heads"),
-    ("loss.kind=wasserstein", "loss.kind"),
-    ("loss.r1_weight=-1", "loss.r1_weight"),
-    ("loss.misaligned_weight=1", "loss.misaligned_weight"),
+    ("optim.student.lr=0", "optim.student.lr"),
+    ("optim.heads.lr=-1e-4", "optim.heads.lr"),
+    ("ladd.loss.kind=wasserstein", "ladd.loss.kind"),
+    ("ladd.loss.r1_weight=-1", "ladd.loss.r1_weight"),
+    ("ladd.loss.misaligned_weight=1", "ladd.loss.misaligned_weight"),
     ("train.mixed_precision=fp8", "train.mixed_precision"),
     ("data.precision=fp16", "data.precision"),
 ])
@@ -84,7 +86,7 @@ def test_errors_name_the_field(override, field):
 
 def test_unknown_block_index_is_named_against_the_teacher_depth():
     cfg = DiscriminatorConfig(blocks=[0, 7])
-    with pytest.raises(ConfigError, match=r"disc\.blocks.*\[7\].*6 blocks"):
+    with pytest.raises(ConfigError, match=r"ladd\.disc\.blocks.*\[7\].*6 blocks"):
         cfg.resolve_blocks(6)
     assert DiscriminatorConfig().resolve_blocks(3) == [0, 1, 2]
     assert DiscriminatorConfig(blocks="spaced:4").resolve_blocks(20) == [4, 9, 14, 19]  # ends with the last
@@ -99,11 +101,11 @@ def test_batch_must_divide_over_processes():
 
 
 def test_unknown_field_and_yaml_errors(tmp_path):
-    with pytest.raises(ConfigError, match="disc.head_widht"):
-        load_distill_config(None, ["disc.head_widht=64"])
+    with pytest.raises(ConfigError, match="ladd.disc.head_widht"):
+        load_distill_config(None, ["ladd.disc.head_widht=64"])
     bad = tmp_path / "bad.yaml"
-    bad.write_text("disc:\n  noise_s: 0.0\n")
-    with pytest.raises(ConfigError, match=r"disc\.noise_s"):
+    bad.write_text("ladd:\n  disc:\n    noise_s: 0.0\n")
+    with pytest.raises(ConfigError, match=r"ladd\.disc\.noise_s"):
         load_distill_config(bad)
 
 
@@ -119,7 +121,7 @@ def test_preset_with_a_base(tmp_path):
     longer.write_text(f"base: {Path('configs/nano.yaml').resolve()}\ntrain:\n  steps: 2400\npaths:\n  run_dir: runs/x\n")
     cfg, base = load_distill_config(longer), load_distill_config("configs/nano.yaml")
     assert cfg.train.steps == 2400 and cfg.paths.run_dir == "runs/x"
-    assert cfg.paths.data == base.paths.data and cfg.disc == base.disc and cfg.train.batch_size == base.train.batch_size
+    assert cfg.paths.data == base.paths.data and cfg.ladd.disc == base.ladd.disc and cfg.train.batch_size == base.train.batch_size
     a, b = tmp_path / "a.yaml", tmp_path / "b.yaml"
     a.write_text("base: b.yaml\n")
     b.write_text("base: a.yaml\n")
@@ -135,3 +137,45 @@ def test_an_fsdp_launch_refuses_the_ema_before_loading_anything(monkeypatch, tmp
     with pytest.raises(ConfigError, match=r"train\.ema_decay: .*FSDP"):
         check_config(load_distill_config("configs/nano.yaml", [data]))
     check_config(load_distill_config("configs/nano.yaml", ["train.ema_decay=0", data]))
+
+
+def test_method_selects_its_section_and_optimizers():
+    cfg = load_distill_config("configs/nano.yaml")
+    assert cfg.method == "ladd" and set(cfg.optim) == {"student", "heads"}
+    assert cfg.optim["student"].lr == pytest.approx(5e-5) and cfg.optim["heads"].lr == pytest.approx(2e-4)
+    assert cfg.optim["student"].schedule == "constant"  # fields a preset leaves out keep the method's defaults
+    few = load_distill_config("configs/nano.yaml", ["method=few_step", "few_step.guidance=2"])
+    assert few.method == "few_step" and few.few_step.guidance == 2.0 and few.optim == {}
+    saved = few.to_dict()
+    assert saved["method"] == "few_step" and saved["few_step"]["guidance"] == 2.0 and "ladd" not in saved
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["method=dmd3"], r"method: got 'dmd3'; use one of"),
+    (["method=few_step", "ladd.disc.noise_m=9"], r"ladd\.disc\.noise_m"),  # set-aside sections are checked too
+    (["optim.lr_student=1e-5"], r"optim\.lr_student: .* use optim\.<name>\.<field>.*optim\.student\.lr"),
+    (["optim.critic.lr=1e-5"], r"optim\.critic: method ladd has no optimizer 'critic'"),
+    (["optim.student.schedule=cosine_with_restarts"], r"optim\.student\.schedule"),
+    (["optim.heads.warmup_steps=10"], r"optim\.heads\.warmup_steps: is ignored by schedule 'constant'"),
+    (["disc.noise_m=0"], r"disc: is now the section ladd\.disc"),
+    (["train.steps=true"], r"train\.steps must be int, got True"),
+])
+def test_method_and_optimizer_errors(overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        load_distill_config("configs/nano.yaml", overrides)
+
+
+def test_warmup_schedule_scales_the_learning_rate():
+    import torch
+
+    from ladd.training.optim import build_optimizer, build_schedule
+
+    cfg = load_distill_config(None, ["optim.student.schedule=linear", "optim.student.warmup_steps=2",
+                                     "train.steps=6"]).optim["student"]
+    opt = build_optimizer([torch.nn.Linear(1, 1)], cfg)
+    schedule, lrs = build_schedule(opt, cfg, 6), []
+    for _ in range(6):
+        lrs.append(opt.param_groups[0]["lr"] / cfg.lr)
+        opt.step()
+        schedule.step()
+    assert lrs == pytest.approx([0.0, 0.5, 1.0, 0.75, 0.5, 0.25])

@@ -11,7 +11,7 @@ from PIL import Image
 from ladd.cli import main
 from ladd.config import ConfigError
 from ladd.distill.run import distill
-from test_shards import FakeEncoder, make_assets, tiny_overrides
+from helpers import FakeEncoder, make_assets, tiny_overrides
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -111,7 +111,7 @@ def no_model_loading(monkeypatch):
 
 
 @pytest.mark.parametrize("override, field", [
-    ("disc.blocks=[0, 5]", r"disc\.blocks: unknown block index \[5\]: the teacher has 2 blocks"),
+    ("ladd.disc.blocks=[0, 5]", r"ladd\.disc\.blocks: unknown block index \[5\]: the teacher has 2 blocks"),
     ("train.batch_size=3", r"train\.batch_size"),
     ("data.source=web", r"data\.source"),
     ("data.height=50", r"data\.height"),
@@ -137,7 +137,7 @@ def test_vae_that_does_not_fit_the_teacher(tmp_path, request):
 def test_cli_bad_config_exit_code(tmp_path, capsys, request):
     make_assets(tmp_path)
     request.getfixturevalue("no_model_loading")
-    code = main(["distill", "--config", "configs/tiny.yaml", *tiny_overrides(tmp_path, "disc.blocks=[7]")])
-    assert code == 2 and "disc.blocks" in capsys.readouterr().err
+    code = main(["distill", "--config", "configs/tiny.yaml", *tiny_overrides(tmp_path, "ladd.disc.blocks=[7]")])
+    assert code == 2 and "ladd.disc.blocks" in capsys.readouterr().err
     code = main(["synth", "--config", "configs/tiny.yaml", *tiny_overrides(tmp_path, "data.num_samples=0")])
     assert code == 2 and "data.num_samples" in capsys.readouterr().err

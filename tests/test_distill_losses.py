@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from ladd.distill import losses
+from ladd.methods.components import gan_losses as losses
 
 
 def t(*values):

@@ -5,9 +5,9 @@ import pytest
 import torch
 
 from ladd.distill.config import load_distill_config
-from ladd.distill.discriminator import build_discriminator
-from ladd.distill.probe import blur_latents, shuffled_prompts, train_probe
-from ladd.distill.steps import freeze
+from ladd.methods.components.heads import build_discriminator
+from ladd.methods.components.probe import blur_latents, shuffled_prompts, train_probe
+from ladd.methods.components.student import freeze
 from ladd.models.text_encoder import TextEmbeddings
 
 
@@ -22,7 +22,7 @@ def test_probe_learns_a_trivial_task_on_a_tiny_teacher(tiny_teacher, tiny_cond):
     cfg = load_distill_config("configs/tiny.yaml")
     teacher = freeze(tiny_teacher)
     torch.manual_seed(0)
-    disc = build_discriminator(teacher, cfg.disc)
+    disc = build_discriminator(teacher, cfg.ladd.disc)
     x = torch.randn(32, 4, 8, 8, generator=torch.Generator().manual_seed(1))
     cond = tiny_cond(32)
     res = train_probe(teacher, disc, (x, cond), (blur_latents(x), cond), m=-2.0, steps=200, batch_size=8, lr=1e-3,
@@ -53,8 +53,8 @@ def test_heads_on_nano_teacher_see_latent_blur(nano_latents):
     teacher = freeze(load_teacher(cfg.paths.teacher))
     latents, cond = nano_latents
     torch.manual_seed(0)
-    disc = build_discriminator(teacher, cfg.disc)
+    disc = build_discriminator(teacher, cfg.ladd.disc)
     res = train_probe(teacher, disc, (latents, cond), (blur_latents(latents), cond), m=-1.0, s=1.0, steps=500,
-                      batch_size=16, lr=cfg.optim.lr_heads, eval_every=50, target=0.9)
+                      batch_size=16, lr=cfg.optim["heads"].lr, eval_every=50, target=0.9)
     assert res.accuracy >= 0.9, res.history
     assert isinstance(cond, TextEmbeddings)

@@ -25,8 +25,8 @@ import torch, torch.distributed as dist
 from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
 from torch.distributed.fsdp.wrap import transformer_auto_wrap_policy
 from diffusers.models.attention import JointTransformerBlock
-from test_distill_steps import setup
-from ladd.distill.steps import discriminator_step, generator_step
+from helpers import setup
+from ladd.methods.ladd import discriminator_step, generator_step
 from ladd.training.checkpoint import load_checkpoint, module_state, save_checkpoint
 
 dist.init_process_group("gloo")
@@ -37,10 +37,10 @@ policy = functools.partial(transformer_auto_wrap_policy, transformer_layer_cls={
 
 def steps(t, heads):
     student.zero_grad(set_to_none=True)
-    g = generator_step(student, t, heads, x0, cond, cfg, torch.Generator().manual_seed(1))
+    g = generator_step(student, t, heads, x0, cond, cfg.ladd, cfg.student, torch.Generator().manual_seed(1))
     g.loss.backward()
     assert all(p.grad is None for p in heads.parameters())  # the G step leaves the heads alone
-    d_loss, _ = discriminator_step(t, heads, x0, cond, g.fake, cfg, torch.Generator().manual_seed(2))
+    d_loss, _ = discriminator_step(t, heads, x0, cond, g.fake, cfg.ladd, torch.Generator().manual_seed(2))
     return g.loss.detach(), d_loss.detach(), torch.cat([p.grad.flatten() for p in student.parameters()])
 
 

@@ -9,12 +9,13 @@ import pytest
 import torch
 
 from ladd.data.shards import ShardDataset
-from ladd.distill import steps as S
 from ladd.distill.config import load_distill_config
+from ladd.distill.run import build_method
+from ladd.methods import ladd as L
 from ladd.models.teacher import load_teacher
 from ladd.training.checkpoint import checkpoint_dirs, latest_checkpoint
-from ladd.training.loop import NonFiniteLossError, train
-from test_shards import assets_with_data, make_assets, tiny_overrides
+from ladd.training.trainer import NonFiniteLossError, train
+from helpers import assets_with_data, make_assets, tiny_overrides
 
 # Same seeds, same order of floating-point operations: resumed weights should match bit for bit; the tolerance
 # only allows for reductions that a different thread count could reorder.
@@ -32,7 +33,7 @@ def root(tmp_path_factory):
 def run(root, name, *extra):
     """tiny.yaml: 4 iterations, batch 4 = 2 micro-batches of 2, checkpoints every 2, EMA 0.9, log every step."""
     cfg = load_distill_config("configs/tiny.yaml", tiny_overrides(root, f"paths.run_dir={root / name}", *extra))
-    return train(cfg, load_teacher(cfg.paths.teacher), ShardDataset.load(cfg.paths.data), root / name)
+    return train(cfg, build_method(cfg), ShardDataset.load(cfg.paths.data), root / name)
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +43,7 @@ def straight(root):
 
 def assert_same(a, b):
     for part in ("student", "heads"):
-        sa, sb = getattr(a, part).state_dict(), getattr(b, part).state_dict()
+        sa, sb = a.modules[part].state_dict(), b.modules[part].state_dict()
         assert sa.keys() == sb.keys()
         for k in sa:
             torch.testing.assert_close(sa[k], sb[k], atol=ATOL, rtol=0, msg=f"{part}.{k}")
@@ -52,7 +53,7 @@ def assert_same(a, b):
 
 def test_two_plus_two_steps_equal_four(root, straight):
     teacher = load_teacher(root / "teacher")
-    moved = max((p - q).abs().max() for p, q in zip(straight.student.parameters(), teacher.parameters()))
+    moved = max((p - q).abs().max() for p, q in zip(straight.modules["student"].parameters(), teacher.parameters()))
     assert moved > 1e-4  # the student trained, so equality below means something
     first = run(root, "resumed", "train.steps=2")
     assert first.step == 2 and latest_checkpoint(root / "resumed" / "checkpoints").name == "step-000002"
@@ -65,7 +66,7 @@ def test_two_plus_two_steps_equal_four(root, straight):
 
 def test_ctrl_c_writes_a_checkpoint_and_resumes_exactly(root, straight, monkeypatch):
     calls = []
-    real = S.generator_step
+    real = L.generator_step
 
     def interrupting(*args, **kwargs):
         calls.append(1)
@@ -73,19 +74,19 @@ def test_ctrl_c_writes_a_checkpoint_and_resumes_exactly(root, straight, monkeypa
             os.kill(os.getpid(), signal.SIGINT)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(S, "generator_step", interrupting)
+    monkeypatch.setattr(L, "generator_step", interrupting)
     with pytest.raises(KeyboardInterrupt):
         run(root, "ctrl-c")
     assert len(calls) == 2  # the iteration in progress was finished, no further one started
     assert latest_checkpoint(root / "ctrl-c" / "checkpoints").name == "step-000001"
-    monkeypatch.setattr(S, "generator_step", real)
+    monkeypatch.setattr(L, "generator_step", real)
     assert_same(straight, run(root, "ctrl-c"))
 
 
 @pytest.mark.parametrize("log_every", [1, 3])
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(root, monkeypatch, log_every):
     calls = []
-    real = S.generator_step
+    real = L.generator_step
 
     def poisoned(*args, **kwargs):
         out = real(*args, **kwargs)
@@ -95,7 +96,7 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(root, monkeypatch, lo
             out.metrics["g_loss"] = out.loss.detach()
         return out
 
-    monkeypatch.setattr(S, "generator_step", poisoned)
+    monkeypatch.setattr(L, "generator_step", poisoned)
     name = f"nan-{log_every}"
     with pytest.raises(NonFiniteLossError, match=r"iteration 3.*step-000002"):
         run(root, name, f"train.log_every={log_every}")
@@ -108,14 +109,15 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(root, monkeypatch, lo
 
 def test_run_folder(root, straight):
     run_dir = root / "straight"
-    assert (run_dir / "config.yaml").is_file() and "lr_heads" in (run_dir / "config.yaml").read_text()
+    assert (run_dir / "config.yaml").is_file() and "heads:" in (run_dir / "config.yaml").read_text()
     assert any(f.name.startswith("events.out.tfevents") for f in (run_dir / "tb").iterdir())
     line = json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[-1])
-    assert {"g_loss", "d_loss", "acc_real", "acc_fake", "g_grad_norm"} <= set(line) and line["step"] == 4
-    assert 0 <= line["acc_real"] <= 1 and 0 <= line["acc_fake"] <= 1
+    assert {"g_loss", "d_loss", "acc_real", "acc_fake", "student_grad_norm", "heads_grad_norm"} <= set(line)
+    assert line["step"] == 4 and line["d_acc"] == pytest.approx((line["acc_real"] + line["acc_fake"]) / 2)
     assert [c.name for c in checkpoint_dirs(run_dir / "checkpoints")] == ["step-000002", "step-000004"]
     state = json.loads((run_dir / "checkpoints" / "step-000004" / "state.json").read_text())
-    assert state["version"] == 1 and state["config"]["train"]["steps"] == 4
+    assert state["version"] == 2 and state["config"]["train"]["steps"] == 4 and state["config"]["method"] == "ladd"
+    assert set(state["optimizers"]) == set(state["schedules"]) == {"student", "heads"}
     assert straight.step == 4 and run(root, "straight").step == 4  # a finished run resumes to its end at once
 
 
@@ -123,23 +125,24 @@ TWO_PROCESS_SCRIPT = """
 import sys
 from pathlib import Path
 sys.path.insert(0, {tests!r})
-from test_shards import FakeEncoder, tiny_overrides
+from helpers import FakeEncoder, tiny_overrides
 from ladd.data.shards import ShardDataset
 from ladd.data.synth import synthesize
 from ladd.distill.config import load_distill_config
-from ladd.models.teacher import load_teacher
-from ladd.training.loop import process_state, train
+from ladd.distill.run import build_method
+from ladd.runtime import process_state
+from ladd.training.trainer import train
 
 root = Path({root!r})
 state = process_state()
 cfg = load_distill_config("configs/tiny.yaml", tiny_overrides(root, "paths.run_dir=" + str(root / "ddp")))
 written = synthesize(cfg, FakeEncoder())
 state.wait_for_everyone()
-result = train(cfg, load_teacher(cfg.paths.teacher), ShardDataset.load(cfg.paths.data), root / "ddp")
-checksum = sum(float(p.double().sum()) for p in result.student.parameters())
+result = train(cfg, build_method(cfg), ShardDataset.load(cfg.paths.data), root / "ddp")
+checksum = sum(float(p.double().sum()) for p in result.modules["student"].parameters())
 if state.is_main_process:
     from safetensors.torch import save_file
-    save_file({{k: v.contiguous() for k, v in result.student.state_dict().items()}}, root / "ddp-student.safetensors")
+    save_file({{k: v.contiguous() for k, v in result.modules['student'].state_dict().items()}}, root / "ddp-student.safetensors")
 # one file per process: the two processes' stdout lines can interleave mid-line (seen in CI: "2RESULT")
 line = " ".join(map(str, [state.process_index, state.num_processes, ",".join(map(str, written)), result.step,
                           repr(checksum)]))
@@ -151,7 +154,7 @@ line = " ".join(map(str, [state.process_index, state.num_processes, ",".join(map
 def test_two_processes_train_like_one(tmp_path, one_thread):
     """2 processes x micro-batch 1 (DDP, gloo) vs 1 process x micro-batch 2, same global batch of 4 (2 micro-steps
     of gradient accumulation each): every process draws the global batch's data and noise and keeps its slice
-    (ladd.distill.draws), so the trained students agree up to the order of floating-point sums."""
+    (ladd.draws), so the trained students agree up to the order of floating-point sums."""
     import subprocess
     import sys
     from pathlib import Path
@@ -171,7 +174,7 @@ def test_two_processes_train_like_one(tmp_path, one_thread):
     from safetensors.torch import load_file
 
     ddp = load_file(tmp_path / "ddp-student.safetensors")
-    single = run(tmp_path, "single").student.state_dict()
+    single = run(tmp_path, "single").modules["student"].state_dict()
     teacher = load_teacher(tmp_path / "teacher").state_dict()
     assert max((single[k] - teacher[k]).abs().max() for k in single) > 1e-4  # both trained: agreement means something
     for k in single:
@@ -205,7 +208,7 @@ def test_bf16_with_gradient_checkpointing_trains(root):
     finally:
         AcceleratorState._reset_state()
     teacher = load_teacher(root / "teacher")
-    assert result.step == 4 and next(result.student.parameters()).dtype == torch.float32
+    assert result.step == 4 and next(result.modules["student"].parameters()).dtype == torch.float32
     assert all(torch.isfinite(torch.tensor(result.metrics[k])) for k in ("g_loss", "d_loss"))
-    assert max((p - q).abs().max() for p, q in zip(result.student.parameters(), teacher.parameters())) > 1e-4
-    assert result.student.transformer.gradient_checkpointing
+    assert max((p - q).abs().max() for p, q in zip(result.modules["student"].parameters(), teacher.parameters())) > 1e-4
+    assert result.modules["student"].transformer.gradient_checkpointing

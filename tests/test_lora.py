@@ -8,15 +8,16 @@ import torch
 
 from ladd.config import ConfigError
 from ladd.data.shards import ShardDataset
-from ladd.distill import lora
+from ladd.models import lora
 from ladd.distill.config import StudentConfig, load_distill_config
 from ladd.distill.export import export_run, export_student
 from ladd.distill.run import check_config
-from ladd.distill.steps import init_student
+from ladd.methods.components.student import init_student
 from ladd.models.teacher import load_teacher
 from ladd.training.checkpoint import latest_checkpoint, load_module
-from ladd.training.loop import train
-from test_shards import assets_with_data, tiny_overrides
+from ladd.training.trainer import train
+from ladd.distill.run import build_method
+from helpers import assets_with_data, tiny_overrides
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 LORA = ("student.lora_rank=4", "student.lora_alpha=8")  # scale 2: a lost alpha would show in the outputs
@@ -32,7 +33,7 @@ def trained(root):
     """2 LoRA iterations (2 micro-batches each, EMA 0.9, a checkpoint at step 2)."""
     cfg = load_distill_config("configs/tiny.yaml", tiny_overrides(root, "train.steps=2", *LORA))
     teacher = load_teacher(cfg.paths.teacher)
-    return cfg, teacher, train(cfg, teacher, ShardDataset.load(cfg.paths.data), cfg.paths.run_dir)
+    return cfg, teacher, train(cfg, build_method(cfg, teacher), ShardDataset.load(cfg.paths.data), cfg.paths.run_dir)
 
 
 def _base_name(name: str) -> str:
@@ -50,7 +51,7 @@ def _output(transformer, seed: int = 0) -> torch.Tensor:
 
 def test_only_adapters_train(root, trained):
     _, teacher, result = trained
-    student = result.student
+    student = result.modules["student"]
     names = [n for n, p in student.named_parameters() if p.requires_grad]
     assert names and all("lora_" in n for n in names)
     assert any(".attn.add_q_proj.lora_A." in n for n in names)  # the default targets cover the text stream too
@@ -84,7 +85,7 @@ def test_export_merged_and_lora_file_match_the_student(root, trained, tmp_path):
 
     cfg, _, result = trained
     student = init_student(load_teacher(root / "teacher"), cfg.student)
-    student.load_state_dict(result.student.state_dict())
+    student.load_state_dict(result.modules["student"].state_dict())
     _set_lora_b(student)
     before = {k: v.clone() for k, v in student.state_dict().items()}
     out = export_student(student, tmp_path / "export", steps=4, teacher_dir=root / "teacher", vae_dir=root / "vae",
@@ -113,7 +114,7 @@ def test_checkpoint_reloads_into_a_rebuilt_student_and_ladd_export(root, trained
     ckpt = latest_checkpoint(root / "run" / "checkpoints")
     rebuilt = init_student(load_teacher(root / "teacher"), cfg.student)
     load_module(rebuilt, ckpt / "student.safetensors")  # peft keys, checked one by one
-    for k, v in result.student.state_dict().items():
+    for k, v in result.modules["student"].state_dict().items():
         assert torch.equal(rebuilt.state_dict()[k], v), k
     out = export_run(root / "run", tmp_path / "shipped")  # EMA weights, rebuilt from the run's config
     torch.testing.assert_close(_output(SD3Transformer2DModel.from_pretrained(out)),
@@ -128,7 +129,7 @@ def test_bad_targets_fail_before_training(root):
     with pytest.raises(ConfigError, match=message):  # ladd distill's checks, before data and weights are loaded
         check_config(cfg)
     with pytest.raises(ConfigError, match=message):
-        train(cfg, load_teacher(cfg.paths.teacher), ShardDataset.load(cfg.paths.data), root / "bad")
+        train(cfg, build_method(cfg), ShardDataset.load(cfg.paths.data), root / "bad")
     assert not (root / "bad" / "checkpoints").exists()
 
 
@@ -152,5 +153,5 @@ def test_resuming_with_another_rank_names_the_mismatch(root, trained):
         cfg = load_distill_config("configs/tiny.yaml", tiny_overrides(root, "train.steps=4", *other))
         with pytest.raises(CheckpointError, match=r"does not match the model: .*wrong shapes|does not match the model: "
                                                   r"missing"):
-            train(cfg, load_teacher(cfg.paths.teacher), ShardDataset.load(cfg.paths.data), cfg.paths.run_dir)
+            train(cfg, build_method(cfg), ShardDataset.load(cfg.paths.data), cfg.paths.run_dir)
     assert [c.name for c in checkpoint_dirs(root / "run" / "checkpoints")] == before

@@ -11,7 +11,7 @@ from ladd.evaluation.evaluate import load_evaluator, read_back
 from ladd.evaluation.metrics import feature_stats, frechet_distance
 from ladd.nano.degrade import add_noise, gaussian_blur
 from ladd.nano.pool import render_pool
-from ladd.nano.recipe import to_tensor, to_uint8
+from ladd.images import to_tensor, to_uint8
 from ladd.nano.train_evaluator import cell_accuracy
 
 

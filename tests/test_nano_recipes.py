@@ -106,7 +106,9 @@ def test_sigterm_stops_after_the_step_in_progress_with_a_checkpoint_and_resumes(
     with pytest.raises(KeyboardInterrupt):
         recipe.run(step, {"m": module}, tmp_path, steps=5)
     assert seen == [0, 1]
-    assert torch.load(tmp_path / "checkpoint.pt", weights_only=True)["step"] == 2
+    from ladd.training.checkpoint import latest_checkpoint
+
+    assert latest_checkpoint(tmp_path / "checkpoints").name == "step-000002"
     assert signal.getsignal(signal.SIGTERM) is before  # the previous handler is back
     weight.data.fill_(-100.0)  # resume must load the checkpoint's value (2), not keep this one
     done, _ = recipe.run(step, {"m": module}, tmp_path, steps=5)

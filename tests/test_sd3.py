@@ -260,10 +260,10 @@ def test_presets_pass_check_config_on_the_tiny_pipeline(preset, sd3, tmp_path):
     folder = sd3[0]
     cfg = load_distill_config(preset)
     assert cfg.data.prompts is None and not cfg.eval.enabled and cfg.train.mixed_precision == "bf16"
-    assert (cfg.data.height, cfg.data.width) == (1024, 1024) and cfg.disc.blocks == "spaced:4"
+    assert (cfg.data.height, cfg.data.width) == (1024, 1024) and cfg.ladd.disc.blocks == "spaced:4"
     large = "3.5-large" in preset  # as SD3.5-Large-Turbo: shift 3; its teacher's card: CFG 3.5
     assert (cfg.student.shift, cfg.data.guidance) == ((3.0, 3.5) if large else (1.0, None))
-    assert cfg.disc.resolve_blocks(38 if large else 24) == ([9, 18, 27, 37] if large else [5, 11, 17, 23])
+    assert cfg.ladd.disc.resolve_blocks(38 if large else 24) == ([9, 18, 27, 37] if large else [5, 11, 17, 23])
     with pytest.raises(ConfigError, match=rf"paths\.teacher: {cfg.paths.teacher} does not exist"):
         check_config(cfg)  # the placeholder teacher path
 

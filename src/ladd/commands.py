@@ -65,7 +65,7 @@ def add_sample(sub) -> None:
 
 
 def run_sample(args) -> None:
-    from ladd.evaluation.grid import save_grid
+    from ladd.images import save_grid
     from ladd.generate import generate, image_seed
     from ladd.models.registry import load_generator
     from ladd.nano.shapeworld import check_size

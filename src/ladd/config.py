@@ -14,8 +14,33 @@ class ConfigError(ValueError):
     """A config value is wrong; the message names the field and the fix."""
 
 
+def fail(name: str, problem: str, fix: str) -> None:
+    """Raise the one error format of every config check: ``<field>: <problem>; <fix>``."""
+    raise ConfigError(f"{name}: {problem}; {fix}")
+
+
+def number(name: str, value) -> float:
+    """A float from an int, a float or a numeric string: PyYAML reads ``5e-5`` (no dot) as a string."""
+    if isinstance(value, bool):
+        fail(name, f"got {value!r}", "give a number")
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        fail(name, f"got {value!r}", "give a number, e.g. 1.0e-4")
+
+
+def positive_ints(section: str, obj, names) -> None:
+    """Every field of ``names`` on ``obj`` is an int >= 1 (booleans are refused: YAML reads ``true`` as one)."""
+    for name in names:
+        value = getattr(obj, name)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            fail(f"{section}.{name}", f"got {value!r}", "give a positive integer")
+
+
 def to_dict(cfg) -> dict:
-    return dataclasses.asdict(cfg)
+    """A config as plain data; a config class may define its own ``to_dict`` (e.g. one with a method section)."""
+    own = getattr(cfg, "to_dict", None)
+    return own() if callable(own) else dataclasses.asdict(cfg)
 
 
 def _coerce(name: str, tp, value):
@@ -34,7 +59,7 @@ def _coerce(name: str, tp, value):
         return origin(_coerce(name, inner, v) for v in value)
     if tp is float and isinstance(value, (int, float)) and not isinstance(value, bool):
         return float(value)
-    if tp in (int, str, bool) and not isinstance(value, tp):
+    if tp in (int, str, bool) and (not isinstance(value, tp) or (tp is int and isinstance(value, bool))):
         raise ConfigError(f"{name} must be {tp.__name__}, got {value!r}")
     return value
 

@@ -56,7 +56,7 @@ def run_synth(args) -> None:
     from ladd.data.synth import synthesize
     from ladd.distill.config import load_distill_config
     from ladd.distill.run import check_config
-    from ladd.training.loop import process_state
+    from ladd.runtime import process_state
 
     overrides = list(args.overrides) + ([f"data.source={args.source}"] if args.source else [])
     cfg = load_distill_config(args.config, overrides)
@@ -72,7 +72,7 @@ def run_synth(args) -> None:
 
 def run_distill(args) -> None:
     from ladd.distill.run import distill
-    from ladd.training.loop import NonFiniteLossError
+    from ladd.training.trainer import NonFiniteLossError
 
     overrides = list(args.overrides) + (["eval.enabled=false"] if args.no_eval else [])
     command = " ".join(["ladd distill", f"--config {args.config}", *overrides])

@@ -25,7 +25,7 @@ def generate(gen: Generator, prompts: list[str], seeds: list[int], steps: int, g
     """uint8 images ``[N, H, W, 3]`` for ``prompts[i]`` with ``seeds[i]``; also the wall seconds spent, text encoding
     excluded (embeddings are cached per prompt, as in training). The time grid is shifted by the model's
     recommended ``shift`` (a property of the model, like its timestep scale) unless ``shift`` is given."""
-    from ladd.nano.recipe import to_uint8
+    from ladd.images import to_uint8
 
     sample = get_sampler(sampler)
     down = gen.vae.downsample

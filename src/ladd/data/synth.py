@@ -147,7 +147,7 @@ def teacher_latents(teacher, records: list[dict], cond: TextEmbeddings, uncond: 
 @torch.no_grad()
 def real_latents(vae, records: list[dict], gen: dict, batch_size: int, device) -> torch.Tensor:
     """VAE latents (posterior means) ``[n, C, h, w]`` of the ShapeWorld images of ``records``."""
-    from ladd.nano.recipe import to_tensor
+    from ladd.images import to_tensor
     from ladd.nano.shapeworld import sample
 
     out = []
@@ -210,7 +210,7 @@ def synthesize(cfg, text_encoder=None, rank: int | None = None, world_size: int 
     the shards written. ``rank``/``world_size`` default to accelerate's process state. Raises ``DataError``
     before loading any model if ``paths.data`` holds data made with other settings. Does not wait for the
     other processes (``ladd.distill.run`` does)."""
-    from ladd.training.loop import process_state
+    from ladd.runtime import process_state
 
     state = process_state()
     if rank is None or world_size is None:

@@ -26,13 +26,13 @@ from pathlib import Path
 
 import torch
 
-from ladd.distill import lora
+from ladd.models import lora
 from ladd.models.io import replace_dir
 
 
 def export_student(model: torch.nn.Module, out_dir: str | Path, *, steps: int, teacher_dir: str | Path,
                    vae_dir: str | Path, text_encoder: dict, card: str, trained_steps: int | None = None,
-                   shift: float = 1.0) -> Path:
+                   shift: float = 1.0, recommended: dict | None = None) -> Path:
     """Write ``model`` (an SD3Adapter, maybe with LoRA adapters: then merged, and the adapters also alone in
     ``lora/``) to ``out_dir`` atomically (temporary folder, then rename). ``model`` is not changed."""
     from diffusers import FlowMatchEulerDiscreteScheduler
@@ -46,7 +46,8 @@ def export_student(model: torch.nn.Module, out_dir: str | Path, *, steps: int, t
     else:
         model.transformer.save_pretrained(tmp, safe_serialization=True)
     config = json.loads((tmp / "config.json").read_text())
-    config.update(ladd_recommended={"steps": steps, "guidance": 1.0, "sampler": "renoise", "shift": shift},
+    recommended = recommended or {"steps": steps, "guidance": 1.0, "sampler": "renoise", "shift": shift}
+    config.update(ladd_recommended=recommended,
                   ladd_text_encoder=text_encoder,
                   ladd_vae=_reference(vae_dir, out_dir),
                   ladd_teacher=_reference(teacher_dir, out_dir), ladd_trained_steps=trained_steps)
@@ -100,9 +101,9 @@ def load_run_student(run_dir: str | Path, use_ema: bool = True):
     """``(student, step, cfg, checkpoint folder)`` from the newest checkpoint of a ``ladd distill`` run folder: the
     EMA weights (``use_ema`` and EMA on) else the raw student, as a plain (unsharded) module on CPU. A LoRA run's
     student is rebuilt from its config (teacher + adapters) before the checkpoint is loaded."""
-    from ladd.config import ConfigError, load
-    from ladd.distill.config import DistillConfig
-    from ladd.distill.steps import init_student
+    from ladd.config import ConfigError
+    from ladd.distill.config import load_distill_config
+    from ladd.methods.components.student import init_student
     from ladd.models.teacher import load_teacher
     from ladd.training.checkpoint import latest_checkpoint, load_module
     from ladd.training.ema import EMA
@@ -111,7 +112,7 @@ def load_run_student(run_dir: str | Path, use_ema: bool = True):
     if not (run_dir / "config.yaml").is_file():
         raise ConfigError(f"{run_dir} is not a ladd distill run folder (no config.yaml); pass the paths.run_dir "
                           f"of a run, e.g. runs/nano-ladd")
-    cfg = load(DistillConfig, run_dir / "config.yaml")
+    cfg = load_distill_config(run_dir / "config.yaml")
     ckpt = latest_checkpoint(run_dir / "checkpoints")
     if ckpt is None:
         raise ConfigError(f"{run_dir}/checkpoints holds no complete checkpoint yet; train first (ladd distill)")

@@ -2,7 +2,7 @@
 
     cfg = load_distill_config(preset, overrides)      everything checked before any model is loaded
     synthesize(cfg)                                   ladd.data.synth: skips complete shards
-    train(cfg, teacher, data, run_dir)                ladd.training.loop: resumes from run_dir/checkpoints
+    train(cfg, method, data, run_dir)                 ladd.training.trainer: resumes from run_dir/checkpoints
     export_student(...)                               ladd.distill.export: run_dir/export
     evaluate_models(...)                              the student at 1, 2, 4 steps (no guidance), the teacher at
                                                       4 steps and at its recommended many-step CFG setting
@@ -15,21 +15,22 @@ training; export and evaluation run on the main process.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import platform
-from dataclasses import asdict, replace
+from dataclasses import replace
 from pathlib import Path
 
-import numpy as np
 import torch
 
+from ladd import flow
 from ladd.config import ConfigError
 from ladd.data import shards
-from ladd.data.synth import (generation_settings, synthesize, teacher_config, teacher_recommended,
-                             teacher_text_encoder, weights_file)
+from ladd.data.shards import sample_seed
+from ladd.data.synth import generation_settings, synthesize, teacher_config, teacher_recommended, teacher_text_encoder
+from ladd.distill.compare import evaluate_models, write_comparison
 from ladd.distill.config import FSDP_EMA, DistillConfig, load_distill_config
+from ladd.methods import method_class
 from ladd.models.io import read_config
 
 log = logging.getLogger(__name__)
@@ -74,9 +75,9 @@ def check_config(cfg: DistillConfig, num_processes: int = 1) -> dict:
         raise ConfigError(FSDP_EMA)
     check_model_paths(cfg)
     teacher_cfg = teacher_config(cfg.paths.teacher)
-    cfg.disc.resolve_blocks(teacher_cfg["num_layers"])
+    method_class(cfg.method).check(cfg.section, teacher_cfg)
     if cfg.student.lora_rank > 0:
-        from ladd.distill.lora import check_targets_in_config
+        from ladd.models.lora import check_targets_in_config
 
         check_targets_in_config(teacher_cfg, cfg.student.lora_targets)
     vae_cfg = read_config(cfg.paths.vae)
@@ -95,12 +96,20 @@ def check_config(cfg: DistillConfig, num_processes: int = 1) -> dict:
     return gen
 
 
+def build_method(cfg: DistillConfig, teacher=None):
+    """The selected method (``cfg.method``) on ``teacher`` (default: loaded from ``paths.teacher``)."""
+    if teacher is None:
+        from ladd.models.teacher import load_teacher
+
+        teacher = load_teacher(cfg.paths.teacher)
+    return method_class(cfg.method)(cfg.section, cfg.student, teacher, cfg.train.seed)
+
+
 def distill(preset: str | Path | None = DEFAULT_PRESET, overrides=(), text_encoder=None,
             command: str | None = None) -> dict:
     """Run the whole job for ``preset`` + dotted ``overrides``; returns a summary (run folder, steps, rows of the
     comparison table). ``text_encoder`` (``encode(prompts) -> TextEmbeddings``) replaces the teacher's own."""
-    from ladd.training.loop import process_state
-    from ladd.training.runtime import log_to_file
+    from ladd.runtime import log_to_file, process_state
 
     cfg = load_distill_config(preset, overrides)
     state = process_state()
@@ -115,7 +124,7 @@ def distill(preset: str | Path | None = DEFAULT_PRESET, overrides=(), text_encod
 def _run(cfg: DistillConfig, gen: dict, run_dir: Path, state, text_encoder, command: str) -> dict:
     from ladd.models.teacher import load_teacher
     from ladd.models.vae import load_vae
-    from ladd.training.loop import train
+    from ladd.training.trainer import train
 
     missing = shards.missing_shards(cfg.paths.data, cfg.data.num_samples, cfg.data.shard_size)
     if text_encoder is None and (missing or cfg.train.sample_every):
@@ -131,15 +140,20 @@ def _run(cfg: DistillConfig, gen: dict, run_dir: Path, state, text_encoder, comm
     preview = text_encoder.encode(PREVIEW_PROMPTS) if cfg.train.sample_every else None
     if hasattr(text_encoder, "release"):  # SD3's text encoders (T5-XXL: ~10 GB) leave the GPU before training
         text_encoder.release()
-    result = train(cfg, load_teacher(cfg.paths.teacher), data, run_dir, vae, preview)
+    method = build_method(cfg, load_teacher(cfg.paths.teacher))
+    previewer = None
+    if preview is not None:
+        def previewer(model, path):
+            return save_preview(model, vae, preview, cfg.student.steps, data.latent_shape, path, shift=cfg.student.shift)
+    result = train(cfg, method, data, run_dir, previewer)
     summary = {"run_dir": str(run_dir), "steps": result.step, "seconds": result.seconds, "rows": []}
     if state.is_main_process:
         if result.sharded:  # FSDP: each process holds a shard; the final checkpoint holds the gathered weights
             from ladd.distill.export import load_run_student
 
-            result = replace(result, student=load_run_student(run_dir, use_ema=False)[0], sharded=False)
+            result = replace(result, export_model=load_run_student(run_dir, use_ema=False)[0], sharded=False)
         info = _card_info(cfg, gen, result, command)
-        export_dir = _export(cfg, run_dir, result, info)
+        export_dir = _export(cfg, run_dir, result, info, method.recommended(teacher_recommended(cfg.paths.teacher)))
         if cfg.eval.enabled:
             from ladd.distill.export import model_card
 
@@ -162,7 +176,7 @@ def _card_info(cfg: DistillConfig, gen: dict, result, command: str) -> dict:
              else f"{platform.machine()} CPU, {torch.get_num_threads()} threads")
     return {"teacher": cfg.paths.teacher, "steps_trained": result.step, "student_steps": cfg.student.steps,
             "seconds": result.seconds, "command": command, "data": gen, "batch_size": cfg.train.batch_size,
-            "n_params": sum(p.numel() for n, p in model.named_parameters() if "lora_" not in n),
+            "n_params": sum(p.numel() for n, p in model.named_parameters() if "lora_" not in n), "method": cfg.method,
             "ema_decay": cfg.train.ema_decay, "device": where, "lora": _lora_info(cfg.student)}
 
 
@@ -170,7 +184,7 @@ def _lora_info(s) -> str | None:
     return f"rank {s.lora_rank}, alpha {s.lora_alpha or s.lora_rank:g} on {s.lora_targets}" if s.lora_rank else None
 
 
-def _export(cfg: DistillConfig, run_dir: Path, result, info: dict) -> Path:
+def _export(cfg: DistillConfig, run_dir: Path, result, info: dict, recommended: dict) -> Path:
     """Export unless ``run_dir/export`` already holds this training state (keeps its evaluations reusable)."""
     from ladd.distill.export import export_student, model_card
 
@@ -184,113 +198,22 @@ def _export(cfg: DistillConfig, run_dir: Path, result, info: dict) -> Path:
     out = export_student(result.export_model, run_dir / "export", steps=cfg.student.steps,
                          teacher_dir=cfg.paths.teacher, vae_dir=cfg.paths.vae, trained_steps=result.step,
                          text_encoder=teacher_text_encoder(cfg.paths.teacher), card=model_card(info),
-                         shift=cfg.student.shift)
+                         shift=cfg.student.shift, recommended=recommended)
     log.info("exported the student to %s", out)
     return out
 
 
-# ---------------------------------------------------------------------------------------------------- evaluation
-def eval_prompts(cfg: DistillConfig, run_dir: Path) -> Path:
-    """The prompt file to evaluate on: ``eval.prompts``, or ``eval.max_prompts`` of them evenly spaced over the
-    file (prompt files are grouped by category, so the first N would miss categories)."""
-    from ladd.nano.prompts import read_prompts, write_prompts
+@torch.no_grad()
+def save_preview(model, vae, cond, steps: int, latent_shape, path: Path, seed: int = 0, shift: float = 1.0) -> Path:
+    """The student's samples of fixed prompts ``cond`` (re-noising sampler over its ``steps``-step grid shifted by
+    ``shift``, no guidance, fixed noise) decoded by ``vae``, as one row of a PNG grid."""
+    from ladd.images import save_grid, to_uint8
+    from ladd.sampling import renoise
 
-    if cfg.eval.max_prompts is None:
-        return Path(cfg.eval.prompts)
-    prompts = read_prompts(cfg.eval.prompts)
-    pick = np.unique(np.linspace(0, len(prompts) - 1, min(cfg.eval.max_prompts, len(prompts))).round().astype(int))
-    path = run_dir / "eval" / "prompts.jsonl"
-    write_prompts([prompts[i] for i in pick], path)
-    return path
-
-
-def _steps(n: int) -> str:
-    return f"{n} step{'s' if n > 1 else ''}"
-
-
-def _jobs(cfg: DistillConfig, export_dir: Path) -> list[tuple]:
-    """(label, folder name, model, steps, guidance, sampler) per evaluated setting; None = the model's default."""
-    rec = teacher_recommended(cfg.paths.teacher)
-    e = cfg.eval
-    jobs = [(f"teacher {rec['steps']} steps, cfg {rec['guidance']:g} (recommended)", "teacher-recommended",
-             cfg.paths.teacher, None, None, None)]
-    jobs += [(f"teacher {_steps(s)}, cfg {rec['guidance']:g}", f"teacher-{s}step", cfg.paths.teacher, s, None, None)
-             for s in e.teacher_steps if s != rec["steps"]]
-    jobs += [(f"student {_steps(s)}", f"student-{s}step", str(export_dir), s, 1.0, e.sampler) for s in e.student_steps]
-    return jobs
-
-
-def _reuse(ecfg, model_dir: str) -> dict | None:
-    """A previous evaluation with the same settings, newer than the weights of the model, of the VAE that decodes
-    its samples and of the evaluator (else None)."""
-    from ladd.models.registry import model_settings, resolve
-
-    path = Path(ecfg.out) / "metrics.json"
-    inputs = [weights_file(model_dir), weights_file(model_settings(model_dir)[2]), weights_file(resolve(ecfg.evaluator))]
-    if not path.is_file() or path.stat().st_mtime < max(f.stat().st_mtime for f in inputs):
-        return None
-    old = json.loads(path.read_text())
-    if old.pop("config", None) != asdict(ecfg):
-        return None
-    log.info("reusing %s (same settings, same model)", path)
-    return old
-
-
-def evaluate_models(cfg: DistillConfig, run_dir: Path, export_dir: Path) -> list[dict]:
-    """Evaluate the student and the teacher settings of ``_jobs`` (ladd.evaluation.evaluate, same prompts and
-    seeds for all); each result gets ``label``, ``slug`` and ``speedup`` (seconds per image of the teacher's
-    recommended setting over this row's)."""
-    from ladd.evaluation.evaluate import EvalConfig, evaluate
-
-    prompts = eval_prompts(cfg, run_dir)
-    rows = []
-    for label, slug, model, steps, guidance, sampler in _jobs(cfg, export_dir):
-        e = cfg.eval
-        ecfg = EvalConfig(model=str(model), prompts=str(prompts), per_prompt=e.per_prompt, steps=steps,
-                          guidance=guidance, sampler=sampler, seed=e.seed, out=str(run_dir / "eval" / slug),
-                          save_images=True, batch_size=e.batch_size, height=cfg.data.height, width=cfg.data.width,
-                          evaluator=e.evaluator, cache_dir=e.cache_dir)
-        log.info("evaluating %s", label)
-        rows.append({"label": label, "slug": slug, **(_reuse(ecfg, str(model)) or evaluate(ecfg))})
-    base = rows[0]["seconds_per_image"]
-    for r in rows:
-        r["speedup"] = base / r["seconds_per_image"] if r["seconds_per_image"] > 0 else float("nan")
-    return rows
-
-
-def comparison_table(rows: list[dict]) -> str:
-    """Markdown: alignment (overall and per category), FD, NFE and seconds per image, speedup over the teacher's
-    recommended setting (the first row)."""
-    cats = sorted({c for r in rows for c in r["alignment_by_category"]})
-    head = ["model", "steps", "cfg", "sampler", "NFE/img", "align"] + cats + ["FD", "s/img", "speedup"]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for r in rows:
-        vals = [r["label"], str(r["steps"]), f"{r['guidance']:g}", r.get("sampler", ""), str(r["nfe_per_image"]),
-                f"{r['alignment']:.3f}"] + [f"{r['alignment_by_category'].get(c, float('nan')):.2f}" for c in cats]
-        vals += [f"{r['fd']:.2f}", f"{r['seconds_per_image']:.4f}", f"{r['speedup']:.1f}x"]
-        lines.append("| " + " | ".join(vals) + " |")
-    return "\n".join(lines)
-
-
-def write_comparison(run_dir: Path, rows: list[dict], grid_prompts: int = 8) -> str:
-    """``comparison.json``, ``comparison.md`` and ``comparison.png`` (one row per prompt, one column per model in
-    table order, image 0 of each prompt: same prompt and seed across a row). Returns the Markdown table."""
-    from PIL import Image
-
-    from ladd.evaluation.grid import save_grid
-
-    table = comparison_table(rows)
-    n_prompts = rows[0]["n_prompts"]
-    pick = np.unique(np.linspace(0, n_prompts - 1, min(grid_prompts, n_prompts)).round().astype(int)).tolist()
-    images = [np.asarray(Image.open(run_dir / "eval" / r["slug"] / "images" / f"{i:05d}_00.png").convert("RGB"))
-              for i in pick for r in rows]
-    save_grid(np.stack(images), run_dir / "comparison.png", ncols=len(rows))
-    prompts = [json.loads(line)["prompt"] for line in Path(rows[0]["prompts"]).read_text().splitlines() if line.strip()]
-    legend = ("comparison.png: columns " + ", ".join(f"{k + 1}. {r['label']}" for k, r in enumerate(rows))
-              + "; rows: " + "; ".join(f"{prompts[i]!r}" for i in pick))
-    md = f"{table}\n\n{legend}\n"
-    for name, text in (("comparison.md", md), ("comparison.json", json.dumps(rows, indent=2) + "\n")):
-        tmp = run_dir / (name + ".tmp")
-        tmp.write_text(text)
-        os.replace(tmp, run_dir / name)
-    return table
+    device = next(model.parameters()).device
+    gens = [torch.Generator().manual_seed(sample_seed(seed, i, 0x9E1D)) for i in range(len(cond))]
+    noise = torch.stack([torch.randn(tuple(latent_shape), generator=g) for g in gens]).to(device)
+    times = flow.sampling_times("renoise", steps, shift)
+    x0 = renoise(model, noise, times, cond.to(device), generator=gens)
+    vae_device = next(vae.parameters()).device
+    return save_grid(to_uint8(vae.decode(x0.to(vae_device))), path, ncols=len(cond))

@@ -20,7 +20,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from ladd.evaluation import metrics
-from ladd.evaluation.grid import save_grid
+from ladd.images import save_grid
 from ladd.nano.prompts import read_prompts
 
 log = logging.getLogger(__name__)
@@ -61,7 +61,7 @@ def load_evaluator(name: str = "nano-evaluator"):
 def read_back(evaluator, images: np.ndarray, batch: int = 256) -> tuple[list[list[dict]], np.ndarray]:
     """(objects read back per image, FD features ``[N, D]``) of uint8 images ``[N, H, W, 3]``."""
     from ladd.nano.evaluator import decode_readback
-    from ladd.nano.recipe import to_tensor
+    from ladd.images import to_tensor
 
     objs, feats = [], []
     for i in range(0, len(images), batch):
@@ -114,8 +114,8 @@ def reconstruct_real(cfg: EvalConfig, prompts, index):
     """Real images through a VAE (``--model nano-vae`` or ``vae:PATH``): encode, decode; adds PSNR to the settings."""
     from ladd.models.registry import resolve
     from ladd.models.vae import load_vae
-    from ladd.nano.recipe import to_tensor, to_uint8
-    from ladd.nano.train_vae import psnr
+    from ladd.images import to_tensor, to_uint8
+    from ladd.images import psnr
 
     vae = load_vae(resolve(cfg.model.removeprefix("vae:")))
     real = render_real(prompts, index, cfg.seed, cfg.height, cfg.width)

@@ -1,55 +1,52 @@
 """What the nano-asset recipes (train-vae, train-evaluator, train-teacher) share: a resumable step loop.
 
 A recipe gives a ``step(i) -> dict of floats`` closure; this loop adds the progress bar, ``metrics.jsonl``,
-TensorBoard events, atomic checkpoints every ``ckpt_every`` steps and on Ctrl-C or SIGTERM (after the step in
-progress), resume by re-running the same command, and an optional wall-clock budget.
+TensorBoard events, atomic checkpoints (ladd.training.checkpoint, the format ``ladd distill`` writes) every
+``ckpt_every`` steps and on Ctrl-C or SIGTERM (after the step in progress), resume by re-running the same
+command, and an optional wall-clock budget.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 from pathlib import Path
 from typing import Callable
 
-import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ladd.training.runtime import deferred_interrupt
+from ladd.runtime import deferred_interrupt
+from ladd.training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 
 log = logging.getLogger(__name__)
 
 
-def to_tensor(images: np.ndarray) -> torch.Tensor:
-    """uint8 ``[B, H, W, 3]`` -> float ``[B, 3, H, W]`` in [-1, 1]."""
-    return torch.from_numpy(images).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
+def _split(parts: dict[str, object]):
+    """The recipe's stateful parts as ladd.training.checkpoint takes them: modules, optimizers (each with the module
+    it steps: the first module), and the rest (LR schedules) as JSON state."""
+    modules = {k: v for k, v in parts.items() if isinstance(v, torch.nn.Module)}
+    first = next(iter(modules.values()), None)
+    optimizers = {k: (first, v) for k, v in parts.items() if isinstance(v, torch.optim.Optimizer)}
+    others = {k: v for k, v in parts.items() if k not in modules and k not in optimizers}
+    return modules, optimizers, others
 
 
-def to_uint8(images: torch.Tensor) -> np.ndarray:
-    """float ``[B, 3, H, W]`` in [-1, 1] -> uint8 ``[B, H, W, 3]``."""
-    x = ((images.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-    return x.permute(0, 2, 3, 1).cpu().numpy()
+def _save(ckpt_dir: Path, parts: dict, step: int, elapsed: float) -> None:
+    modules, optimizers, others = _split(parts)
+    save_checkpoint(ckpt_dir, step, modules, optimizers,
+                    {"elapsed": elapsed, "others": {k: v.state_dict() for k, v in others.items()}}, keep=1)
 
 
-def save_checkpoint(path: Path, modules: dict[str, object], step: int, elapsed: float) -> None:
-    state = {name: m.state_dict() for name, m in modules.items()}
-    state.update(step=step, elapsed=elapsed, torch_rng=torch.get_rng_state())
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
-
-
-def load_checkpoint(path: Path, modules: dict[str, object]) -> tuple[int, float]:
-    if not path.exists():
+def _load(ckpt_dir: Path, parts: dict) -> tuple[int, float]:
+    path = latest_checkpoint(ckpt_dir)
+    if path is None:
         return 0, 0.0
-    state = torch.load(path, weights_only=True)
-    for name, m in modules.items():
-        m.load_state_dict(state[name])
-    torch.set_rng_state(state["torch_rng"])
-    log.info("resumed from %s at step %d", path, state["step"])
+    modules, optimizers, others = _split(parts)
+    state = load_checkpoint(path, modules, optimizers)
+    for k, v in others.items():
+        v.load_state_dict(state["others"][k])
     return int(state["step"]), float(state["elapsed"])
 
 
@@ -73,8 +70,8 @@ def run(
     run_dir.mkdir(parents=True, exist_ok=True)
     if config is not None:
         save_config(config, run_dir / "config.yaml")
-    ckpt = run_dir / "checkpoint.pt"
-    start, elapsed = load_checkpoint(ckpt, modules)
+    ckpt = run_dir / "checkpoints"
+    start, elapsed = _load(ckpt, modules)
     writer = SummaryWriter(str(run_dir / "tb"))
     t0 = time.time() - elapsed
     done = start
@@ -91,17 +88,17 @@ def run(
                     for k, v in metrics.items():
                         writer.add_scalar(k, v, i)
                 if done % ckpt_every == 0:
-                    save_checkpoint(ckpt, modules, done, time.time() - t0)
+                    _save(ckpt, modules, done, time.time() - t0)
                 if minutes is not None and time.time() - t0 > 60 * minutes:
                     log.info("time budget of %.1f min reached at step %d", minutes, done)
                     break
                 if interrupted["set"]:  # Ctrl-C or SIGTERM came during the step: it finished, now stop
-                    save_checkpoint(ckpt, modules, done, time.time() - t0)
+                    _save(ckpt, modules, done, time.time() - t0)
                     log.warning("interrupted: checkpoint at step %d written, re-run the same command to resume",
                                 done)
                     raise KeyboardInterrupt
     finally:  # a second signal stops mid-step: the last complete checkpoint stands, nothing half-updated is saved
         bar.close()
         writer.close()
-    save_checkpoint(ckpt, modules, done, time.time() - t0)
+    _save(ckpt, modules, done, time.time() - t0)
     return done, time.time() - t0

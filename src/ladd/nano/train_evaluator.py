@@ -16,6 +16,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ladd import images as images_lib
 from ladd.models.io import save_model
 from ladd.nano import recipe
 from ladd.nano.degrade import random_degradation
@@ -62,7 +63,7 @@ def cell_accuracy(model: Evaluator, images: np.ndarray, scenes: list[dict]) -> f
     model.eval()
     right = total = 0
     for i in range(0, len(images), 250):
-        out = model(recipe.to_tensor(images[i:i + 250]))
+        out = model(images_lib.to_tensor(images[i:i + 250]))
         t = cell_targets(scenes[i:i + 250])
         ok = out["shape"].argmax(-1) == t["shape"]
         occupied = t["shape"] > 0
@@ -83,7 +84,7 @@ def train_evaluator(cfg: EvaluatorTrainConfig) -> Path:
     def step(i: int) -> dict:
         model.train()
         idx = rng.integers(len(images), size=cfg.batch_size)
-        parts = losses(model, recipe.to_tensor(images[idx]), [scenes[j] for j in idx])
+        parts = losses(model, images_lib.to_tensor(images[idx]), [scenes[j] for j in idx])
         loss = sum(parts.values())
         opt.zero_grad(set_to_none=True)
         loss.backward()

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from ladd import images as images_lib
 from ladd import flow
 from ladd.models.io import save_model
 from ladd.models.teacher import NANO_TEACHER_CONFIG, build_nano_teacher, load_teacher
@@ -62,7 +63,7 @@ class TeacherTrainConfig:
 def encode_pool(vae: VAE, images: np.ndarray, batch: int = 500) -> torch.Tensor:
     """Model latents (posterior means, scaled) of uint8 images ``[N, H, W, 3]``."""
     chunks = tqdm(range(0, len(images), batch), desc="encoding images", unit="chunk", mininterval=5)
-    return torch.cat([vae.encode(recipe.to_tensor(images[i:i + batch])) for i in chunks])
+    return torch.cat([vae.encode(images_lib.to_tensor(images[i:i + batch])) for i in chunks])
 
 
 def encoder_hash(vae: VAE) -> str:
@@ -243,7 +244,7 @@ _GRID_CACHE: dict = {}
 @torch.no_grad()
 def sample_grid(model, vae: VAE, path: Path, cfg: TeacherTrainConfig) -> None:
     """A grid of fixed prompts at the recommended settings, to look at while training."""
-    from ladd.evaluation.grid import save_grid
+    from ladd.images import save_grid
     from ladd.sampling import euler
 
     prompts = ["a red circle", "two blue squares", "a green triangle in the top left", "a yellow cross at the bottom",
@@ -256,4 +257,4 @@ def sample_grid(model, vae: VAE, path: Path, cfg: TeacherTrainConfig) -> None:
     g = torch.Generator().manual_seed(0)
     noise = torch.randn(len(prompts), vae.latent_channels, 8, 8, generator=g)
     x0 = euler(model, noise, flow.euler_grid(cfg.recommended_steps), cond, uncond, cfg.recommended_guidance)
-    save_grid(recipe.to_uint8(vae.decode(x0)), path, ncols=len(prompts))
+    save_grid(images_lib.to_uint8(vae.decode(x0)), path, ncols=len(prompts))

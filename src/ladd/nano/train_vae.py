@@ -18,8 +18,10 @@ import numpy as np
 import torch
 from diffusers import AutoencoderKL
 
+from ladd import images as images_lib
 from ladd.models.io import save_model
-from ladd.models.vae import NANO_VAE_CONFIG, VAE, load_vae
+from ladd.images import psnr
+from ladd.models.vae import NANO_VAE_CONFIG, load_vae
 from ladd.nano import recipe
 from ladd.nano.pool import load_pool
 
@@ -50,12 +52,6 @@ def pixel_weights(x: torch.Tensor, object_weight: float) -> torch.Tensor:
     return 1 + (object_weight - 1) * ((saturation - 0.1) / 0.3).clamp(0, 1)
 
 
-def psnr(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Per-image PSNR in dB of images in [-1, 1]."""
-    mse = ((a.clamp(-1, 1) - b) / 2).pow(2).flatten(1).mean(1)
-    return 10 * torch.log10(1.0 / mse.clamp_min(1e-10))
-
-
 def train_vae(cfg: VAETrainConfig) -> Path:
     torch.manual_seed(cfg.seed)
     images, _ = load_pool(cfg.cache_dir, cfg.pool_seed, cfg.pool_size)
@@ -72,7 +68,7 @@ def train_vae(cfg: VAETrainConfig) -> Path:
     rng = np.random.default_rng(cfg.seed)
 
     def step(i: int) -> dict:
-        x = recipe.to_tensor(images[rng.integers(len(images), size=cfg.batch_size)])
+        x = images_lib.to_tensor(images[rng.integers(len(images), size=cfg.batch_size)])
         post = model.encode(x).latent_dist
         rec = model.decode(post.sample()).sample
         w = pixel_weights(x, cfg.object_weight)
@@ -91,7 +87,7 @@ def train_vae(cfg: VAETrainConfig) -> Path:
                                minutes=cfg.minutes, desc="train-vae", config=cfg)
     model.eval()
     with torch.no_grad():
-        held = recipe.to_tensor(images[-512:])
+        held = images_lib.to_tensor(images[-512:])
         z = torch.cat([model.encode(held[i:i + 128]).latent_dist.mean for i in range(0, len(held), 128)])
         shift, scale = z.mean().item(), 1.0 / z.std().item()
         if cfg.decoder_only:  # same encoder, same latent space: keep the factors the teacher was trained with

@@ -1,4 +1,4 @@
-"""Full training-state checkpoints: ``<run>/checkpoints/step-000500/`` (format version 1).
+"""Full training-state checkpoints: ``<run>/checkpoints/step-000500/`` (format version 2).
 
     state.json            format, version, step, elapsed seconds, the resolved config, non-tensor optimizer state
     <module>.safetensors  one per module (student, heads, ema): its state_dict
@@ -27,10 +27,11 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from ladd.models.io import AssetError
+from ladd.models.wrap import is_sharded
 
 log = logging.getLogger(__name__)
 FORMAT = "ladd-train-state"
-VERSION = 1
+VERSION = 2  # 2: optimizers named by the method (e.g. student, heads), LR schedules in state.json
 
 
 class CheckpointError(AssetError):
@@ -50,14 +51,6 @@ def checkpoint_dirs(ckpt_dir: str | Path) -> list[Path]:
 def latest_checkpoint(ckpt_dir: str | Path) -> Path | None:
     dirs = checkpoint_dirs(ckpt_dir)
     return dirs[-1] if dirs else None
-
-
-def is_sharded(module: torch.nn.Module) -> bool:
-    """Whether ``module`` holds FSDP-sharded parameters (its full state must then be gathered collectively)."""
-    from torch.distributed import fsdp
-
-    kinds = tuple(k for k in (getattr(fsdp, "FullyShardedDataParallel", None), getattr(fsdp, "FSDPModule", None)) if k)
-    return any(isinstance(m, kinds) for m in module.modules())
 
 
 def _full_options(module: torch.nn.Module):

@@ -7,7 +7,7 @@ this is the sanity check to run before a long LADD run (tests/test_distill_probe
     fake = (blur_latents(latents), cond)        or (latents, shuffled prompts): text alignment
     result = train_probe(teacher, disc, real, fake, m=-1.0, s=1.0, steps=500)
 
-Both sides are re-noised with ``t_hat ~ LogitNormal(m, s)`` exactly as in the D step (ladd.distill.steps), the
+Both sides are re-noised with ``t_hat ~ LogitNormal(m, s)`` exactly as in the D step (ladd.methods.ladd), the
 heads are trained with the D step's loss, and the accuracy is measured on held-out pairs (the last quarter of
 the latents), each re-noised with fresh noise.
 """
@@ -19,8 +19,8 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from ladd.distill import losses
-from ladd.distill.steps import renoise, shuffled_prompts  # noqa: F401  (re-exported: the probe's second task)
+from ladd.methods.components import gan_losses as losses
+from ladd.methods.components.student import renoise, shuffled_prompts  # noqa: F401  (re-exported: the probe's second task)
 from ladd.models.text_encoder import TextEmbeddings
 
 Side = tuple[torch.Tensor, TextEmbeddings]  # latents [N, C, h, w] and their text embeddings (N prompts)

@@ -18,6 +18,10 @@ import torch
 
 from ladd.config import ConfigError
 
+# LoRA targets of diffusers' SD3 DreamBooth-LoRA script: q, k, v and output projections of the image (to_*) and
+# text (add_*_proj, to_add_out) streams of every JointTransformerBlock's attention.
+LORA_TARGETS = ("attn.to_q", "attn.to_k", "attn.to_v", "attn.to_out.0",
+                "attn.add_q_proj", "attn.add_k_proj", "attn.add_v_proj", "attn.to_add_out")
 LORA_WEIGHTS = "pytorch_lora_weights.safetensors"  # diffusers' default LoRA file name
 _LAYERS = (torch.nn.Linear, torch.nn.Conv2d)      # what we let a target be (peft supports both)
 

@@ -1,15 +1,27 @@
-"""What a long run needs from its process: Ctrl-C (or SIGTERM, what `kill` and cluster schedulers send) turned into a
+"""What a long run needs from its process: its place among the processes of a launch, Ctrl-C (or SIGTERM, what `kill` and cluster schedulers send) turned into a
 clean stop, and its log records in the run folder."""
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import signal
 import threading
 from pathlib import Path
 
 log = logging.getLogger(__name__)
+
+
+def process_state():
+    """accelerate's process state (rank, world size, device). CPU-only multi-process runs (``torchrun`` or
+    ``accelerate launch --cpu``) need ``cpu=True``, which accelerate's ``PartialState`` does not infer itself."""
+    import torch
+    from accelerate import PartialState
+
+    cpu = os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true", "yes") or (
+        int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available())
+    return PartialState(cpu=cpu)
 
 
 @contextlib.contextmanager

@@ -1,0 +1,127 @@
+"""What ``ladd distill`` measures after training: the exported student at each of ``eval.student_steps`` and the
+teacher at ``eval.teacher_steps`` and at its recommended setting, on the same prompts and seeds
+(ladd.evaluation.evaluate), written as ``comparison.{md,json,png}`` in the run folder."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+
+from ladd.data.synth import teacher_recommended, weights_file
+from ladd.distill.config import DistillConfig
+
+log = logging.getLogger(__name__)
+
+
+def eval_prompts(cfg: DistillConfig, run_dir: Path) -> Path:
+    """The prompt file to evaluate on: ``eval.prompts``, or ``eval.max_prompts`` of them evenly spaced over the
+    file (prompt files are grouped by category, so the first N would miss categories)."""
+    from ladd.nano.prompts import read_prompts, write_prompts
+
+    if cfg.eval.max_prompts is None:
+        return Path(cfg.eval.prompts)
+    prompts = read_prompts(cfg.eval.prompts)
+    pick = np.unique(np.linspace(0, len(prompts) - 1, min(cfg.eval.max_prompts, len(prompts))).round().astype(int))
+    path = run_dir / "eval" / "prompts.jsonl"
+    write_prompts([prompts[i] for i in pick], path)
+    return path
+
+
+def _steps(n: int) -> str:
+    return f"{n} step{'s' if n > 1 else ''}"
+
+
+def _jobs(cfg: DistillConfig, export_dir: Path) -> list[tuple]:
+    """(label, folder name, model, steps, guidance, sampler) per evaluated setting; None = the model's default."""
+    rec = teacher_recommended(cfg.paths.teacher)
+    e = cfg.eval
+    label, sampler = ("student", e.sampler) if cfg.method != "few_step" else ("few-step teacher", None)
+    jobs = [(f"teacher {rec['steps']} steps, cfg {rec['guidance']:g} (recommended)", "teacher-recommended",
+             cfg.paths.teacher, None, None, None)]
+    jobs += [(f"teacher {_steps(s)}, cfg {rec['guidance']:g}", f"teacher-{s}step", cfg.paths.teacher, s, None, None)
+             for s in e.teacher_steps if s != rec["steps"]]
+    # the exported model at its own guidance (a student: none; method few_step: the teacher's CFG)
+    jobs += [(f"{label} {_steps(s)}", f"student-{s}step", str(export_dir), s, None, sampler)
+             for s in e.student_steps]
+    return jobs
+
+
+def _reuse(ecfg, model_dir: str) -> dict | None:
+    """A previous evaluation with the same settings, newer than the weights of the model, of the VAE that decodes
+    its samples and of the evaluator (else None)."""
+    from ladd.models.registry import model_settings, resolve
+
+    path = Path(ecfg.out) / "metrics.json"
+    inputs = [weights_file(model_dir), weights_file(model_settings(model_dir)[2]), weights_file(resolve(ecfg.evaluator))]
+    if not path.is_file() or path.stat().st_mtime < max(f.stat().st_mtime for f in inputs):
+        return None
+    old = json.loads(path.read_text())
+    if old.pop("config", None) != asdict(ecfg):
+        return None
+    log.info("reusing %s (same settings, same model)", path)
+    return old
+
+
+def evaluate_models(cfg: DistillConfig, run_dir: Path, export_dir: Path) -> list[dict]:
+    """Evaluate the student and the teacher settings of ``_jobs`` (ladd.evaluation.evaluate, same prompts and
+    seeds for all); each result gets ``label``, ``slug`` and ``speedup`` (seconds per image of the teacher's
+    recommended setting over this row's)."""
+    from ladd.evaluation.evaluate import EvalConfig, evaluate
+
+    prompts = eval_prompts(cfg, run_dir)
+    rows = []
+    for label, slug, model, steps, guidance, sampler in _jobs(cfg, export_dir):
+        e = cfg.eval
+        ecfg = EvalConfig(model=str(model), prompts=str(prompts), per_prompt=e.per_prompt, steps=steps,
+                          guidance=guidance, sampler=sampler, seed=e.seed, out=str(run_dir / "eval" / slug),
+                          save_images=True, batch_size=e.batch_size, height=cfg.data.height, width=cfg.data.width,
+                          evaluator=e.evaluator, cache_dir=e.cache_dir)
+        log.info("evaluating %s", label)
+        rows.append({"label": label, "slug": slug, **(_reuse(ecfg, str(model)) or evaluate(ecfg))})
+    base = rows[0]["seconds_per_image"]
+    for r in rows:
+        r["speedup"] = base / r["seconds_per_image"] if r["seconds_per_image"] > 0 else float("nan")
+    return rows
+
+
+def comparison_table(rows: list[dict]) -> str:
+    """Markdown: alignment (overall and per category), FD, NFE and seconds per image, speedup over the teacher's
+    recommended setting (the first row)."""
+    cats = sorted({c for r in rows for c in r["alignment_by_category"]})
+    head = ["model", "steps", "cfg", "sampler", "NFE/img", "align"] + cats + ["FD", "s/img", "speedup"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        vals = [r["label"], str(r["steps"]), f"{r['guidance']:g}", r.get("sampler", ""), str(r["nfe_per_image"]),
+                f"{r['alignment']:.3f}"] + [f"{r['alignment_by_category'].get(c, float('nan')):.2f}" for c in cats]
+        vals += [f"{r['fd']:.2f}", f"{r['seconds_per_image']:.4f}", f"{r['speedup']:.1f}x"]
+        lines.append("| " + " | ".join(vals) + " |")
+    return "\n".join(lines)
+
+
+def write_comparison(run_dir: Path, rows: list[dict], grid_prompts: int = 8) -> str:
+    """``comparison.json``, ``comparison.md`` and ``comparison.png`` (one row per prompt, one column per model in
+    table order, image 0 of each prompt: same prompt and seed across a row). Returns the Markdown table."""
+    from PIL import Image
+
+    from ladd.images import save_grid
+
+    table = comparison_table(rows)
+    n_prompts = rows[0]["n_prompts"]
+    pick = np.unique(np.linspace(0, n_prompts - 1, min(grid_prompts, n_prompts)).round().astype(int)).tolist()
+    images = [np.asarray(Image.open(run_dir / "eval" / r["slug"] / "images" / f"{i:05d}_00.png").convert("RGB"))
+              for i in pick for r in rows]
+    save_grid(np.stack(images), run_dir / "comparison.png", ncols=len(rows))
+    prompts = [json.loads(line)["prompt"] for line in Path(rows[0]["prompts"]).read_text().splitlines() if line.strip()]
+    legend = ("comparison.png: columns " + ", ".join(f"{k + 1}. {r['label']}" for k, r in enumerate(rows))
+              + "; rows: " + "; ".join(f"{prompts[i]!r}" for i in pick))
+    md = f"{table}\n\n{legend}\n"
+    for name, text in (("comparison.md", md), ("comparison.json", json.dumps(rows, indent=2) + "\n")):
+        tmp = run_dir / (name + ".tmp")
+        tmp.write_text(text)
+        os.replace(tmp, run_dir / name)
+    return table

@@ -1,0 +1,154 @@
+"""The method interface: what the one trainer (ladd.training.trainer) knows of a distillation method.
+
+A method is one file under ``ladd/methods/`` holding a config dataclass (its section of the preset, selected by
+``method: <name>``) and a ``Method`` subclass registered in ``ladd.methods.METHODS``. The trainer asks it for
+
+    modules()        the trainable modules by name ({"student": G, "heads": D} for LADD), built from the teacher
+    optimizers()     optimizer name -> the modules it steps ({"student": ["student"], "heads": ["heads"]});
+                     their settings come from ``optim.<name>`` over ``optimizer_defaults()``
+    attach(...)      the same modules as prepared by accelerate (DDP / FSDP wrappers), and the frozen teacher
+    updates(step)    the updates of one iteration, each a list of phases backpropagated over every micro-batch
+                     and then the optimizers it steps: LADD [Update(("generator", "discriminator"), ("student",
+                     "heads"))]; DMD2 would list k critic updates and then a generator update
+    loss(phase, batch, ctx)  one phase's scalar loss and detached metrics; ``ctx.store`` carries what a phase
+                     hands to the next of the same micro-batch (LADD: the fakes' teacher features)
+
+and ships ``modules()[export]`` (the EMA of it when ``train.ema_decay > 0``). A method without trainable modules
+(``few_step``: the teacher itself at a few steps) returns ``{}`` and the trainer runs no iteration. Shared pieces
+(GAN losses, feature heads, noising, the student forward) live in ``ladd.methods.components``. See
+docs/architecture.md, "Adding a method".
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+import torch
+
+from ladd.config import fail, number
+from ladd.models.lora import LORA_TARGETS
+from ladd.training.contract import Context, PhaseOut, Update
+
+__all__ = ["Context", "Method", "PhaseOut", "StudentConfig", "Update"]
+
+# P(t_s = grid[k]) for the student grid {1, (n-1)/n, ..., 1/n} (ladd.flow.student_grid).
+# 4 steps: docs/method.md (the paper's, unconfirmed). 2 steps: our choice, the same 0.7 on pure noise as the 4-step
+# default and the rest on t = 0.5. 1 step: the only time there is.
+DEFAULT_PROBS = {1: [1.0], 2: [0.7, 0.3], 4: [0.7, 0.1, 0.1, 0.1]}
+
+
+def _check_probs(name: str, probs: list, steps: int) -> list[float]:
+    if len(probs) == 0:
+        fail(name, "is empty", f"give {steps} probabilities, one per student grid time")
+    probs = [number(name, p) for p in probs]
+    if len(probs) != steps:
+        fail(name, f"has {len(probs)} entries but the grid has student.steps={steps} times",
+             f"give exactly {steps} probabilities (or set student.steps={len(probs)})")
+    if any(p < 0 for p in probs) or abs(sum(probs) - 1.0) > 1e-6:
+        fail(name, f"{probs} must be >= 0 and sum to 1 (sum {sum(probs):.6g})", "rescale them")
+    return probs
+
+
+@dataclass
+class StudentConfig:
+    """The few-step student every method trains: its grid, how training picks its input times, LoRA."""
+    steps: int = 4                           # size of the student grid {1, .75, .5, .25} for 4
+    probs: list[float] | None = None         # P(t_s = grid[k]); None = DEFAULT_PROBS[steps]
+    warmup_probs: list[float] | None = None  # docs/method.md's optional warm-up grid, e.g. [0, 0, .5, .5]
+    warmup_steps: int = 0                    # iterations that use warmup_probs (0 = no warm-up)
+    shift: float = 1.0                       # time shift of the grid (ladd.flow.shift_times); SD3.5-Large-Turbo: 3
+    # LoRA on the copy of the teacher (ladd.models.lora; docs/method.md, Components): only the adapters train.
+    lora_rank: int = 0                       # 0 = full fine-tuning of every weight
+    lora_alpha: float | None = None          # LoRA scale alpha / rank; None = rank (scale 1)
+    # module names or name suffixes; default: the joint blocks' attention projections (diffusers' SD3 LoRA script)
+    lora_targets: list[str] = field(default_factory=lambda: list(LORA_TARGETS))
+
+    def __post_init__(self):
+        self._check_lora()
+        if isinstance(self.steps, bool) or self.steps < 1:
+            fail("student.steps", f"got {self.steps}, the student grid would be empty", "use 1, 2 or 4")
+        self.shift = number("student.shift", self.shift)
+        if not self.shift > 0:
+            fail("student.shift", f"got {self.shift}", "use a positive shift: 1 (none) or e.g. 3 (SD3.5-Large-Turbo)")
+        if self.probs is None:
+            if self.steps not in DEFAULT_PROBS:
+                fail("student.probs", f"has no default for student.steps={self.steps}",
+                     f"give {self.steps} probabilities or use steps 1, 2 or 4")
+            self.probs = list(DEFAULT_PROBS[self.steps])
+        self.probs = _check_probs("student.probs", self.probs, self.steps)
+        if self.warmup_probs is not None:
+            self.warmup_probs = _check_probs("student.warmup_probs", self.warmup_probs, self.steps)
+        if self.warmup_steps < 0 or (self.warmup_steps > 0 and self.warmup_probs is None):
+            fail("student.warmup_steps", f"got {self.warmup_steps}",
+                 "use 0, or a positive count together with student.warmup_probs")
+
+    def probs_at(self, step: int) -> list[float]:
+        """The grid probabilities used at training iteration ``step``."""
+        return self.warmup_probs if step < self.warmup_steps else self.probs
+
+    def _check_lora(self) -> None:
+        if isinstance(self.lora_rank, bool) or not isinstance(self.lora_rank, int) or self.lora_rank < 0:
+            fail("student.lora_rank", f"got {self.lora_rank!r}", "use 0 (full fine-tuning) or a rank >= 1, e.g. 16")
+        if self.lora_alpha is not None:
+            self.lora_alpha = number("student.lora_alpha", self.lora_alpha)
+            if not self.lora_alpha > 0:
+                fail("student.lora_alpha", f"got {self.lora_alpha}", "use a positive number or null (= lora_rank)")
+        if isinstance(self.lora_targets, str) or not self.lora_targets:
+            fail("student.lora_targets", f"got {self.lora_targets!r}",
+                 "give a non-empty list of module names, e.g. '[attn.to_q,attn.to_v]'")
+        bad = [t for t in self.lora_targets if not isinstance(t, str) or not t.strip(". ")]
+        if bad:
+            fail("student.lora_targets", f"{bad} are not module names", "give names like attn.to_q")
+
+
+class Method:
+    """Base class; see the module docstring. ``cfg`` is the method's own section, ``student`` the StudentConfig,
+    ``teacher`` the loaded teacher adapter (frozen by the method), ``seed`` train.seed (for seeded inits)."""
+    Config: ClassVar[type]             # the dataclass of the method's preset section
+    export: ClassVar[str] = "student"  # the module to ship
+    progress: ClassVar[tuple[str, ...]] = ()  # metrics shown on the progress bar
+
+    def __init__(self, cfg, student: StudentConfig, teacher: torch.nn.Module, seed: int = 0):
+        self.cfg, self.student_cfg, self.seed = cfg, student, seed
+        self.teacher = teacher
+
+    @classmethod
+    def optimizer_defaults(cls) -> dict:
+        """Optimizer name -> its default ``OptimizerConfig`` (the preset's ``optim.<name>`` overrides fields)."""
+        return {}
+
+    @classmethod
+    def check(cls, cfg, teacher_config: dict) -> None:
+        """Checks of the method's section against the teacher's config.json, before any weight loads."""
+
+    def modules(self, device) -> dict[str, torch.nn.Module]:
+        """Build (once) and return the trainable modules on ``device``."""
+        return {}
+
+    def optimizers(self) -> dict[str, list[str]]:
+        return {}
+
+    def frozen(self) -> dict[str, torch.nn.Module]:
+        """Frozen modules the trainer places for the run (bf16 under bf16 mixed precision, FSDP-wrapped)."""
+        return {"teacher": self.teacher}
+
+    def attach(self, modules: dict[str, torch.nn.Module], frozen: dict[str, torch.nn.Module]) -> None:
+        """The modules as the trainer prepared them; ``loss`` calls these."""
+
+    def updates(self, step: int) -> list[Update]:
+        return []
+
+    def loss(self, phase: str, batch, ctx: Context) -> PhaseOut:
+        raise NotImplementedError(f"{type(self).__name__} has no phase {phase!r}")
+
+    def shipped(self, modules: dict[str, torch.nn.Module], ema) -> torch.nn.Module:
+        """What to export after training: the EMA of ``modules[export]`` when EMA is on (docs/method.md, step
+        8), else the module itself (unwrapped by the trainer)."""
+        return ema.shadow if ema is not None else modules[self.export]
+
+    def recommended(self, teacher_recommended: dict) -> dict:
+        """How the exported model samples by default (its ``ladd_recommended``): a distilled student takes its
+        grid with no guidance and the re-noising sampler (docs/method.md, Inference)."""
+        return {"steps": self.student_cfg.steps, "guidance": 1.0, "sampler": "renoise",
+                "shift": self.student_cfg.shift}

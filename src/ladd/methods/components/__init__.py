@@ -1,0 +1,1 @@
+"""Pieces that methods share: GAN losses, latent feature heads, the student forward and re-noising."""

@@ -1,0 +1,93 @@
+"""The student and its inputs, shared by methods: the copy of the teacher, its forward on noised data latents,
+re-noising at a drawn time (docs/method.md, "One training iteration", steps 2-4).
+
+Randomness goes through an explicit ``torch.Generator`` or ``ladd.draws.Draws`` (the trainer's: the same
+numbers at any process count). Models are called through ``__call__`` so that DDP / FSDP wrappers sync
+gradients and gather shards.
+"""
+
+from __future__ import annotations
+
+import copy
+from contextlib import contextmanager
+
+import torch
+
+from ladd import flow
+from ladd.draws import Draws, as_draws
+from ladd.models.lora import add_lora
+from ladd.models.text_encoder import TextEmbeddings
+from ladd.models.wrap import unwrap
+
+
+def velocity(model, x: torch.Tensor, t: torch.Tensor, cond: TextEmbeddings) -> torch.Tensor:
+    """The model's velocity through ``__call__``: a DDP/FSDP wrapper syncs gradients and gathers shards only
+    there (and FSDP's wrapper forwards attribute lookups such as ``.velocity`` past itself)."""
+    return model(x, t, cond)
+
+
+@contextmanager
+def param_grads_off(module: torch.nn.Module):
+    """Build graphs without parameter grads for ``module`` (grads still flow through it to its inputs).
+    ``requires_grad`` is read when the graph is built, so restoring it before ``backward`` is safe."""
+    flags = [p.requires_grad for p in module.parameters()]
+    module.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p, f in zip(module.parameters(), flags):
+            p.requires_grad_(f)
+
+
+def freeze(model: torch.nn.Module) -> torch.nn.Module:
+    """Frozen teacher: eval mode, no parameter grads (it is still differentiable w.r.t. its inputs)."""
+    return model.eval().requires_grad_(False)
+
+
+def check_frozen(teacher) -> None:
+    if any(p.requires_grad for p in teacher.parameters()):
+        raise ValueError("the teacher has trainable parameters; pass ladd.methods.components.student.freeze(teacher)")
+
+
+def init_student(teacher: torch.nn.Module, cfg=None) -> torch.nn.Module:
+    """The student G: a copy of the teacher's weights (docs/method.md, Components), all trainable, or with
+    ``cfg.lora_rank > 0`` (a StudentConfig) frozen under trainable LoRA adapters (ladd.models.lora)."""
+    student = copy.deepcopy(unwrap(teacher)).train().requires_grad_(True)
+    if cfg is not None and cfg.lora_rank > 0:
+        add_lora(student, cfg.lora_rank, cfg.lora_alpha, cfg.lora_targets)
+    return student
+
+
+def student_forward(student, x0: torch.Tensor, cond: TextEmbeddings, grid: torch.Tensor, probs: torch.Tensor,
+                    generator: torch.Generator | Draws | None = None):
+    """``(x0_hat [B, C, h, w], t_s [B])``: ``t_s ~ probs`` over ``grid`` (e.g. ``[1, .75, .5, .25]``),
+    ``x_t = (1 - t_s) x0 + t_s eps``, ``x0_hat = x_t - t_s G(x_t, t_s)`` (docs/method.md, step 2). At ``t_s = 1``
+    ``x_t`` is pure noise; below, it is the noised *data* latent, as in training with the sampler's inputs."""
+    draws = as_draws(generator)
+    idx = draws.choice(probs, x0.shape[0])
+    t_s = grid.to(idx.device)[idx].to(x0.device, x0.dtype)
+    x_t = flow.add_noise(x0, draws.randn(x0), t_s)
+    return flow.x0_from_v(x_t, velocity(student, x_t, t_s, cond), t_s), t_s
+
+
+def renoise(x: torch.Tensor, m: float, s: float, generator: torch.Generator | Draws | None = None,
+            t: torch.Tensor | None = None):
+    """``(x_noisy, t_hat)``: ``t_hat ~ LogitNormal(m, s)`` ``[B]`` (or the given ``t``),
+    ``x_noisy = (1 - t_hat) x + t_hat eps`` (docs/method.md, steps 3-4). Differentiable w.r.t. ``x``."""
+    draws = as_draws(generator)
+    if t is None:
+        t = draws.logit_normal(x.shape[0], m, s, device=x.device)
+    t = t.to(x.device, x.dtype)
+    return flow.add_noise(x, draws.randn(x), t), t
+
+
+def teacher_x0(teacher, x_noisy: torch.Tensor, t: torch.Tensor, cond: TextEmbeddings) -> torch.Tensor:
+    """The teacher's x0 prediction, no grad (a regression target)."""
+    with torch.no_grad():
+        x_noisy = x_noisy.detach()
+        return flow.x0_from_v(x_noisy, teacher(x_noisy, t, cond), t)
+
+
+def shuffled_prompts(cond: TextEmbeddings, shift: int = 1) -> TextEmbeddings:
+    """Prompts rolled by ``shift``: for 0 < shift < B every sample gets another sample's prompt."""
+    return TextEmbeddings(cond.tokens.roll(shift, 0), cond.pooled.roll(shift, 0))

@@ -1,0 +1,248 @@
+"""LADD (Sauer et al. 2024, arXiv 2403.12015): the student against heads on the frozen teacher's features.
+
+docs/method.md, "One training iteration". One iteration is one update of two phases, both backpropagated over
+every micro-batch before the student's and the heads' optimizers step:
+
+    generator       the student's loss through the frozen teacher's features (``generator_step``)
+    discriminator   heads on re-noised real latents vs the generator phase's fakes (``discriminator_step``)
+
+Both steps are plain functions a test can call without the trainer; neither calls ``backward``.
+
+Speed: the G step's teacher forward on the re-noised fake (with grad, into the student) also serves the D step:
+its features, detached, are the D step's fakes (``FakeBatch``, handed over in ``Context.store``), so the D step
+needs only one no-grad teacher forward, for the real branch. Deviation from a textbook alternation: D judges
+fakes from the student *before* this iteration's G update (one update stale); this saves a student and a teacher
+forward per iteration. What remains is student forward+backward (= one teacher training step), teacher forward
++ input-backward on the fake, a no-grad teacher forward on the real, and the heads: ~2.2x a teacher training
+step on the nano teacher (CPU, batch 16), of which the heads are ~0.2x.
+
+The teacher is always called through ``__call__`` (``teacher(x, t, cond, blocks)`` for features), so an
+FSDP-wrapped teacher gathers its shards.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+from ladd import flow
+from ladd.config import fail, number
+from ladd.draws import Draws, as_draws
+from ladd.methods.base import Context, Method, PhaseOut, StudentConfig, Update
+from ladd.methods.components import gan_losses as losses
+from ladd.methods.components.heads import DiscriminatorConfig, build_discriminator
+from ladd.methods.components.student import (check_frozen, freeze, init_student, param_grads_off, renoise,
+                                             shuffled_prompts, student_forward, teacher_x0)
+from ladd.models.text_encoder import TextEmbeddings
+from ladd.models.wrap import is_sharded, unwrap
+from ladd.training.config import OptimizerConfig
+
+
+@dataclass
+class LossConfig:
+    kind: str = "hinge"              # "hinge" (docs/method.md) or "non_saturating" (softplus)
+    r1_weight: float = 0.0           # R1 on the real head inputs; docs/method.md suggests about 1e-5 when on
+    misaligned_weight: float = 0.0   # share w of D's fake side given to real latents with shuffled prompts (0 = off)
+    distill_weight: float = 0.0      # ADD-style MSE to the teacher's x0 at the re-noised fake (0 = off)
+
+    def __post_init__(self):
+        if self.kind not in ("hinge", "non_saturating"):
+            fail("ladd.loss.kind", f"got {self.kind!r}", "use 'hinge' or 'non_saturating'")
+        for name in ("r1_weight", "misaligned_weight", "distill_weight"):
+            value = number(f"ladd.loss.{name}", getattr(self, name))
+            if value < 0:
+                fail(f"ladd.loss.{name}", f"got {value}", "use 0 (off) or a positive weight")
+            setattr(self, name, value)
+        if self.misaligned_weight >= 1:
+            fail("ladd.loss.misaligned_weight", f"got {self.misaligned_weight}, the student's fakes would get no weight",
+                  "use a share in [0, 1), e.g. 0.25")
+
+
+@dataclass
+class LADDConfig:
+    """The ``ladd:`` section of a preset."""
+    disc: DiscriminatorConfig = field(default_factory=DiscriminatorConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+
+
+def _heads_for_generator(disc: torch.nn.Module) -> torch.nn.Module:
+    """The heads as the generator step uses them: without their DDP wrapper (they take no part in that step's
+    gradient sync); FSDP-sharded heads, whose flags cannot be switched inside a wrapped forward, as a gathered
+    frozen copy (the heads are small: ~1M parameters)."""
+    if not is_sharded(disc):
+        return unwrap(disc)
+    from torch.distributed.fsdp import FullyShardedDataParallel
+
+    with FullyShardedDataParallel.summon_full_params(disc, writeback=False):
+        return copy.deepcopy(unwrap(disc)).requires_grad_(False)
+
+
+@dataclass
+class FakeBatch:
+    """What the D step needs of the G step's fakes, all detached."""
+    features: list[torch.Tensor]  # teacher features of the re-noised fake, one [B, C, h, w] per tapped block
+    t_hat: torch.Tensor           # [B] the fakes' discriminator noise levels
+    x0_hat: torch.Tensor          # [B, C, h, w] the student's predictions (previews, diagnostics)
+
+
+@dataclass
+class GeneratorOut:
+    loss: torch.Tensor            # scalar, to backpropagate into the student
+    metrics: dict[str, torch.Tensor]
+    fake: FakeBatch
+
+
+def generator_step(student, teacher, disc, x0: torch.Tensor, cond: TextEmbeddings, cfg: LADDConfig,
+                   student_cfg: StudentConfig, generator: torch.Generator | Draws | None = None,
+                   step: int = 0) -> GeneratorOut:
+    """The student's loss on data latents ``x0`` ``[B, C, h, w]`` with their prompts ``cond``.
+
+    The teacher is frozen but not under ``no_grad``: the adversarial gradient flows through its features into
+    ``x0_hat`` and the student. The heads' parameters get no gradient here (pass ``disc`` unwrapped from DDP,
+    since it takes no part in this step's gradient sync). ``step`` selects the warm-up grid probabilities."""
+    check_frozen(teacher)
+    disc = _heads_for_generator(disc)
+    grid = flow.student_grid(student_cfg.steps, student_cfg.shift)
+    probs = torch.tensor(student_cfg.probs_at(step))
+    x0_hat, t_s = student_forward(student, x0, cond, grid, probs, generator)
+    fake, t_hat = renoise(x0_hat, cfg.disc.noise_m, cfg.disc.noise_s, generator)
+    feats = teacher(fake, t_hat, cond, disc.blocks)
+    with param_grads_off(disc):
+        logits = disc(feats, t_hat, cond.pooled)
+    adv = losses.g_loss(cfg.loss.kind, logits)
+    loss, metrics = adv, {"g_adv": adv.detach()}
+    if cfg.loss.distill_weight > 0:
+        # ADD-style term, unweighted MSE at the same t_hat (ADD weights it by a c(t); an ablation knob at most).
+        # Costs one more no-grad teacher forward; off by default (docs/method.md: unnecessary with synthetic data).
+        distill = F.mse_loss(x0_hat.float(), teacher_x0(teacher, fake, t_hat, cond).float())
+        loss = loss + cfg.loss.distill_weight * distill
+        metrics["g_distill"] = distill.detach()
+    metrics.update(g_loss=loss.detach(), t_s=t_s.float().mean(), t_hat_fake=t_hat.float().mean(),
+                   g_fake_score=losses.sample_scores(logits).mean())
+    out = FakeBatch([f.detach() for f in feats], t_hat.detach(), x0_hat.detach())
+    return GeneratorOut(loss, metrics, out)
+
+
+def _shuffled(cond: TextEmbeddings, generator: torch.Generator | Draws | None) -> TextEmbeddings:
+    """Prompts rolled by a random shift in [1, B - 1] (within this process's micro-batch)."""
+    b = len(cond)
+    return shuffled_prompts(cond, as_draws(generator).integer(1, b) if b > 1 else 0)
+
+
+def _real_features(teacher, real, t_real, cond, blocks, mis_cond):
+    """No-grad teacher features of the real batch, and of the same noisy reals with misaligned prompts when
+    ``mis_cond`` is given (one batched forward). Returns (real feats, misaligned feats or None)."""
+    with torch.no_grad():
+        if mis_cond is None:
+            return teacher(real, t_real, cond, blocks), None
+        both = teacher(torch.cat([real, real]), torch.cat([t_real, t_real]),
+                       TextEmbeddings.cat([cond, mis_cond]), blocks)
+    b = real.shape[0]
+    return [f[:b] for f in both], [f[b:] for f in both]
+
+
+def _judge(disc, groups):
+    """The heads on several ``(features, t_hat, pooled)`` groups in one batched call (one forward for DDP's
+    gradient sync, better device use; GroupNorm is per sample, so batching changes no logit).
+    Returns one list of logit maps per group."""
+    feats = [torch.cat(fs) for fs in zip(*(g[0] for g in groups))]
+    logits = disc(feats, torch.cat([g[1] for g in groups]), torch.cat([g[2] for g in groups]))
+    split = [lg.split([g[1].shape[0] for g in groups]) for lg in logits]  # per head: one chunk per group
+    return [[chunks[i] for chunks in split] for i in range(len(groups))]
+
+
+def discriminator_step(teacher, disc, x0: torch.Tensor, cond: TextEmbeddings, fake: FakeBatch, cfg: LADDConfig,
+                       generator: torch.Generator | Draws | None = None):
+    """``(loss, metrics)`` of the heads on real latents ``x0`` vs the G step's cached ``fake`` (same prompts).
+
+    Only the real branch runs the teacher (under ``no_grad``); the student gets no gradient from this loss.
+    ``metrics`` include the heads' accuracy on reals (score > 0) and on fakes (score < 0)."""
+    check_frozen(teacher)
+    blocks = unwrap(disc).blocks
+    t_real = fake.t_hat if cfg.disc.shared_t else None
+    real, t_real = renoise(x0, cfg.disc.noise_m, cfg.disc.noise_s, generator, t=t_real)
+    mis_cond = _shuffled(cond, generator) if cfg.loss.misaligned_weight > 0 else None
+    real_feats, mis_feats = _real_features(teacher, real, t_real, cond, blocks, mis_cond)
+    if cfg.loss.r1_weight > 0:
+        real_feats = [f.detach().requires_grad_(True) for f in real_feats]
+    groups = [(real_feats, t_real, cond.pooled), (fake.features, fake.t_hat, cond.pooled)]
+    if mis_feats is not None:
+        groups.append((mis_feats, t_real, mis_cond.pooled))
+    real_logits, fake_logits, *mis_logits = _judge(disc, groups)
+    d_real = losses.d_loss(cfg.loss.kind, real_logits, [])
+    d_fake = losses.d_loss(cfg.loss.kind, [], fake_logits)
+    w = cfg.loss.misaligned_weight  # 0 exactly when there are no misaligned features
+    # Misaligned reals take a share w of the fake side instead of adding to it: with more weight on fakes than
+    # on reals, a discriminator that cannot yet separate them is pushed to call everything fake (seen: all
+    # scores at -1 within 40 iterations at an added weight of 1).
+    loss = d_real + (1 - w) * d_fake
+    real_scores, fake_scores = losses.sample_scores(real_logits), losses.sample_scores(fake_logits)
+    metrics = {"d_real": d_real.detach(), "d_fake": d_fake.detach(),
+               "d_acc": losses.disc_accuracy(real_logits, fake_logits),
+               "real_score": real_scores.mean(), "fake_score": fake_scores.mean(),
+               "acc_real": (real_scores > 0).float().mean(), "acc_fake": (fake_scores < 0).float().mean()}
+    if mis_feats is not None:
+        d_mis = losses.d_loss(cfg.loss.kind, [], mis_logits[0])
+        loss = loss + w * d_mis
+        metrics["d_misaligned"] = d_mis.detach()
+    if cfg.loss.r1_weight > 0:
+        r1 = losses.r1_penalty(real_logits, real_feats)
+        loss = loss + cfg.loss.r1_weight * r1
+        metrics["r1"] = r1.detach()
+    metrics["d_loss"] = loss.detach()
+    return loss, metrics
+
+
+class LADD(Method):
+    """The student (a copy of the teacher, or LoRA on it) and the heads, two optimizers, one update of two phases
+    per iteration."""
+    Config = LADDConfig
+    progress = ("g_loss", "d_loss", "acc_real", "acc_fake")
+
+    def __init__(self, cfg: LADDConfig, student: StudentConfig, teacher: torch.nn.Module, seed: int = 0):
+        super().__init__(cfg, student, freeze(teacher), seed)
+        self._modules: dict | None = None
+
+    @classmethod
+    def optimizer_defaults(cls) -> dict:
+        # the heads at 10x the student (two time-scale rule); docs/method.md, step 8: separate optimizers
+        return {"student": OptimizerConfig(lr=1.0e-5), "heads": OptimizerConfig(lr=1.0e-4)}
+
+    @classmethod
+    def check(cls, cfg: LADDConfig, teacher_config: dict) -> None:
+        cfg.disc.resolve_blocks(teacher_config["num_layers"])
+
+    def modules(self, device) -> dict:
+        if self._modules is None:
+            self.teacher = self.teacher.to(device)
+            student = init_student(self.teacher, self.student_cfg)
+            with torch.random.fork_rng(devices=[]):  # seeded heads' init, the caller's global RNG untouched
+                torch.manual_seed(self.seed)
+                heads = build_discriminator(self.teacher, self.cfg.disc).to(device)
+            self._modules = {"student": student, "heads": heads}
+        return self._modules
+
+    def optimizers(self) -> dict:
+        return {"student": ["student"], "heads": ["heads"]}
+
+    def attach(self, modules: dict, frozen: dict) -> None:
+        self.student, self.heads, self.teacher = modules["student"], modules["heads"], frozen["teacher"]
+
+    def updates(self, step: int) -> list[Update]:
+        return [Update(("generator", "discriminator"), ("student", "heads"))]
+
+    def loss(self, phase: str, batch, ctx: Context) -> PhaseOut:
+        x0, cond = batch
+        if phase == "generator":
+            g = generator_step(self.student, self.teacher, self.heads, x0, cond, self.cfg, self.student_cfg,
+                               ctx.draws, ctx.step)
+            ctx.store["fake"] = g.fake
+            return PhaseOut(g.loss, g.metrics)
+        if phase == "discriminator":
+            loss, metrics = discriminator_step(self.teacher, self.heads, x0, cond, ctx.store["fake"], self.cfg,
+                                               ctx.draws)
+            return PhaseOut(loss, metrics)
+        return super().loss(phase, batch, ctx)

@@ -1,0 +1,23 @@
+"""What a model looks like inside the wrappers of distributed training and compilation."""
+
+from __future__ import annotations
+
+import torch
+
+
+def unwrap(model):
+    """The module inside DDP / FSDP / torch.compile wrappers."""
+    while True:
+        inner = getattr(model, "module", None)
+        inner = getattr(model, "_orig_mod", None) if inner is None else inner
+        if not isinstance(inner, torch.nn.Module):
+            return model
+        model = inner
+
+
+def is_sharded(module: torch.nn.Module) -> bool:
+    """Whether ``module`` holds FSDP-sharded parameters (its full state must then be gathered collectively)."""
+    from torch.distributed import fsdp
+
+    kinds = tuple(k for k in (getattr(fsdp, "FullyShardedDataParallel", None), getattr(fsdp, "FSDPModule", None)) if k)
+    return any(isinstance(m, kinds) for m in module.modules())
