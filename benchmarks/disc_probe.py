@@ -83,11 +83,12 @@ def main() -> None:
     head = f"| task | m | accuracy after {args.steps} steps | best | s |\n|---|---|---|---|---|\n"
     table = head + "".join(f"| {r['task']} | {r['m']:+.1f} | {r['accuracy']:.3f} | "
                            f"{max(a for _, a in r['history']):.3f} | {r['seconds']:.0f} |\n" for r in rows)
-    print(f"\n{source}; heads: {cfg.ladd.disc.blocks} blocks, width {cfg.ladd.disc.head_width}, depth {cfg.ladd.disc.head_depth}, "
+    disc = cfg.ladd.disc
+    print(f"\n{source}; heads: {disc.blocks} blocks, width {disc.head_width}, depth {disc.head_depth}, "
           f"batch {args.batch_size}\n\n{table}")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "results.json").write_text(json.dumps({"source": source, "disc": vars(cfg.ladd.disc), "rows": rows}, indent=2)
+    (out / "results.json").write_text(json.dumps({"source": source, "disc": vars(disc), "rows": rows}, indent=2)
                                       + "\n")
     (out / "results.md").write_text(table)
     print(f"wrote {out}/results.json and {out}/results.md")

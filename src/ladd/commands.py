@@ -67,10 +67,9 @@ def add_sample(sub) -> None:
 def run_sample(args) -> None:
     from ladd.images import save_grid
     from ladd.generate import generate, image_seed
-    from ladd.models.registry import load_generator
-    from ladd.nano.shapeworld import check_size
+    from ladd.models.registry import load_generator, world
 
-    check_size(args.height, args.width)
+    world().check_size(args.height, args.width)
     if args.n < 1:
         raise ValueError(f"--n must be >= 1, got {args.n}")
     gen = load_generator(args.model)

@@ -1,4 +1,4 @@
-"""Rectified-flow conventions, written once (as in SD3; see shared/LADD.md).
+"""Rectified-flow conventions, written once (as in SD3; see docs/method.md).
 
 ``x_t = (1 - t) x0 + t eps`` with t in [0, 1] and t = 1 pure noise; the network predicts the velocity
 ``v = eps - x0``; so ``x0 = x_t - t v``. Times are float tensors broadcast over the batch dimension.

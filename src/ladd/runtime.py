@@ -1,5 +1,5 @@
-"""What a long run needs from its process: its place among the processes of a launch, Ctrl-C (or SIGTERM, what `kill` and cluster schedulers send) turned into a
-clean stop, and its log records in the run folder."""
+"""What a long run needs from its process: its place among the processes of a launch, Ctrl-C (or SIGTERM, what
+`kill` and cluster schedulers send) turned into a clean stop, and its log records in the run folder."""
 
 from __future__ import annotations
 

@@ -47,7 +47,7 @@ def euler(model, noise, times, cond, uncond=None, guidance=1.0, generator=None):
 @torch.no_grad()
 def renoise(model, noise, times, cond, uncond=None, guidance=1.0, generator=None):
     """LADD's few-step sampler: predict ``x0`` at each time, re-noise it with fresh noise to the next time, and
-    return the last ``x0`` prediction (shared/LADD.md, Inference)."""
+    return the last ``x0`` prediction (docs/method.md, Inference)."""
     x = noise
     times = times.to(noise.device, noise.dtype)
     x0 = x

@@ -1,10 +1,10 @@
 """`ladd synth`: write the training latents as shards (ladd.data.shards).
 
-Synthetic (the default, shared/LADD.md "Synthetic data"): for ShapeWorld sample ``i`` of ``data.seed`` a random
-caption (``ladd.nano.prompts.caption``) gives the prompt and its object spec, or with ``data.prompts`` (a prompt
-file) prompt ``i mod N`` of the file with an empty spec; the teacher samples a latent for it with classifier-free
-guidance and many steps (its recommended setting, time shift included, unless ``data.guidance/steps/sampler`` say
-otherwise) from noise seeded per sample, so sample ``i`` is the same at any batch size or process count.
+Synthetic (the default, docs/method.md "Synthetic data"): for ShapeWorld sample ``i`` of ``data.seed`` a random
+caption (the nano world's, ``ladd.models.registry.world``) gives the prompt and its object spec, or with
+``data.prompts`` (a prompt file) prompt ``i mod N`` of the file with an empty spec; the teacher samples a latent
+for it with classifier-free guidance and many steps (its recommended setting, time shift included, unless
+``data.guidance/steps/sampler`` say otherwise) from noise seeded per sample, so sample ``i`` is the same at any batch size or process count.
 Real (``data.source=real``, the ablation): the ShapeWorld image itself, encoded by the VAE (posterior mean).
 
 Resumable: shards already complete are skipped, anything else (a leftover temporary file, a truncated file) is
@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 from ladd import flow
 from ladd.data import shards
 from ladd.models.io import AssetError, read_config
-from ladd.models.registry import model_settings
+from ladd.models.registry import model_settings, world
 from ladd.models.text_encoder import TextEmbeddings
 
 log = logging.getLogger(__name__)
@@ -91,10 +91,7 @@ def generation_settings(cfg) -> dict:
            "latent_shape": [teacher_cfg["in_channels"], d.height // down, d.width // down],
            "text_encoder": teacher_text_encoder(cfg.paths.teacher)}
     if d.prompts is None:  # ShapeWorld scenes and their captions, which change with these versions
-        from ladd.nano.prompts import CAPTION_VERSION
-        from ladd.nano.shapeworld import WORLD_VERSION
-
-        gen["captions"] = f"world {WORLD_VERSION}, captions {CAPTION_VERSION}"
+        gen["captions"] = world().data_version()
     if d.source == "real":
         return {**gen, "vae": str(Path(cfg.paths.vae).resolve()), "vae_hash": file_hash(weights_file(cfg.paths.vae))}
     rec = teacher_recommended(cfg.paths.teacher)
@@ -115,14 +112,10 @@ def sample_record(seed: int, index: int, prompts: list[str] | None = None) -> di
     """``{"index", "prompt", "spec", "seed"}`` of sample ``index``: with ``prompts``, prompt ``index mod N`` and
     an empty spec; else the scene of ``shapeworld.sample(seed, index)`` (without rendering it) and a random caption
     of it. The noise seed depends on ``(seed, index)`` only."""
-    from ladd.nano.prompts import caption
-    from ladd.nano.shapeworld import sample_scene, scene_rng
-
     if prompts:
         return {"index": int(index), "prompt": prompts[index % len(prompts)], "spec": [],
                 "seed": shards.sample_seed(seed, index, 0x5EED)}
-    scene = sample_scene(scene_rng(seed, index))
-    text, spec = caption(scene, np.random.default_rng([int(seed), int(index), 0xCA9]))
+    text, spec = world().caption_of(seed, index)
     return {"index": int(index), "prompt": text, "spec": spec, "seed": shards.sample_seed(seed, index, 0x5EED)}
 
 
@@ -148,11 +141,10 @@ def teacher_latents(teacher, records: list[dict], cond: TextEmbeddings, uncond: 
 def real_latents(vae, records: list[dict], gen: dict, batch_size: int, device) -> torch.Tensor:
     """VAE latents (posterior means) ``[n, C, h, w]`` of the ShapeWorld images of ``records``."""
     from ladd.images import to_tensor
-    from ladd.nano.shapeworld import sample
 
     out = []
     for s in range(0, len(records), batch_size):
-        images = np.stack([sample(gen["seed"], r["index"], gen["height"], gen["width"])[0]
+        images = np.stack([world().real_image(gen["seed"], r["index"], gen["height"], gen["width"])
                            for r in records[s:s + batch_size]])
         out.append(vae.encode(to_tensor(images).to(device)).float().cpu())
     return torch.cat(out)

@@ -21,8 +21,9 @@ log = logging.getLogger(__name__)
 def eval_prompts(cfg: DistillConfig, run_dir: Path) -> Path:
     """The prompt file to evaluate on: ``eval.prompts``, or ``eval.max_prompts`` of them evenly spaced over the
     file (prompt files are grouped by category, so the first N would miss categories)."""
-    from ladd.nano.prompts import read_prompts, write_prompts
+    from ladd.models.registry import world
 
+    read_prompts, write_prompts = world().read_prompts, world().write_prompts
     if cfg.eval.max_prompts is None:
         return Path(cfg.eval.prompts)
     prompts = read_prompts(cfg.eval.prompts)
@@ -57,7 +58,8 @@ def _reuse(ecfg, model_dir: str) -> dict | None:
     from ladd.models.registry import model_settings, resolve
 
     path = Path(ecfg.out) / "metrics.json"
-    inputs = [weights_file(model_dir), weights_file(model_settings(model_dir)[2]), weights_file(resolve(ecfg.evaluator))]
+    inputs = [weights_file(model_dir), weights_file(model_settings(model_dir)[2]),
+              weights_file(resolve(ecfg.evaluator))]
     if not path.is_file() or path.stat().st_mtime < max(f.stat().st_mtime for f in inputs):
         return None
     old = json.loads(path.read_text())

@@ -89,7 +89,7 @@ class EvalSettings:
     max_prompts: int | None = None   # evenly spaced subset of the prompt file (keeps every category); None = all
     per_prompt: int = 4
     student_steps: list[int] = field(default_factory=lambda: [1, 2, 4])
-    sampler: str = "renoise"         # the student's sampler (LADD.md, Inference)
+    sampler: str = "renoise"         # the student's sampler (docs/method.md, Inference)
     teacher_steps: list[int] = field(default_factory=lambda: [4])
     seed: int = 0
     batch_size: int = 64

@@ -89,9 +89,9 @@ def check_config(cfg: DistillConfig, num_processes: int = 1) -> dict:
     shards.check_manifest(cfg.paths.data, gen)
     if cfg.eval.enabled:
         from ladd.models.registry import resolve
-        from ladd.nano.prompts import read_prompts
+        from ladd.models.registry import world
 
-        read_prompts(cfg.eval.prompts)
+        world().read_prompts(cfg.eval.prompts)
         resolve(cfg.eval.evaluator)
     return gen
 
@@ -126,8 +126,10 @@ def _run(cfg: DistillConfig, gen: dict, run_dir: Path, state, text_encoder, comm
     from ladd.models.vae import load_vae
     from ladd.training.trainer import train
 
-    missing = shards.missing_shards(cfg.paths.data, cfg.data.num_samples, cfg.data.shard_size)
-    if text_encoder is None and (missing or cfg.train.sample_every):
+    trains = method_class(cfg.method).trains  # a method that trains nothing needs no data and no previews
+    missing = trains and shards.missing_shards(cfg.paths.data, cfg.data.num_samples, cfg.data.shard_size)
+    previews = trains and cfg.train.sample_every
+    if text_encoder is None and (missing or previews):
         from ladd.models import text_encoder as te
 
         text_encoder = te.load_text_encoder(**gen["text_encoder"], device=state.device,
@@ -135,16 +137,17 @@ def _run(cfg: DistillConfig, gen: dict, run_dir: Path, state, text_encoder, comm
     if missing:
         synthesize(cfg, text_encoder, state.process_index, state.num_processes)
     state.wait_for_everyone()
-    data = shards.ShardDataset.load(cfg.paths.data)
+    data = shards.ShardDataset.load(cfg.paths.data) if trains else None
     vae = load_vae(cfg.paths.vae)
-    preview = text_encoder.encode(PREVIEW_PROMPTS) if cfg.train.sample_every else None
+    preview = text_encoder.encode(PREVIEW_PROMPTS) if previews else None
     if hasattr(text_encoder, "release"):  # SD3's text encoders (T5-XXL: ~10 GB) leave the GPU before training
         text_encoder.release()
     method = build_method(cfg, load_teacher(cfg.paths.teacher))
     previewer = None
     if preview is not None:
         def previewer(model, path):
-            return save_preview(model, vae, preview, cfg.student.steps, data.latent_shape, path, shift=cfg.student.shift)
+            return save_preview(model, vae, preview, cfg.student.steps, data.latent_shape, path,
+                                shift=cfg.student.shift)
     result = train(cfg, method, data, run_dir, previewer)
     summary = {"run_dir": str(run_dir), "steps": result.step, "seconds": result.seconds, "rows": []}
     if state.is_main_process:

@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 
 from ladd.evaluation import metrics
 from ladd.images import save_grid
-from ladd.nano.prompts import read_prompts
+from ladd.models.registry import world
 
 log = logging.getLogger(__name__)
 REAL_SEED_OFFSET = 10_000_019  # reference images use seeds disjoint from any evaluated run's
@@ -51,31 +51,29 @@ class EvalConfig:
 def load_evaluator(name: str = "nano-evaluator"):
     from ladd.models.io import load_state, read_config
     from ladd.models.registry import resolve
-    from ladd.nano.evaluator import Evaluator
 
     path = resolve(name)
-    return load_state(Evaluator(**read_config(path)), path).eval(), path
+    return load_state(world().Evaluator(**read_config(path)), path).eval(), path
 
 
 @torch.no_grad()
 def read_back(evaluator, images: np.ndarray, batch: int = 256) -> tuple[list[list[dict]], np.ndarray]:
     """(objects read back per image, FD features ``[N, D]``) of uint8 images ``[N, H, W, 3]``."""
-    from ladd.nano.evaluator import decode_readback
     from ladd.images import to_tensor
 
     objs, feats = [], []
     for i in range(0, len(images), batch):
         out = evaluator(to_tensor(images[i:i + batch]))
-        objs += decode_readback(out)
+        objs += world().decode_readback(out)
         feats.append(out["features"].double().numpy())
     return objs, np.concatenate(feats)
 
 
 def render_real(prompts: list[dict], index: list[tuple[int, int]], seed: int, height: int, width: int):
-    from ladd.nano.shapeworld import render_spec
     from ladd.generate import image_seed
 
-    return np.stack([render_spec(prompts[i]["objects"], image_seed(seed, i, k), height, width)[0] for i, k in index])
+    render = world().render_spec
+    return np.stack([render(prompts[i]["objects"], image_seed(seed, i, k), height, width)[0] for i, k in index])
 
 
 def reference_stats(cfg: EvalConfig, prompts, index, evaluator, evaluator_path: Path):
@@ -158,14 +156,12 @@ def produce(cfg: EvalConfig, prompts, index):
 
 
 def evaluate(cfg: EvalConfig) -> dict:
-    prompts = read_prompts(cfg.prompts)[: cfg.limit]
+    prompts = world().read_prompts(cfg.prompts)[: cfg.limit]
     if cfg.per_prompt < 1:
         raise ValueError(f"--per-prompt must be >= 1, got {cfg.per_prompt}")
     if cfg.shift is not None and cfg.shift <= 0:
         raise ValueError(f"--shift must be > 0 (1 = no shift, > 1 = more steps at high noise), got {cfg.shift}")
-    from ladd.nano.shapeworld import check_size
-
-    check_size(cfg.height, cfg.width)
+    world().check_size(cfg.height, cfg.width)
     evaluator, evaluator_path = load_evaluator(cfg.evaluator)
     index = [(i, k) for i in range(len(prompts)) for k in range(cfg.per_prompt)]
     images, seconds, settings = produce(cfg, prompts, index)

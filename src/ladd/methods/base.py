@@ -107,6 +107,7 @@ class Method:
     ``teacher`` the loaded teacher adapter (frozen by the method), ``seed`` train.seed (for seeded inits)."""
     Config: ClassVar[type]             # the dataclass of the method's preset section
     export: ClassVar[str] = "student"  # the module to ship
+    trains: ClassVar[bool] = True      # False: no modules, no data, no iteration (e.g. few_step)
     progress: ClassVar[tuple[str, ...]] = ()  # metrics shown on the progress bar
 
     def __init__(self, cfg, student: StudentConfig, teacher: torch.nn.Module, seed: int = 0):

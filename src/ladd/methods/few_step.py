@@ -32,6 +32,7 @@ class FewStepConfig:
 
 class FewStep(Method):
     Config = FewStepConfig
+    trains = False
 
     def shipped(self, modules: dict, ema):
         return self.teacher

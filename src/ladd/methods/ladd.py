@@ -57,8 +57,8 @@ class LossConfig:
                 fail(f"ladd.loss.{name}", f"got {value}", "use 0 (off) or a positive weight")
             setattr(self, name, value)
         if self.misaligned_weight >= 1:
-            fail("ladd.loss.misaligned_weight", f"got {self.misaligned_weight}, the student's fakes would get no weight",
-                  "use a share in [0, 1), e.g. 0.25")
+            fail("ladd.loss.misaligned_weight", f"got {self.misaligned_weight}, the student's fakes would get "
+                 "no weight", "use a share in [0, 1), e.g. 0.25")
 
 
 @dataclass

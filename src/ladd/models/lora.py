@@ -1,4 +1,4 @@
-"""The LoRA student: low-rank adapters on the copy of the teacher, through peft (LADD.md, Components: "a copy of
+"""The LoRA student: low-rank adapters on the copy of the teacher, through peft (docs/method.md, Components: "a copy of
 the teacher's weights ... or LoRA on the copy").
 
 ``add_lora`` injects peft LoRA layers with diffusers' own ``transformer.add_adapter`` (the path diffusers' SD3

@@ -9,6 +9,7 @@ pipeline's default setting with its scheduler's shift.
 
 from __future__ import annotations
 
+import importlib
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +20,18 @@ DEFAULT_RECOMMENDED = {"steps": 50, "guidance": 4.0, "sampler": "euler", "shift"
 DEFAULT_TEXT_ENCODER = {"name": "minilm", "max_length": 40}
 NAMED = {"nano-teacher": "nano/teacher", "nano-student": "nano/student", "nano-student-1step": "nano/student-1step",
          "nano-vae": "nano/vae", "nano-evaluator": "nano/evaluator"}
+
+
+# Worlds: a procedural data world with its captions, renderer, prompt files and evaluator. The core reaches the
+# nano world only through this entry (docs/architecture.md, "Layers").
+WORLDS = {"nano": "ladd.nano.world"}
+
+
+def world(name: str = "nano"):
+    """The named world's interface module (for "nano": ladd.nano.world), imported on first use."""
+    if name not in WORLDS:
+        raise AssetError(f"unknown world {name!r}; known: {sorted(WORLDS)}")
+    return importlib.import_module(WORLDS[name])
 
 
 def assets_dir() -> Path:

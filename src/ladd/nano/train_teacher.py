@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from ladd import images as images_lib
@@ -103,9 +104,9 @@ def caption_data(cfg: TeacherTrainConfig, rows: tuple[list[str], list[list[dict]
     """(embeddings of ``pool_captions``; empty-prompt embedding), cached in ``cache_dir``. Independent of the VAE,
     so it can be made while the VAE trains. ``rows``: ``pool_captions(cfg)`` if the caller already made them."""
     key = f"c{cfg.captions}-{pool_key(cfg.pool_seed, cfg.pool_size)}-k{cfg.captions_per_image}-L{cfg.max_length}"
-    path = Path(cfg.cache_dir) / f"captions-{key}.pt"
+    path = Path(cfg.cache_dir) / f"captions-{key}.safetensors"
     if path.exists():
-        d = torch.load(path, weights_only=True)
+        d = load_file(path)
         return TextEmbeddings(d["tokens"], d["pooled"]), TextEmbeddings(d["u_tokens"], d["u_pooled"])
     texts, _ = rows or pool_captions(cfg)
     log.info("encoding %d captions with the text encoder", len(texts))
@@ -121,9 +122,9 @@ def caption_data(cfg: TeacherTrainConfig, rows: tuple[list[str], list[list[dict]
 
 def latent_data(cfg: TeacherTrainConfig, vae: VAE) -> torch.Tensor:
     """Model latents of the pool, cached in ``cache_dir`` per latent space (encoder weights and factors)."""
-    path = Path(cfg.cache_dir) / f"latents-{pool_key(cfg.pool_seed, cfg.pool_size)}-vae{encoder_hash(vae)}.pt"
+    path = Path(cfg.cache_dir) / f"latents-{pool_key(cfg.pool_seed, cfg.pool_size)}-vae{encoder_hash(vae)}.safetensors"
     if path.exists():
-        return torch.load(path, weights_only=True)["latents"]
+        return load_file(path)["latents"]
     images, _ = load_pool(cfg.cache_dir, cfg.pool_seed, cfg.pool_size)
     log.info("encoding %d images with the VAE", len(images))
     latents = encode_pool(vae, images)
@@ -133,7 +134,7 @@ def latent_data(cfg: TeacherTrainConfig, vae: VAE) -> torch.Tensor:
 
 def _save(path: Path, tensors: dict) -> None:
     tmp = path.with_name(path.name + ".tmp")
-    torch.save(tensors, tmp)
+    save_file({k: v.contiguous() for k, v in tensors.items()}, tmp)
     tmp.replace(path)
 
 

@@ -98,7 +98,7 @@ def train(cfg, method, data, run_dir: str | Path,
     acc = make_accelerator(cfg)
     micro_bs = tc.micro_batch(acc.num_processes)
     run = prepare(acc, cfg, method)
-    data = data.to(acc.device)
+    data = data.to(acc.device) if data is not None else None
     ckpt_dir = run_dir / "checkpoints"
     start, elapsed = _resume(ckpt_dir, run, cfg) if run.modules else (0, 0.0)
     steps = tc.steps if run.modules else 0  # a method that trains nothing runs no iteration

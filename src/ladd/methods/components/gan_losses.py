@@ -1,4 +1,4 @@
-"""LADD's adversarial losses as pure functions of the heads' logit maps (shared/LADD.md, step 7).
+"""LADD's adversarial losses as pure functions of the heads' logit maps (docs/method.md, step 7).
 
 ``logits`` arguments are lists with one tensor per head, each ``[B, 1, h, w]`` (any shape with the batch first
 works). Every loss is applied to each head's logits *per position*, averaged over batch and positions, then

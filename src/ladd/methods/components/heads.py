@@ -51,7 +51,8 @@ class DiscriminatorConfig:
                 fail(f"ladd.disc.{name}", f"got {getattr(self, name)}", "give a positive integer")
         if self.norm not in ("group", "spectral"):
             fail("ladd.disc.norm", f"got {self.norm!r}", "use 'group' or 'spectral'")
-        self.noise_m, self.noise_s = number("ladd.disc.noise_m", self.noise_m), number("ladd.disc.noise_s", self.noise_s)
+        self.noise_m = number("ladd.disc.noise_m", self.noise_m)
+        self.noise_s = number("ladd.disc.noise_s", self.noise_s)
         if not abs(self.noise_m) <= 5:
             fail("ladd.disc.noise_m", f"got {self.noise_m}, t_hat would be almost always 0 or 1",
                   "use -5 <= m <= 5 (docs/method.md default 1)")
