@@ -63,3 +63,32 @@ def _repo_assets():
     from pathlib import Path
 
     return Path(__file__).resolve().parents[1] / "assets"
+
+
+def test_a_library_bug_keeps_its_traceback(monkeypatch, capsys):
+    """Only the errors a user can fix become one line; an unexpected ValueError is a bug and propagates."""
+    from ladd import commands
+
+    def buggy(args):
+        raise ValueError("an internal invariant broke")
+
+    monkeypatch.setattr(commands, "run_sample", buggy)
+    with pytest.raises(ValueError, match="internal invariant"):
+        main(["sample", "--prompt", "a circle"])
+
+
+def test_flags_come_from_the_typed_configs(capsys):
+    """ladd eval / ladd sample flags are generated from EvalConfig / SampleConfig (ladd.config.add_arguments)."""
+    from ladd.cli import build_parser
+    from ladd.commands import SampleConfig
+    from ladd.config import from_args
+    from ladd.evaluation.evaluate import EvalConfig
+
+    args = build_parser().parse_args(["eval", "--per-prompt", "2", "--save-images", "--sampler", "euler"])
+    cfg = from_args(EvalConfig, args)
+    assert (cfg.per_prompt, cfg.save_images, cfg.sampler, cfg.steps) == (2, True, "euler", None)
+    args = build_parser().parse_args(["sample", "--prompt", "a red circle", "--n", "3"])
+    assert from_args(SampleConfig, args).n == 3
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["sample"])  # --prompt is required
+    assert "--prompt" in capsys.readouterr().err

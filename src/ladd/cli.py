@@ -1,6 +1,7 @@
 """The `ladd` command: thin subcommands over library functions.
 
-Errors a user can fix (bad config, bad prompt file, missing asset) print one clear line and exit with code 2.
+Errors a user can fix (bad config, bad prompt file, missing asset: ConfigError, AssetError and their kinds) print one
+clear line and exit with code 2; anything else is a bug and keeps its traceback (exit 1).
 """
 
 from __future__ import annotations
@@ -70,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         args.func(args)
-    except (UsageError, C.ConfigError, AssetError, FileNotFoundError, ValueError) as e:
+    except (UsageError, C.ConfigError, AssetError, FileNotFoundError) as e:  # a bug keeps its traceback
         if args.verbose:
             raise
         print(f"ladd: error: {e}  (run with -v for the traceback)", file=sys.stderr)

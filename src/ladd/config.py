@@ -129,7 +129,11 @@ def save(cfg, path: str | Path) -> None:
 
 
 def add_arguments(parser, cls) -> None:
-    """Flat ``--field-name`` options for every field of ``cls`` (used by the nano recipes)."""
+    """Flat ``--field-name`` options for every field of the one-section config ``cls`` (``ladd eval``, ``ladd
+    sample``, the nano recipes): the same typed dataclass, its ``__post_init__`` checks, and a field's
+    ``metadata`` for ``help``, ``choices`` and ``required``. Booleans are ``--flag`` / ``--no-flag``."""
+    import argparse
+
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
         tp = hints[f.name]
@@ -137,11 +141,14 @@ def add_arguments(parser, cls) -> None:
             tp = [a for a in typing.get_args(tp) if a is not type(None)][0]
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
         flag = "--" + f.name.replace("_", "-")
+        meta = dict(f.metadata)
+        text = meta.pop("help", "")
         if tp is bool:
-            parser.add_argument(flag, type=lambda s: s.lower() in ("1", "true", "yes"), default=default,
-                                help=f"(default: {default})")
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=default, help=text)
         else:
-            parser.add_argument(flag, type=tp, default=default, help=f"(default: {default})")
+            if default is not None:
+                text += (" " if text else "") + "(default: %(default)s)"
+            parser.add_argument(flag, type=tp, default=default, help=text, **meta)
 
 
 def from_args(cls, args):

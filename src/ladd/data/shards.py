@@ -28,6 +28,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
+from ladd.config import ConfigError
 from ladd.models.io import default_mode
 from ladd.models.text_encoder import TextEmbeddings
 
@@ -37,7 +38,7 @@ MANIFEST = "dataset.json"
 PATH_KEYS = ("teacher", "vae")  # informational entries of ``generation``, not compared
 
 
-class DataError(ValueError):
+class DataError(ConfigError):
     """A data folder is incomplete or was made with other settings; the message says how to fix it."""
 
 

@@ -11,7 +11,7 @@ import hashlib
 import json
 import logging
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +19,7 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
+from ladd.config import ConfigError
 from ladd.evaluation import metrics
 from ladd.images import save_grid
 from ladd.models.registry import world
@@ -27,25 +28,31 @@ log = logging.getLogger(__name__)
 REAL_SEED_OFFSET = 10_000_019  # reference images use seeds disjoint from any evaluated run's
 
 
+def _opt(help: str, **kw):
+    return field(default=kw.pop("default", None), metadata={"help": help, **kw})
+
+
 @dataclass
 class EvalConfig:
-    model: str = "nano-teacher"
-    prompts: str = "prompts/nano-eval.jsonl"
-    per_prompt: int = 4
-    steps: int | None = None
-    guidance: float | None = None
-    sampler: str | None = None
-    shift: float | None = None  # the time grid's shift; None: the model card's (1 = none)
-    seed: int = 0
-    out: str = "runs/eval"
-    images: str | None = None
-    save_images: bool = False
-    batch_size: int = 64
-    height: int = 64
-    width: int = 64
-    evaluator: str = "nano-evaluator"
-    cache_dir: str = "cache/eval"
-    limit: int | None = None
+    """``ladd eval``'s options (flags ``--per-prompt`` etc., ladd.config.add_arguments)."""
+    model: str = _opt("real | nano-teacher | nano-student | nano-student-1step | PATH to a model folder | nano-vae "
+                      "or vae:PATH (real images reconstructed by a VAE)", default="nano-teacher")
+    prompts: str = _opt("prompt file (JSON lines)", default="prompts/nano-eval.jsonl")
+    per_prompt: int = _opt("images per prompt", default=4)
+    steps: int | None = _opt("sampling steps (default: the model card's)")
+    guidance: float | None = _opt("CFG scale, 1 = none (default: the model card's)")
+    sampler: str | None = _opt("default: the model card's", choices=["euler", "renoise"])
+    shift: float | None = _opt("time-grid shift, > 1 spends more steps at high noise (default: the model card's)")
+    seed: int = _opt("noise seed (image k of prompt i uses a seed of (seed, i, k))", default=0)
+    out: str = _opt("output folder", default="runs/eval")
+    images: str | None = _opt("evaluate images from this folder instead of generating")
+    save_images: bool = _opt("also write OUT/images/{i:05d}_{k:02d}.png", default=False)
+    batch_size: int = _opt("images per batch", default=64)
+    height: int = _opt("image height", default=64)
+    width: int = _opt("image width", default=64)
+    evaluator: str = _opt("the evaluator (a name or a folder)", default="nano-evaluator")
+    cache_dir: str = _opt("where FD reference statistics are cached", default="cache/eval")
+    limit: int | None = _opt("use only the first N prompts")
 
 
 def load_evaluator(name: str = "nano-evaluator"):
@@ -158,9 +165,9 @@ def produce(cfg: EvalConfig, prompts, index):
 def evaluate(cfg: EvalConfig) -> dict:
     prompts = world().read_prompts(cfg.prompts)[: cfg.limit]
     if cfg.per_prompt < 1:
-        raise ValueError(f"--per-prompt must be >= 1, got {cfg.per_prompt}")
+        raise ConfigError(f"--per-prompt must be >= 1, got {cfg.per_prompt}")
     if cfg.shift is not None and cfg.shift <= 0:
-        raise ValueError(f"--shift must be > 0 (1 = no shift, > 1 = more steps at high noise), got {cfg.shift}")
+        raise ConfigError(f"--shift must be > 0 (1 = no shift, > 1 = more steps at high noise), got {cfg.shift}")
     world().check_size(cfg.height, cfg.width)
     evaluator, evaluator_path = load_evaluator(cfg.evaluator)
     index = [(i, k) for i in range(len(prompts)) for k in range(cfg.per_prompt)]

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import torch
 
+from ladd.config import ConfigError
+
 
 @dataclass
 class TextEmbeddings:
@@ -125,5 +127,5 @@ def load_text_encoder(name: str = "minilm", max_length: int = 32, **options):
 
         return SD3PromptEncoder(options["path"], max_length=max_length, device=options.get("device"),
                                 cache_dir=options.get("cache_dir"))
-    raise ValueError(f"unknown text encoder {name!r}; use 'minilm' (the nano world) or 'sd3' (an SD3 pipeline "
+    raise ConfigError(f"unknown text encoder {name!r}; use 'minilm' (the nano world) or 'sd3' (an SD3 pipeline "
                      f"folder)")

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ladd.config import ConfigError
 from ladd.data.prompts import json_prompt_lines
 from ladd.nano.vocab import (CELL_WORDS, CELLS, COLORS, FIELDS, GENERIC_SHAPE_WORDS, MAX_OBJECTS, NUMBER_WORDS,
                              SHAPE_WORDS, SHAPES, SIZE_WORDS)
@@ -24,7 +25,7 @@ FRAMES = ("{}", "{}", "a picture of {}", "an image of {}", "a photo of {}", "the
           "render {}")
 
 
-class PromptFileError(ValueError):
+class PromptFileError(ConfigError):
     """A prompt file line is malformed; the message names the file, the line and the fix."""
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ladd.config import ConfigError
 from ladd.nano.vocab import BACKGROUNDS, CELLS, COLORS, MAX_OBJECTS, PATTERNS, RGB, SHAPES, SIZES
 
 SUPERSAMPLE = 4  # anti-aliasing: draw at 4x, box-filter down
@@ -29,7 +30,7 @@ WORLD_VERSION = 2  # bump when the random scene distribution changes, so that ca
 def check_size(height: int, width: int) -> None:
     for name, value in (("height", height), ("width", width)):
         if not isinstance(value, int) or value < 32 or value % 16:
-            raise ValueError(f"image {name}={value!r} is invalid: use a multiple of 16 that is at least 32 (e.g. 64)")
+            raise ConfigError(f"image {name}={value!r} is invalid: use a multiple of 16 that is at least 32 (e.g. 64)")
 
 
 def scene_rng(seed: int, index: int) -> np.random.Generator:

@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 
 from ladd import images as images_lib
 from ladd import flow
+from ladd.config import ConfigError
 from ladd.models.io import save_model
 from ladd.models.teacher import NANO_TEACHER_CONFIG, build_nano_teacher, load_teacher
 from ladd.models.text_encoder import TextEmbeddings, load_text_encoder
@@ -172,10 +173,10 @@ def command_flags(cfg: TeacherTrainConfig) -> str:
 def train_teacher(cfg: TeacherTrainConfig) -> Path:
     caption_words(cfg.captions)  # an unknown caption version fails here, before any work
     if not 0.0 <= cfg.decay_start <= 1.0:
-        raise ValueError(f"decay_start must be a fraction of the steps in [0, 1], got {cfg.decay_start}")
+        raise ConfigError(f"decay_start must be a fraction of the steps in [0, 1], got {cfg.decay_start}")
     for name in ("two_shape_weight", "shapes_only_weight"):
         if (w := getattr(cfg, name)) is not None and w <= 0:
-            raise ValueError(f"{name} must be > 0 (1 samples captions uniformly), got {w}")
+            raise ConfigError(f"{name} must be > 0 (1 samples captions uniformly), got {w}")
     vae = load_vae(cfg.vae)
     init = load_teacher(cfg.init).transformer.state_dict() if cfg.init else None  # bad folders fail here, early
     uniform = cfg.two_shape_weight == 1 and cfg.shapes_only_weight in (None, 1)
