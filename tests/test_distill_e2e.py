@@ -159,3 +159,34 @@ def test_few_step_method_trains_nothing_and_exports_the_teacher_at_few_steps(tmp
     teacher = load_generator(str(tmp_path / "teacher")).model.state_dict()
     for k, v in gen.model.state_dict().items():
         assert torch.equal(v, teacher[k]), k
+
+
+def test_validation_during_training_writes_curves_and_selects_the_best(tmp_path, fake_text_encoder):
+    """eval.val_every: the student is evaluated on the validation prompts during training (val.jsonl, val.png);
+    eval.select_best exports the best validated state; validating does not change what is trained."""
+    from ladd.models.teacher import load_teacher
+
+    make_assets(tmp_path)
+    val = ["eval.val_every=2", "eval.val_prompts=prompts/nano-val.jsonl", "eval.student_steps=[1,4]",
+           f"eval.cache_dir={tmp_path / 'cache'}", "eval.select_best=true"]
+    distill("configs/tiny.yaml", tiny_overrides(tmp_path, *val, f"paths.run_dir={tmp_path / 'val'}"))
+    distill("configs/tiny.yaml", tiny_overrides(tmp_path, f"paths.run_dir={tmp_path / 'plain'}"))
+    run = tmp_path / "val"
+    rows = [json.loads(line) for line in (run / "val.jsonl").read_text().splitlines()]
+    assert [(r["step"], r["steps"]) for r in rows] == [(2, 1), (2, 4), (4, 1), (4, 4)]
+    assert all(set(r["alignment_by_category"]) == {"single_object", "two_objects", "counting", "colors", "position",
+                                                   "color_attr"} for r in rows)
+    assert Image.open(run / "val.png").size[0] > 500
+    best = json.loads((run / "best" / "best.json").read_text())
+    four = [r for r in rows if r["steps"] == 4]
+    assert best["alignment"] == max(r["alignment"] for r in four)
+    # the same training with and without validation: identical checkpoints
+    from safetensors.torch import load_file
+
+    a = load_file(run / "checkpoints" / "step-000004" / "student.safetensors")
+    b = load_file(tmp_path / "plain" / "checkpoints" / "step-000004" / "student.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    # the export holds the selected state
+    exported = load_teacher(run / "export").state_dict()
+    kept = load_file(run / "best" / "model.safetensors")
+    assert all(torch.equal(exported[k], kept[k]) for k in exported)

@@ -96,11 +96,23 @@ class EvalSettings:
     grid_prompts: int = 8            # rows of the side-by-side comparison grid
     evaluator: str = "nano-evaluator"
     cache_dir: str = "cache/eval"
+    # Validation during training (ladd.distill.validate), on a prompt file disjoint from the evaluation files:
+    # the student at each of student_steps every val_every iterations -> val.jsonl, val.png; 0 = off.
+    val_prompts: str = "prompts/nano-val.jsonl"
+    val_every: int = 0
+    val_per_prompt: int = 1
+    select_best: bool = False        # export the validated state with the best alignment at student.steps
 
     def __post_init__(self):
         for name in ("per_prompt", "batch_size", "grid_prompts"):
             if getattr(self, name) < 1:
                 fail(f"eval.{name}", f"got {getattr(self, name)}", "give a positive integer")
+        if isinstance(self.val_every, bool) or self.val_every < 0:
+            fail("eval.val_every", f"got {self.val_every!r}", "use 0 (no validation) or an interval, e.g. 100")
+        if self.val_per_prompt < 1:
+            fail("eval.val_per_prompt", f"got {self.val_per_prompt}", "give a positive integer")
+        if self.select_best and not self.val_every:
+            fail("eval.select_best", "needs validation to select from", "set eval.val_every, e.g. 100")
         if self.max_prompts is not None and self.max_prompts < 1:
             fail("eval.max_prompts", f"got {self.max_prompts}", "give a positive count or null for all prompts")
         for name in ("student_steps", "teacher_steps"):

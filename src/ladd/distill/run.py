@@ -60,9 +60,9 @@ def check_model_paths(cfg: DistillConfig) -> None:
         raise ConfigError(f"data.prompts: the SD3 teacher {cfg.paths.teacher} needs a prompt file for its "
                           f"synthetic data (ShapeWorld captions are for the nano world); set data.prompts=FILE "
                           f"(.txt, one prompt per line, or .jsonl)")
-    if cfg.eval.enabled:
-        raise ConfigError("eval.enabled: the nano evaluator only reads ShapeWorld images; set eval.enabled=false "
-                          "(or --no-eval) for an SD3 teacher")
+    if cfg.eval.enabled or cfg.eval.val_every:
+        raise ConfigError("eval.enabled / eval.val_every: the nano evaluator only reads ShapeWorld images; set "
+                          "eval.enabled=false (or --no-eval) and eval.val_every=0 for an SD3 teacher")
 
 
 def check_config(cfg: DistillConfig, num_processes: int = 1) -> dict:
@@ -87,11 +87,11 @@ def check_config(cfg: DistillConfig, num_processes: int = 1) -> dict:
                           f"use the VAE the teacher was trained with")
     gen = generation_settings(cfg)
     shards.check_manifest(cfg.paths.data, gen)
-    if cfg.eval.enabled:
-        from ladd.models.registry import resolve
-        from ladd.models.registry import world
+    if cfg.eval.enabled or cfg.eval.val_every:
+        from ladd.models.registry import resolve, world
 
-        world().read_prompts(cfg.eval.prompts)
+        for path in [cfg.eval.prompts] * cfg.eval.enabled + [cfg.eval.val_prompts] * bool(cfg.eval.val_every):
+            world().read_prompts(path)
         resolve(cfg.eval.evaluator)
     return gen
 
@@ -129,7 +129,7 @@ def _run(cfg: DistillConfig, gen: dict, run_dir: Path, state, text_encoder, comm
     trains = method_class(cfg.method).trains  # a method that trains nothing needs no data and no previews
     missing = trains and shards.missing_shards(cfg.paths.data, cfg.data.num_samples, cfg.data.shard_size)
     previews = trains and cfg.train.sample_every
-    if text_encoder is None and (missing or previews):
+    if text_encoder is None and (missing or previews or (trains and cfg.eval.val_every)):
         from ladd.models import text_encoder as te
 
         text_encoder = te.load_text_encoder(**gen["text_encoder"], device=state.device,
@@ -143,18 +143,27 @@ def _run(cfg: DistillConfig, gen: dict, run_dir: Path, state, text_encoder, comm
     if hasattr(text_encoder, "release"):  # SD3's text encoders (T5-XXL: ~10 GB) leave the GPU before training
         text_encoder.release()
     method = build_method(cfg, load_teacher(cfg.paths.teacher))
-    previewer = None
+    hooks = []
     if preview is not None:
-        def previewer(model, path):
-            return save_preview(model, vae, preview, cfg.student.steps, data.latent_shape, path,
-                                shift=cfg.student.shift)
-    result = train(cfg, method, data, run_dir, previewer)
+        hooks.append((cfg.train.sample_every, lambda model, step: save_preview(
+            model, vae, preview, cfg.student.steps, data.latent_shape, run_dir / "samples" / f"{step:06d}.png",
+            shift=cfg.student.shift)))
+    if trains and cfg.eval.val_every:
+        from ladd.distill.validate import Validator
+
+        hooks.append((cfg.eval.val_every, Validator(cfg, run_dir, vae, text_encoder)))
+    result = train(cfg, method, data, run_dir, hooks)
     summary = {"run_dir": str(run_dir), "steps": result.step, "seconds": result.seconds, "rows": []}
     if state.is_main_process:
         if result.sharded:  # FSDP: each process holds a shard; the final checkpoint holds the gathered weights
             from ladd.distill.export import load_run_student
 
             result = replace(result, export_model=load_run_student(run_dir, use_ema=False)[0], sharded=False)
+        if cfg.eval.select_best:
+            from ladd.distill.validate import load_best
+
+            selected = load_best(run_dir, result.export_model)
+            log.info("exporting the validated state of iteration %s (eval.select_best)", selected)
         info = _card_info(cfg, gen, result, command)
         export_dir = _export(cfg, run_dir, result, info, method.recommended(teacher_recommended(cfg.paths.teacher)))
         if cfg.eval.enabled:

@@ -134,7 +134,7 @@ def reconstruct_real(cfg: EvalConfig, prompts, index):
                                                "psnr": float(torch.cat(scores).mean())}
 
 
-def produce(cfg: EvalConfig, prompts, index):
+def produce(cfg: EvalConfig, prompts, index, generator=None):
     """(images, seconds spent generating, settings) for the model, image folder or real renderer."""
     from ladd.generate import generate, image_seed
     from ladd.models.registry import load_generator
@@ -147,7 +147,7 @@ def produce(cfg: EvalConfig, prompts, index):
             "steps": 0, "guidance": 0.0, "nfe_per_image": 0}
     if cfg.model.endswith("vae") or cfg.model.startswith("vae:"):
         return reconstruct_real(cfg, prompts, index)
-    gen = load_generator(cfg.model)
+    gen = generator or load_generator(cfg.model)
     steps = cfg.steps or gen.recommended["steps"]
     guidance = gen.recommended["guidance"] if cfg.guidance is None else cfg.guidance
     sampler = cfg.sampler or gen.recommended["sampler"]
@@ -162,7 +162,9 @@ def produce(cfg: EvalConfig, prompts, index):
                              "nfe_per_image": nfe}
 
 
-def evaluate(cfg: EvalConfig) -> dict:
+def evaluate(cfg: EvalConfig, generator=None) -> dict:
+    """Evaluate ``cfg.model`` (or the already loaded ``generator``, a ladd.models.registry.Generator: e.g. a
+    student during training) on ``cfg.prompts``; writes ``cfg.out`` and returns the metrics."""
     prompts = world().read_prompts(cfg.prompts)[: cfg.limit]
     if cfg.per_prompt < 1:
         raise ConfigError(f"--per-prompt must be >= 1, got {cfg.per_prompt}")
@@ -171,7 +173,7 @@ def evaluate(cfg: EvalConfig) -> dict:
     world().check_size(cfg.height, cfg.width)
     evaluator, evaluator_path = load_evaluator(cfg.evaluator)
     index = [(i, k) for i in range(len(prompts)) for k in range(cfg.per_prompt)]
-    images, seconds, settings = produce(cfg, prompts, index)
+    images, seconds, settings = produce(cfg, prompts, index, generator)
     readbacks, feats = read_back(evaluator, images)
     mu_ref, sigma_ref, div_ref = reference_stats(cfg, prompts, index, evaluator, evaluator_path)
     mu, sigma = metrics.feature_stats(feats)

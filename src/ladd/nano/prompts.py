@@ -233,6 +233,7 @@ class MakePromptsConfig:
     per_category: int = 60
     seed: int = 1234
     phrasing: str = "training"   # "training" (the captions' words) or "unseen" (prompts/nano-unseen.jsonl)
+    exclude: str | None = None   # comma-separated prompt files whose prompt texts must not recur (a validation file)
 
 
 def make_prompts(per_category: int, seed: int, phrasing: str = "training") -> list[dict]:
@@ -243,8 +244,17 @@ def make_prompts(per_category: int, seed: int, phrasing: str = "training") -> li
 
 
 def make_prompts_cmd(cfg: MakePromptsConfig) -> None:
-    write_prompts(make_prompts(cfg.per_category, cfg.seed, cfg.phrasing), cfg.out)
-    print(f"wrote {cfg.per_category * len(CATEGORIES)} prompts to {cfg.out}")
+    taken = {p["prompt"] for f in (cfg.exclude or "").split(",") if f for p in read_prompts(f)}
+    prompts = make_prompts(cfg.per_category, cfg.seed, cfg.phrasing)
+    if taken:  # draw more and keep the first per_category of each category whose text is new
+        pool, kept = make_prompts(cfg.per_category * 4, cfg.seed, cfg.phrasing), {c: [] for c in CATEGORIES}
+        for p in pool:
+            if p["prompt"] not in taken and len(kept[p["category"]]) < cfg.per_category:
+                kept[p["category"]].append(p)
+                taken.add(p["prompt"])
+        prompts = [p for c in CATEGORIES for p in kept[c]]
+    write_prompts(prompts, cfg.out)
+    print(f"wrote {len(prompts)} prompts to {cfg.out}")
 
 
 def write_prompts(prompts: list[dict], path: str | Path) -> None:

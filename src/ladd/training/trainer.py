@@ -86,12 +86,15 @@ def _for_checkpoint(module: torch.nn.Module) -> torch.nn.Module:
     return module if is_sharded(module) else unwrap(module)
 
 
-def train(cfg, method, data, run_dir: str | Path,
-          preview: Callable[[torch.nn.Module, Path], object] | None = None) -> TrainResult:
+Hook = tuple[int, Callable[[torch.nn.Module, int], object]]
+
+
+def train(cfg, method, data, run_dir: str | Path, hooks: list[Hook] = ()) -> TrainResult:
     """Train ``method`` (a ladd.methods.base.Method) on ``data`` (``batch(size, seed, step, micro, rank, world)``
     -> a batch; ``to(device)``) per ``cfg.train`` and ``cfg.optim`` in ``run_dir``, resuming from its newest
-    checkpoint. ``cfg`` is saved as ``config.yaml`` and in every checkpoint. ``preview(model, path)``, if given,
-    writes a sample grid of the model to ship every ``train.sample_every`` iterations."""
+    checkpoint. ``cfg`` is saved as ``config.yaml`` and in every checkpoint. ``hooks``: ``(every, fn)`` pairs; the
+    main process calls ``fn(model to ship, iteration)`` every ``every`` iterations (sample grids, validation),
+    before that iteration's checkpoint, with the training RNG state restored afterwards."""
     from torch.utils.tensorboard import SummaryWriter
 
     run_dir, tc = Path(run_dir), cfg.train
@@ -105,8 +108,8 @@ def train(cfg, method, data, run_dir: str | Path,
     main = acc.is_main_process
     if main:
         _start_run_folder(run_dir, cfg, start)
-        if run.sharded and tc.sample_every:
-            log.warning("train.sample_every: no preview grids while the student is FSDP-sharded")
+        if run.sharded and hooks:
+            log.warning("no preview grids or validation while the student is FSDP-sharded")
     writer = SummaryWriter(str(run_dir / "tb"), purge_step=start + 1) if main else None
     meter = _Meter(acc, ckpt_dir)
     bar = tqdm(total=steps, initial=start, desc=f"ladd distill ({type(method).__name__})", disable=not main,
@@ -122,9 +125,11 @@ def train(cfg, method, data, run_dir: str | Path,
                 at_log = done % tc.log_every == 0 or done == steps
                 if at_log:
                     last = _report(meter, done, bar, writer, run_dir, time.perf_counter() - t0, method.progress)
-                if main and preview is not None and tc.sample_every and done % tc.sample_every == 0 \
-                        and not run.sharded:
-                    preview(method.shipped(run.unwrapped(), run.ema), run_dir / "samples" / f"{done:06d}.png")
+                due = [fn for every, fn in hooks if every and done % every == 0]
+                if main and due and not run.sharded:
+                    with torch.random.fork_rng(devices=[]):  # a hook never moves the training's random stream
+                        for fn in due:
+                            fn(method.shipped(run.unwrapped(), run.ema), done)
                 if done % tc.ckpt_every == 0 or done == steps:
                     _checkpoint(acc, meter, run, cfg, ckpt_dir, done, time.perf_counter() - t0)
                 if _stop_requested(acc, interrupted, at_log):
