@@ -93,6 +93,20 @@ def test_distill_end_to_end(tmp_path, fake_text_encoder):
     assert again.keys() == first.keys() and all(torch.equal(again[k], first[k]) for k in first)
     assert (tmp_path / "shipped" / "card.md").read_text() == (run / "export" / "card.md").read_text()
     assert main(["export", str(tmp_path), "--out", str(tmp_path / "x")]) == 2  # not a run folder
+    assert main(["export", str(run), "--out", str(tmp_path / "shipped")]) == 0  # an earlier export of this run
+
+    # exports never lose data: not into the run folder (or one holding it), not over other files
+    before = sorted(p.relative_to(run) for p in run.rglob("*"))
+    assert main(["export", str(run), "--out", str(run)]) == 2
+    assert main(["export", str(run), "--out", str(tmp_path)]) == 2
+    assert sorted(p.relative_to(run) for p in run.rglob("*")) == before
+    notes = tmp_path / "mine"
+    notes.mkdir()
+    (notes / "notes.md").write_text("keep me")
+    assert main(["export", str(run), "--out", str(notes)]) == 2
+    assert (notes / "notes.md").read_text() == "keep me"
+    assert main(["export", str(run), "--out", str(notes), "--overwrite"]) == 0
+    assert (notes / "config.json").is_file() and not (notes / "notes.md").exists()
 
 
 @pytest.fixture

@@ -47,7 +47,9 @@ def add(sub) -> None:
                     "for the teacher (StableDiffusion3Pipeline.load_lora_weights).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("run_dir", metavar="RUN_DIR")
-    p.add_argument("--out", required=True, help="output folder (replaced atomically)")
+    p.add_argument("--out", required=True, help="output folder: new, empty, or an earlier export of this run "
+                                                "(replaced atomically); never the run folder")
+    p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out that is not an export of RUN_DIR")
     p.add_argument("--raw", action="store_true", help="the raw student weights instead of the EMA")
     p.set_defaults(func=run_export)
 
@@ -86,4 +88,4 @@ def run_distill(args) -> None:
 def run_export(args) -> None:
     from ladd.distill.export import export_run
 
-    print(f"wrote {export_run(args.run_dir, args.out, use_ema=not args.raw)}")
+    print(f"wrote {export_run(args.run_dir, args.out, use_ema=not args.raw, overwrite=args.overwrite)}")

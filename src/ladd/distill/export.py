@@ -32,7 +32,7 @@ from ladd.models.io import replace_dir
 
 def export_student(model: torch.nn.Module, out_dir: str | Path, *, steps: int, teacher_dir: str | Path,
                    vae_dir: str | Path, text_encoder: dict, card: str, trained_steps: int | None = None,
-                   shift: float = 1.0, recommended: dict | None = None) -> Path:
+                   shift: float = 1.0, recommended: dict | None = None, run_dir: str | Path | None = None) -> Path:
     """Write ``model`` (an SD3Adapter, maybe with LoRA adapters: then merged, and the adapters also alone in
     ``lora/``) to ``out_dir`` atomically (temporary folder, then rename). ``model`` is not changed."""
     from diffusers import FlowMatchEulerDiscreteScheduler
@@ -56,6 +56,9 @@ def export_student(model: torch.nn.Module, out_dir: str | Path, *, steps: int, t
     # given (sigmas=student_grid(steps)) by this shift, as SD3.5-Large-Turbo's scheduler does
     FlowMatchEulerDiscreteScheduler(shift=shift).save_pretrained(tmp / "scheduler")
     (tmp / "card.md").write_text(card)
+    if run_dir is not None:
+        marker = {"run_dir": str(Path(run_dir).resolve()), "trained_steps": trained_steps}
+        (tmp / MARKER).write_text(json.dumps(marker, indent=1) + "\n")
     return replace_dir(tmp, out_dir)
 
 
@@ -127,13 +130,37 @@ def load_run_student(run_dir: str | Path, use_ema: bool = True):
     return model, step, cfg, ckpt
 
 
-def export_run(run_dir: str | Path, out_dir: str | Path, use_ema: bool = True) -> Path:
+MARKER = "ladd_export.json"  # in every export folder: which run and iteration it holds
+
+
+def check_export_target(run_dir: str | Path, out_dir: str | Path, overwrite: bool = False) -> None:
+    """Refuse, before anything loads, an ``--out`` that would lose data: the run folder itself or a folder holding
+    it, or a non-empty folder that is not an earlier export of this run (unless ``overwrite``)."""
+    from ladd.config import ConfigError
+
+    run, out = Path(run_dir).resolve(), Path(out_dir).resolve()
+    if out == run or out in run.parents:
+        raise ConfigError(f"--out {out_dir}: it holds the run folder {run_dir}, whose checkpoints and logs an "
+                          f"export would replace; export to a new folder, e.g. --out {Path(run_dir) / 'shipped'}")
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out_dir} is a file; give a folder (it is created)")
+    if not out.is_dir() or not any(out.iterdir()) or overwrite:
+        return
+    marker = out / MARKER
+    if marker.is_file() and json.loads(marker.read_text()).get("run_dir") == str(run):
+        return  # an earlier export of the same run: replaced atomically
+    raise ConfigError(f"--out {out_dir} is not empty and is not an export of {run_dir}; its files would be "
+                      f"replaced. Use a new folder, or --overwrite to replace it")
+
+
+def export_run(run_dir: str | Path, out_dir: str | Path, use_ema: bool = True, overwrite: bool = False) -> Path:
     """Export the newest checkpoint of a ``ladd distill`` run folder to ``out_dir`` (e.g. to ship it, or after an
     interrupted run; ``load_run_student``), with the run's card when ``run_dir/export`` holds the same training
-    state, else a card built from the run's config."""
+    state, else a card built from the run's config. ``out_dir`` is checked first (``check_export_target``)."""
     from ladd.data.synth import teacher_text_encoder
 
     run_dir = Path(run_dir)
+    check_export_target(run_dir, out_dir, overwrite)
     model, step, cfg, ckpt = load_run_student(run_dir, use_ema)
     old = run_dir / "export"
     same = (old / "card.md").is_file() and json.loads((old / "config.json").read_text()).get(
@@ -143,4 +170,4 @@ def export_run(run_dir: str | Path, out_dir: str | Path, use_ema: bool = True) -
         f"configured in {run_dir / 'config.yaml'}; not evaluated.\n")
     return export_student(model, out_dir, steps=cfg.student.steps, teacher_dir=cfg.paths.teacher,
                           vae_dir=cfg.paths.vae, trained_steps=step, card=card, shift=cfg.student.shift,
-                          text_encoder=teacher_text_encoder(cfg.paths.teacher))
+                          text_encoder=teacher_text_encoder(cfg.paths.teacher), run_dir=run_dir)

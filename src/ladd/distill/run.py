@@ -210,7 +210,7 @@ def _export(cfg: DistillConfig, run_dir: Path, result, info: dict, recommended: 
     out = export_student(result.export_model, run_dir / "export", steps=cfg.student.steps,
                          teacher_dir=cfg.paths.teacher, vae_dir=cfg.paths.vae, trained_steps=result.step,
                          text_encoder=teacher_text_encoder(cfg.paths.teacher), card=model_card(info),
-                         shift=cfg.student.shift, recommended=recommended)
+                         shift=cfg.student.shift, recommended=recommended, run_dir=run_dir)
     log.info("exported the student to %s", out)
     return out
 
