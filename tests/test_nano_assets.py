@@ -75,7 +75,8 @@ def test_eval_teacher_end_to_end(tmp_path):
     assert main(["eval", "--images", str(out / "images"), "--limit", "6", "--per-prompt", "2", "--out", str(again),
                  "--cache-dir", str(tmp_path)]) == 0
     m2 = json.loads((again / "metrics.json").read_text())
-    assert m2["alignment"] == m["alignment"] and abs(m2["fd"] - m["fd"]) < 1e-6
+    assert m2["alignment"] == m["alignment"] and m2["fd"] is m["fd"] is None  # 12 images: FD not estimable
+    assert "12 images for 192 feature dimensions" in m["fd_note"]
 
 
 def test_per_image_seeds_do_not_depend_on_batch_size(tmp_path):

@@ -100,7 +100,7 @@ def comparison_table(rows: list[dict]) -> str:
     for r in rows:
         vals = [r["label"], str(r["steps"]), f"{r['guidance']:g}", r.get("sampler", ""), str(r["nfe_per_image"]),
                 f"{r['alignment']:.3f}"] + [f"{r['alignment_by_category'].get(c, float('nan')):.2f}" for c in cats]
-        vals += [f"{r['fd']:.2f}", f"{r['seconds_per_image']:.4f}", f"{r['speedup']:.1f}x"]
+        vals += ["-" if r["fd"] is None else f"{r['fd']:.2f}", f"{r['seconds_per_image']:.4f}", f"{r['speedup']:.1f}x"]
         lines.append("| " + " | ".join(vals) + " |")
     return "\n".join(lines)
 

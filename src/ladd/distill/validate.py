@@ -54,7 +54,8 @@ class Validator:
         with open(self.run_dir / "val.jsonl", "a") as f:
             f.writelines(json.dumps(row) + "\n" for row in rows)
         log.info("validation at %d: %s", step, ", ".join(
-            f"{r['steps']} steps alignment {r['alignment']:.3f} FD {r['fd']:.2f}" for r in rows))
+            f"{r['steps']} steps alignment {r['alignment']:.3f} FD {r['fd'] if r['fd'] is None else round(r['fd'], 2)}"
+            for r in rows))
         plot(self.run_dir / "val.jsonl", self.run_dir / "val.png")
         if e.select_best:
             self._keep_if_best(model, [r for r in rows if r["steps"] == s.steps] or rows)
@@ -64,7 +65,10 @@ class Validator:
         row, best = rows[0], self.run_dir / "best"
         info = best / "best.json"
         old = json.loads(info.read_text()) if info.is_file() else None
-        if old is not None and (old["alignment"], -old["fd"]) >= (row["alignment"], -row["fd"]):
+        def key(r):
+            return r["alignment"], -(r["fd"] if r["fd"] is not None else float("inf"))
+
+        if old is not None and key(old) >= key(row):
             return
         best.mkdir(exist_ok=True)
         tmp = best / "model.safetensors.tmp"

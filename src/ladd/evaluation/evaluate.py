@@ -182,10 +182,14 @@ def evaluate(cfg: EvalConfig, generator=None) -> dict:
     result = {
         "model": "real" if cfg.model == "real" and not cfg.images else (cfg.images or cfg.model),
         **metrics.alignment(prompts, readbacks, pidx),
-        "fd": metrics.frechet_distance(mu, sigma, mu_ref, sigma_ref),
+        # FD from no more images than feature dimensions has a singular covariance: not an estimate (and sqrtm of
+        # it can take minutes); reported as null with the reason instead
+        "fd": metrics.frechet_distance(mu, sigma, mu_ref, sigma_ref) if len(index) > feats.shape[1] else None,
         "diversity": _finite_or_none(div),  # None (JSON null) with one image per prompt: nothing to vary
         "diversity_real": _finite_or_none(div_ref),
         "n_images": len(index),
+        **({} if len(index) > feats.shape[1] else {"fd_note": f"not computed: {len(index)} images for "
+                                                              f"{feats.shape[1]} feature dimensions; use more"}),
         "n_prompts": len(prompts),
         "seconds_per_image": _finite_or_none(seconds / len(index)),  # None for real or given images
         **settings,
@@ -236,6 +240,6 @@ def format_table(rows: list[dict]) -> str:
     for r in rows:
         vals = [str(r.get("label", r["model"])), str(r["steps"]), f"{r['guidance']:g}", str(r["nfe_per_image"]),
                 f"{r['alignment']:.3f}"] + [f"{r['alignment_by_category'].get(c, float('nan')):.2f}" for c in cats]
-        vals += [f"{r['fd']:.2f}", _fmt(r['diversity'], ".2f"), _fmt(r['seconds_per_image'], ".4f")]
+        vals += [_fmt(r["fd"], ".2f"), _fmt(r['diversity'], ".2f"), _fmt(r['seconds_per_image'], ".4f")]
         lines.append("| " + " | ".join(vals) + " |")
     return "\n".join(lines)
