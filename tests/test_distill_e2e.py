@@ -204,3 +204,21 @@ def test_validation_during_training_writes_curves_and_selects_the_best(tmp_path,
     exported = load_teacher(run / "export").state_dict()
     kept = load_file(run / "best" / "model.safetensors")
     assert all(torch.equal(exported[k], kept[k]) for k in exported)
+
+
+def test_a_second_run_on_the_same_folder_stops_at_once(tmp_path, capsys):
+    """While a run (or a synth) holds its folder, another one exits 2 naming the holder, before any model loads;
+    the lock is the OS's, so it is gone with the process (here: when the block ends)."""
+    import os
+
+    from ladd.runtime import folder_lock
+
+    make_assets(tmp_path)
+    args = ["distill", "--config", "configs/tiny.yaml", *tiny_overrides(tmp_path)]
+    with folder_lock(tmp_path / "run", "a test"):
+        assert main(args) == 2
+    assert f"in use by process {os.getpid()}" in capsys.readouterr().err
+    with folder_lock(tmp_path / "data", "a test"):
+        assert main(["synth", "--config", "configs/tiny.yaml", *tiny_overrides(tmp_path)]) == 2
+    assert "in use by process" in capsys.readouterr().err
+    assert not (tmp_path / "data" / "dataset.json").exists() and not (tmp_path / "run" / "checkpoints").exists()

@@ -71,3 +71,34 @@ def log_to_file(path: str | Path, enabled: bool = True):
         logger.removeHandler(handler)
         handler.close()
         logger.setLevel(old_level)
+
+
+@contextlib.contextmanager
+def folder_lock(folder: str | Path, what: str, enabled: bool = True):
+    """Hold an OS lock on ``folder/.lock`` while inside, so that a second ``ladd distill`` / ``ladd synth`` on the
+    same folder stops at once instead of interleaving writes. The OS drops the lock when the process ends, so a
+    crash leaves no stale lock. ``enabled=False`` (the other processes of one launch): no-op, one holder."""
+    if not enabled:
+        yield
+        return
+    import fcntl
+
+    from ladd.config import ConfigError
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    f = open(folder / ".lock", "a+")
+    try:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            holder = f.read().strip() or "another process"
+            raise ConfigError(f"{folder} is in use by {holder} ({what}); wait for it to finish, or use another "
+                              f"folder") from None
+        f.truncate(0)
+        f.write(f"process {os.getpid()}")
+        f.flush()
+        yield
+    finally:
+        f.close()  # releases the lock

@@ -109,14 +109,17 @@ def distill(preset: str | Path | None = DEFAULT_PRESET, overrides=(), text_encod
             command: str | None = None) -> dict:
     """Run the whole job for ``preset`` + dotted ``overrides``; returns a summary (run folder, steps, rows of the
     comparison table). ``text_encoder`` (``encode(prompts) -> TextEmbeddings``) replaces the teacher's own."""
-    from ladd.runtime import log_to_file, process_state
+    from ladd.runtime import folder_lock, log_to_file, process_state
 
     cfg = load_distill_config(preset, overrides)
     state = process_state()
     gen = check_config(cfg, state.num_processes)
     run_dir = Path(cfg.paths.run_dir)
     command = command or " ".join(["ladd distill", f"--config {preset}" if preset else "", *overrides]).strip()
-    with log_to_file(run_dir / "log.txt", state.is_main_process):
+    main = state.is_main_process
+    own_data = Path(cfg.paths.data).resolve() != run_dir.resolve()
+    with folder_lock(run_dir, "a ladd distill run", main), \
+            folder_lock(cfg.paths.data, "ladd synth data", main and own_data), log_to_file(run_dir / "log.txt", main):
         log.info("%s -> %s", command, run_dir)
         return _run(cfg, gen, run_dir, state, text_encoder, command)
 
