@@ -212,3 +212,24 @@ def test_bf16_with_gradient_checkpointing_trains(root):
     assert all(torch.isfinite(torch.tensor(result.metrics[k])) for k in ("g_loss", "d_loss"))
     assert max((p - q).abs().max() for p, q in zip(result.modules["student"].parameters(), teacher.parameters())) > 1e-4
     assert result.modules["student"].transformer.gradient_checkpointing
+
+
+@pytest.mark.parametrize("damage", ["student.safetensors", "optim.safetensors", "state.json", "missing"])
+def test_a_damaged_newest_checkpoint_falls_back_to_the_previous_one(root, straight, damage, caplog):
+    """A truncated (or missing) file in the newest checkpoint: it is named, moved aside as step-XXXXXX.bad, and
+    the run resumes from the previous checkpoint to the same result as an uninterrupted run."""
+    import shutil
+
+    name = f"damaged-{damage.split('.')[0]}"
+    shutil.copytree(root / "straight", root / name)
+    newest = root / name / "checkpoints" / "step-000004"
+    if damage == "missing":
+        (newest / "heads.safetensors").unlink()
+    else:
+        data = (newest / damage).read_bytes()
+        (newest / damage).write_bytes(data[: len(data) // 2])
+    (root / name / "metrics.jsonl").write_text("")
+    result = run(root, name)
+    assert result.step == 4
+    assert (root / name / "checkpoints" / "step-000004.bad").is_dir() and "step-000004" in caplog.text
+    assert_same(straight, result)

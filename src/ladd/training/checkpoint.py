@@ -43,8 +43,7 @@ def checkpoint_dirs(ckpt_dir: str | Path) -> list[Path]:
     ckpt_dir = Path(ckpt_dir)
     if not ckpt_dir.is_dir():
         return []
-    found = [p for p in ckpt_dir.glob("step-*") if p.is_dir() and not p.name.endswith(".tmp")
-             and (p / "state.json").is_file()]
+    found = [p for p in ckpt_dir.glob("step-*") if p.is_dir() and p.name[5:].isdigit() and (p / "state.json").is_file()]
     return sorted(found, key=lambda p: int(p.name.split("-")[1]))
 
 
@@ -207,3 +206,46 @@ def load_checkpoint(path: str | Path, modules: dict[str, torch.nn.Module],
             torch.cuda.set_rng_state_all(cuda)
     log.info("resumed from %s (step %d)", path, state["step"])
     return state
+
+
+def verify(path: str | Path, modules) -> None:
+    """Check a checkpoint folder without loading it: state.json parses, and every file it needs (one per module,
+    optim, rng) is there, with a safetensors header whose tensors end exactly at the end of the file (a truncated
+    file fails). Raises ``CheckpointError`` naming the file."""
+    import struct
+
+    path = Path(path)
+    try:
+        json.loads((path / "state.json").read_text())
+    except (OSError, ValueError) as e:
+        raise CheckpointError(f"{path / 'state.json'} is unreadable ({e})") from None
+    for name in [*modules, "optim", "rng"]:
+        f = path / f"{name}.safetensors"
+        try:
+            with open(f, "rb") as fh:
+                (n,) = struct.unpack("<Q", fh.read(8))
+                header = json.loads(fh.read(n))
+            end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
+            if f.stat().st_size != 8 + n + end:
+                raise ValueError(f"{f.stat().st_size} bytes, the header says {8 + n + end}")
+        except (OSError, ValueError, struct.error) as e:
+            raise CheckpointError(f"{f} is damaged or missing ({e})") from None
+
+
+def load_latest_good(ckpt_dir: str | Path, modules: dict, optimizers: dict) -> dict | None:
+    """``load_checkpoint`` of the newest checkpoint that ``verify`` passes; a damaged one (a truncated or missing
+    file: a full disk, a copy cut short) is reported by name, renamed ``step-XXXXXX.bad`` and the next older one
+    is tried, so nothing of a damaged checkpoint is ever loaded. Returns its state.json, or None when there is no
+    good checkpoint. A checkpoint of another model or config still raises CheckpointError from the load: that
+    is no damage but a wrong run folder."""
+    for path in reversed(checkpoint_dirs(ckpt_dir)):
+        try:
+            verify(path, modules)
+        except CheckpointError as e:
+            bad = path.with_name(path.name + ".bad")
+            shutil.rmtree(bad, ignore_errors=True)
+            os.replace(path, bad)
+            log.warning("%s; moved %s to %s, resuming from the previous checkpoint", e, path.name, bad.name)
+            continue
+        return load_checkpoint(path, modules, optimizers)
+    return None

@@ -34,7 +34,7 @@ from ladd.data.shards import sample_seed
 from ladd.draws import Draws
 from ladd.models.wrap import is_sharded, unwrap
 from ladd.runtime import deferred_interrupt, process_state
-from ladd.training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from ladd.training.checkpoint import latest_checkpoint, load_latest_good, save_checkpoint
 from ladd.training.config import FSDP_EMA
 from ladd.training.contract import Context
 from ladd.training.ema import EMA
@@ -195,10 +195,10 @@ def _prepare_frozen(acc, module: torch.nn.Module) -> torch.nn.Module:
 
 
 def _resume(ckpt_dir: Path, run: _Run, cfg) -> tuple[int, float]:
-    path = latest_checkpoint(ckpt_dir)
-    if path is None:
+    state = load_latest_good(ckpt_dir, run.checkpoint_modules(), run.checkpoint_optimizers())
+    if state is None:
         return 0, 0.0
-    state = load_checkpoint(path, run.checkpoint_modules(), run.checkpoint_optimizers())
+    path = ckpt_dir / f"step-{int(state['step']):06d}"
     for name, schedule in run.schedules.items():
         schedule.load_state_dict(state["schedules"][name])
     old, new = _flat(state["config"]), _flat(C.to_dict(cfg))
