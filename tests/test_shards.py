@@ -101,6 +101,22 @@ def test_other_settings_in_the_same_folder_fail_before_loading(assets):
         run_synth(assets, "data.guidance=5")
 
 
+def test_more_samples_extend_full_shards(assets, tmp_path):
+    """data.num_samples may grow over full shards: the shards there are kept (sample i depends on (seed, i) only)
+    and the new set equals one made at that size from scratch; it may not shrink."""
+    run_synth(assets, "data.num_samples=8")                  # two full shards of 4
+    first = (assets / "data" / "shard-00000.safetensors").stat().st_mtime_ns
+    assert run_synth(assets, "data.num_samples=12") == [2]  # only the new shard is written
+    assert (assets / "data" / "shard-00000.safetensors").stat().st_mtime_ns == first
+    fresh = run_synth(assets, "data.num_samples=12", f"paths.data={tmp_path / 'fresh'}")
+    assert fresh == [0, 1, 2]
+    grown = shards.ShardDataset.load(assets / "data")
+    direct = shards.ShardDataset.load(tmp_path / "fresh")
+    assert torch.equal(grown.latents, direct.latents)
+    with pytest.raises(shards.DataError, match="num_samples: folder 12 vs config 8"):
+        run_synth(assets, "data.num_samples=8")
+
+
 def test_data_from_older_captions_is_not_reused(assets, monkeypatch):
     run_synth(assets)
     from ladd.nano import prompts

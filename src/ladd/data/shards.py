@@ -123,11 +123,18 @@ def check_manifest(data_dir: str | Path, generation: dict) -> None:
                         f"{FORMAT} v{VERSION}; delete it or set paths.data to another folder")
     # model paths are for people; the weights' hashes say whether it is the same model (a moved checkout is)
     diff = {k: (old["generation"].get(k), v) for k, v in generation.items()
-            if k not in PATH_KEYS and old["generation"].get(k) != v}
+            if k not in PATH_KEYS and old["generation"].get(k) != v and not _grows(old["generation"], k, v)}
     if diff:
         listed = ", ".join(f"{k}: folder {a!r} vs config {b!r}" for k, (a, b) in sorted(diff.items()))
         raise DataError(f"{data_dir} holds data made with other settings ({listed}); set paths.data to a new "
                         f"folder, or delete {data_dir} to re-make it")
+
+
+def _grows(old: dict, key: str, value) -> bool:
+    """A larger ``num_samples`` over full shards of the same size extends the data: sample ``i`` depends on
+    ``(seed, i)`` only, so the shards already there are the new set's first ones and are kept."""
+    return (key == "num_samples" and isinstance(value, int) and value > old["num_samples"]
+            and old["num_samples"] % old["shard_size"] == 0)
 
 
 def write_manifest(data_dir: str | Path, generation: dict) -> None:
