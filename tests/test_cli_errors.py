@@ -92,3 +92,20 @@ def test_flags_come_from_the_typed_configs(capsys):
     with pytest.raises(SystemExit):
         build_parser().parse_args(["sample"])  # --prompt is required
     assert "--prompt" in capsys.readouterr().err
+
+
+def test_outputs_are_checked_before_any_work(tmp_path, capsys):
+    """An --out that cannot be written fails in one line before a model loads or an image is made."""
+    import os
+
+    a_file = tmp_path / "taken"
+    a_file.write_text("x")
+    code, err = run(["eval", "--model", "real", "--limit", "2", "--out", str(a_file)], capsys)
+    assert code == 2 and "is a file" in err
+    code, err = run(["sample", "--prompt", "a red circle", "--out", str(tmp_path)], capsys)
+    assert code == 2 and "is a folder" in err and not list(tmp_path.glob("*.tmp.png"))
+    if os.geteuid() != 0:  # root writes anywhere: the read-only case means nothing there
+        locked = tmp_path / "locked"
+        locked.mkdir(mode=0o555)
+        code, err = run(["eval", "--model", "real", "--limit", "2", "--out", str(locked / "o")], capsys)
+        assert code == 2 and "not a writable folder" in err

@@ -67,8 +67,10 @@ def run_sample(args) -> None:
     from ladd.images import save_grid
     from ladd.generate import generate, image_seed
     from ladd.models.registry import load_generator, world
+    from ladd.runtime import check_output
 
     world().check_size(args.height, args.width)
+    check_output(args.out, "--out", kind="file")
     if args.n < 1:
         raise ConfigError(f"--n must be >= 1, got {args.n}")
     gen = load_generator(args.model)

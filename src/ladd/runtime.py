@@ -102,3 +102,22 @@ def folder_lock(folder: str | Path, what: str, enabled: bool = True):
         yield
     finally:
         f.close()  # releases the lock
+
+
+def check_output(path: str | Path, name: str, kind: str = "dir") -> Path:
+    """Fail at once, before any model loads, if output ``path`` (``kind`` "dir" or "file"; ``name``: the option
+    that gave it, e.g. ``--out``) cannot be written: an existing path of the other kind, or a parent folder that
+    cannot be created or written. Creates nothing."""
+    from ladd.config import ConfigError
+
+    path = Path(path)
+    if kind == "dir" and path.exists() and not path.is_dir():
+        raise ConfigError(f"{name} {path} is a file; give a folder (it is created if missing)")
+    if kind == "file" and path.is_dir():
+        raise ConfigError(f"{name} {path} is a folder; give a file name, e.g. {path / 'samples.png'}")
+    probe = path if kind == "dir" and path.is_dir() else path.parent
+    while not probe.exists() and probe != probe.parent:  # the nearest existing folder decides
+        probe = probe.parent
+    if not probe.is_dir() or not os.access(probe, os.W_OK | os.X_OK):
+        raise ConfigError(f"{name} {path}: {probe} is not a writable folder; choose another place")
+    return path

@@ -142,8 +142,9 @@ def check_export_target(run_dir: str | Path, out_dir: str | Path, overwrite: boo
     if out == run or out in run.parents:
         raise ConfigError(f"--out {out_dir}: it holds the run folder {run_dir}, whose checkpoints and logs an "
                           f"export would replace; export to a new folder, e.g. --out {Path(run_dir) / 'shipped'}")
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"--out {out_dir} is a file; give a folder (it is created)")
+    from ladd.runtime import check_output
+
+    check_output(out_dir, "--out")
     if not out.is_dir() or not any(out.iterdir()) or overwrite:
         return
     marker = out / MARKER

@@ -71,6 +71,10 @@ def check_config(cfg: DistillConfig, num_processes: int = 1) -> dict:
     channels, existing data made with other settings, the evaluation prompts and evaluator. The model folders
     first (``check_model_paths``). Returns the data's generation settings."""
     cfg.train.micro_batch(num_processes)
+    from ladd.runtime import check_output
+
+    check_output(cfg.paths.run_dir, "paths.run_dir")
+    check_output(cfg.paths.data, "paths.data")
     if os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true" and cfg.train.ema_decay > 0:
         raise ConfigError(FSDP_EMA)
     check_model_paths(cfg)

@@ -23,6 +23,7 @@ from ladd.config import ConfigError
 from ladd.evaluation import metrics
 from ladd.images import save_grid
 from ladd.models.registry import world
+from ladd.runtime import check_output
 
 log = logging.getLogger(__name__)
 REAL_SEED_OFFSET = 10_000_019  # reference images use seeds disjoint from any evaluated run's
@@ -171,6 +172,7 @@ def evaluate(cfg: EvalConfig, generator=None) -> dict:
     if cfg.shift is not None and cfg.shift <= 0:
         raise ConfigError(f"--shift must be > 0 (1 = no shift, > 1 = more steps at high noise), got {cfg.shift}")
     world().check_size(cfg.height, cfg.width)
+    check_output(cfg.out, "--out")
     evaluator, evaluator_path = load_evaluator(cfg.evaluator)
     index = [(i, k) for i in range(len(prompts)) for k in range(cfg.per_prompt)]
     images, seconds, settings = produce(cfg, prompts, index, generator)
