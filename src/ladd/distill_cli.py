@@ -49,7 +49,8 @@ def add(sub) -> None:
     p.add_argument("run_dir", metavar="RUN_DIR")
     p.add_argument("--out", required=True, help="output folder: new, empty, or an earlier export of this run "
                                                 "(replaced atomically); never the run folder")
-    p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out that is not an export of RUN_DIR")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace a non-empty --out that is not an export of RUN_DIR")
     p.add_argument("--raw", action="store_true", help="the raw student weights instead of the EMA")
     p.set_defaults(func=run_export)
 

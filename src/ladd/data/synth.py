@@ -4,7 +4,8 @@ Synthetic (the default, docs/method.md "Synthetic data"): for ShapeWorld sample 
 caption (the nano world's, ``ladd.models.registry.world``) gives the prompt and its object spec, or with
 ``data.prompts`` (a prompt file) prompt ``i mod N`` of the file with an empty spec; the teacher samples a latent
 for it with classifier-free guidance and many steps (its recommended setting, time shift included, unless
-``data.guidance/steps/sampler`` say otherwise) from noise seeded per sample, so sample ``i`` is the same at any batch size or process count.
+``data.guidance/steps/sampler`` say otherwise) from noise seeded per sample, so sample ``i`` is the same at any
+batch size or process count.
 Real (``data.source=real``, the ablation): the ShapeWorld image itself, encoded by the VAE (posterior mean).
 
 Resumable: shards already complete are skipped, anything else (a leftover temporary file, a truncated file) is
