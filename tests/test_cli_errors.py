@@ -109,3 +109,13 @@ def test_outputs_are_checked_before_any_work(tmp_path, capsys):
         locked.mkdir(mode=0o555)
         code, err = run(["eval", "--model", "real", "--limit", "2", "--out", str(locked / "o")], capsys)
         assert code == 2 and "not a writable folder" in err
+
+
+@pytest.mark.parametrize("args, flag", [
+    (["eval", "--limit", "0"], "--limit"), (["eval", "--limit", "-358"], "--limit"),
+    (["eval", "--batch-size", "0"], "--batch-size"), (["eval", "--per-prompt", "0"], "--per-prompt"),
+    (["sample", "--prompt", "a", "--steps", "0"], "--steps"), (["sample", "--prompt", "a", "--n", "0"], "--n"),
+])
+def test_counts_must_be_positive(args, flag, capsys, tmp_path):
+    code, err = run([*args, "--out", str(tmp_path / "o")], capsys)
+    assert code == 2 and f"{flag} must be an integer >= 1" in err and not (tmp_path / "o").exists()

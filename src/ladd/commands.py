@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ladd.config import ConfigError
 
 
 def add_eval(sub) -> None:
@@ -51,6 +50,11 @@ class SampleConfig:
     width: int = _opt("image width", default=64)
     out: str = _opt("the PNG grid to write", default="samples.png")
 
+    def __post_init__(self):
+        from ladd.evaluation.evaluate import check_counts
+
+        check_counts(self, ("steps", "n"))
+
 
 def add_sample(sub) -> None:
     from ladd.config import add_arguments
@@ -71,8 +75,6 @@ def run_sample(args) -> None:
 
     world().check_size(args.height, args.width)
     check_output(args.out, "--out", kind="file")
-    if args.n < 1:
-        raise ConfigError(f"--n must be >= 1, got {args.n}")
     gen = load_generator(args.model)
     steps = args.steps or gen.recommended["steps"]
     guidance = gen.recommended["guidance"] if args.guidance is None else args.guidance

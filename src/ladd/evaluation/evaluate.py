@@ -29,6 +29,14 @@ log = logging.getLogger(__name__)
 REAL_SEED_OFFSET = 10_000_019  # reference images use seeds disjoint from any evaluated run's
 
 
+def check_counts(cfg, names) -> None:
+    """Each of ``names`` on ``cfg`` is None or an integer >= 1, else one line naming the flag."""
+    for name in names:
+        value = getattr(cfg, name)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise ConfigError(f"--{name.replace('_', '-')} must be an integer >= 1, got {value!r}")
+
+
 def _opt(help: str, **kw):
     return field(default=kw.pop("default", None), metadata={"help": help, **kw})
 
@@ -54,6 +62,9 @@ class EvalConfig:
     evaluator: str = _opt("the evaluator (a name or a folder)", default="nano-evaluator")
     cache_dir: str = _opt("where FD reference statistics are cached", default="cache/eval")
     limit: int | None = _opt("use only the first N prompts")
+
+    def __post_init__(self):
+        check_counts(self, ("per_prompt", "batch_size", "steps", "limit"))
 
 
 def load_evaluator(name: str = "nano-evaluator"):
