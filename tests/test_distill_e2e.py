@@ -222,3 +222,12 @@ def test_a_second_run_on_the_same_folder_stops_at_once(tmp_path, capsys):
         assert main(["synth", "--config", "configs/tiny.yaml", *tiny_overrides(tmp_path)]) == 2
     assert "in use by process" in capsys.readouterr().err
     assert not (tmp_path / "data" / "dataset.json").exists() and not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_guided_distillation_term_through_the_pipeline(tmp_path, fake_text_encoder):
+    """ladd.loss.distill_guidance > 1: ladd distill encodes the empty prompt for the method and trains with it."""
+    make_assets(tmp_path)
+    distill("configs/tiny.yaml", tiny_overrides(tmp_path, "ladd.loss.distill_weight=1",
+                                                "ladd.loss.distill_guidance=3", "train.steps=2"))
+    line = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[-1])
+    assert line["step"] == 2 and line["g_distill"] > 0

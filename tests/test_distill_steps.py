@@ -8,6 +8,7 @@ from ladd.config import ConfigError
 from ladd.distill.config import load_distill_config
 from ladd.methods.components.heads import Discriminator, build_discriminator
 from ladd.methods.components.student import renoise, student_forward
+from ladd.models.text_encoder import TextEmbeddings
 from ladd.methods.ladd import discriminator_step, generator_step
 from ladd.training.optim import build_optimizer
 from helpers import changed, setup, snapshot
@@ -137,3 +138,27 @@ def test_batched_heads_match_separate_calls_and_shared_t():
     fake = generator_step(student, teacher, disc, x0, cond, cfg.ladd, cfg.student).fake
     discriminator_step(teacher, disc, x0, cond, fake, cfg.ladd)
     assert torch.equal(seen[1], fake.t_hat)  # the real branch re-used the fakes' t_hat
+
+
+def test_guided_distillation_target():
+    """teacher_x0 with uncond and guidance w: x0 from v_u + w (v_c - v_u), the two in one batched forward; the
+    guided distillation term reaches the student and needs uncond."""
+    from ladd.methods.components.student import teacher_x0
+
+    cfg, teacher, student, disc, x0, cond = setup("ladd.loss.distill_weight=1", "ladd.loss.distill_guidance=3")
+    uncond = TextEmbeddings(torch.randn(1, 5, 32), torch.randn(1, 32))
+    t = torch.full((4,), 0.6)
+    b = len(cond)
+    u = TextEmbeddings(uncond.tokens.expand(b, -1, -1), uncond.pooled.expand(b, -1))
+    with torch.no_grad():
+        v = teacher(x0, t, u) + 3 * (teacher(x0, t, cond) - teacher(x0, t, u))
+    torch.testing.assert_close(teacher_x0(teacher, x0, t, cond, uncond, 3.0), flow.x0_from_v(x0, v, t))
+    out = generator_step(student, teacher, disc, x0, cond, cfg.ladd, cfg.student, torch.Generator().manual_seed(0),
+                         uncond=uncond)
+    out.loss.backward()
+    assert out.metrics["g_distill"] > 0 and any(p.grad is not None for p in student.parameters())
+    from ladd.methods.ladd import LADD
+
+    assert LADD.needs_uncond(cfg.ladd)
+    with pytest.raises(ValueError, match="uncond"):
+        LADD(cfg.ladd, cfg.student, teacher)

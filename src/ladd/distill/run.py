@@ -100,13 +100,14 @@ def check_config(cfg: DistillConfig, num_processes: int = 1) -> dict:
     return gen
 
 
-def build_method(cfg: DistillConfig, teacher=None):
-    """The selected method (``cfg.method``) on ``teacher`` (default: loaded from ``paths.teacher``)."""
+def build_method(cfg: DistillConfig, teacher=None, uncond=None):
+    """The selected method (``cfg.method``) on ``teacher`` (default: loaded from ``paths.teacher``); ``uncond``
+    is the empty prompt's embedding, for methods that ask for it (``needs_uncond``)."""
     if teacher is None:
         from ladd.models.teacher import load_teacher
 
         teacher = load_teacher(cfg.paths.teacher)
-    return method_class(cfg.method)(cfg.section, cfg.student, teacher, cfg.train.seed)
+    return method_class(cfg.method)(cfg.section, cfg.student, teacher, cfg.train.seed, uncond)
 
 
 def distill(preset: str | Path | None = DEFAULT_PRESET, overrides=(), text_encoder=None,
@@ -134,9 +135,10 @@ def _run(cfg: DistillConfig, gen: dict, run_dir: Path, state, text_encoder, comm
     from ladd.training.trainer import train
 
     trains = method_class(cfg.method).trains  # a method that trains nothing needs no data and no previews
+    wants_uncond = method_class(cfg.method).needs_uncond(cfg.section)
     missing = trains and shards.missing_shards(cfg.paths.data, cfg.data.num_samples, cfg.data.shard_size)
     previews = trains and cfg.train.sample_every
-    if text_encoder is None and (missing or previews or (trains and cfg.eval.val_every)):
+    if text_encoder is None and (missing or previews or wants_uncond or (trains and cfg.eval.val_every)):
         from ladd.models import text_encoder as te
 
         text_encoder = te.load_text_encoder(**gen["text_encoder"], device=state.device,
@@ -147,9 +149,10 @@ def _run(cfg: DistillConfig, gen: dict, run_dir: Path, state, text_encoder, comm
     data = shards.ShardDataset.load(cfg.paths.data) if trains else None
     vae = load_vae(cfg.paths.vae)
     preview = text_encoder.encode(PREVIEW_PROMPTS) if previews else None
+    uncond = text_encoder.encode([""]) if wants_uncond else None
     if hasattr(text_encoder, "release"):  # SD3's text encoders (T5-XXL: ~10 GB) leave the GPU before training
         text_encoder.release()
-    method = build_method(cfg, load_teacher(cfg.paths.teacher))
+    method = build_method(cfg, load_teacher(cfg.paths.teacher), uncond)
     hooks = []
     if preview is not None:
         hooks.append((cfg.train.sample_every, lambda model, step: save_preview(

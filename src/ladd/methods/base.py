@@ -110,14 +110,20 @@ class Method:
     trains: ClassVar[bool] = True      # False: no modules, no data, no iteration (e.g. few_step)
     progress: ClassVar[tuple[str, ...]] = ()  # metrics shown on the progress bar
 
-    def __init__(self, cfg, student: StudentConfig, teacher: torch.nn.Module, seed: int = 0):
+    def __init__(self, cfg, student: StudentConfig, teacher: torch.nn.Module, seed: int = 0, uncond=None):
         self.cfg, self.student_cfg, self.seed = cfg, student, seed
         self.teacher = teacher
+        self.uncond = uncond  # the empty prompt's TextEmbeddings, when needs_uncond(cfg) (guided targets)
 
     @classmethod
     def optimizer_defaults(cls) -> dict:
         """Optimizer name -> its default ``OptimizerConfig`` (the preset's ``optim.<name>`` overrides fields)."""
         return {}
+
+    @classmethod
+    def needs_uncond(cls, cfg) -> bool:
+        """Whether the method needs the empty prompt's embedding (``uncond``), e.g. for a CFG teacher target."""
+        return False
 
     @classmethod
     def check(cls, cfg, teacher_config: dict) -> None:

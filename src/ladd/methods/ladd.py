@@ -47,10 +47,15 @@ class LossConfig:
     r1_weight: float = 0.0           # R1 on the real head inputs; docs/method.md suggests about 1e-5 when on
     misaligned_weight: float = 0.0   # share w of D's fake side given to real latents with shuffled prompts (0 = off)
     distill_weight: float = 0.0      # ADD-style MSE to the teacher's x0 at the re-noised fake (0 = off)
+    # CFG scale of that target (ADD's distillation term uses the guided teacher): > 1 transfers guidance directly
+    distill_guidance: float = 1.0
 
     def __post_init__(self):
         if self.kind not in ("hinge", "non_saturating"):
             fail("ladd.loss.kind", f"got {self.kind!r}", "use 'hinge' or 'non_saturating'")
+        self.distill_guidance = number("ladd.loss.distill_guidance", self.distill_guidance)
+        if self.distill_guidance < 1:
+            fail("ladd.loss.distill_guidance", f"got {self.distill_guidance}", "use 1 (no guidance) or more, e.g. 3")
         for name in ("r1_weight", "misaligned_weight", "distill_weight"):
             value = number(f"ladd.loss.{name}", getattr(self, name))
             if value < 0:
@@ -97,12 +102,13 @@ class GeneratorOut:
 
 def generator_step(student, teacher, disc, x0: torch.Tensor, cond: TextEmbeddings, cfg: LADDConfig,
                    student_cfg: StudentConfig, generator: torch.Generator | Draws | None = None,
-                   step: int = 0) -> GeneratorOut:
+                   step: int = 0, uncond: TextEmbeddings | None = None) -> GeneratorOut:
     """The student's loss on data latents ``x0`` ``[B, C, h, w]`` with their prompts ``cond``.
 
     The teacher is frozen but not under ``no_grad``: the adversarial gradient flows through its features into
     ``x0_hat`` and the student. The heads' parameters get no gradient here (pass ``disc`` unwrapped from DDP,
-    since it takes no part in this step's gradient sync). ``step`` selects the warm-up grid probabilities."""
+    since it takes no part in this step's gradient sync). ``step`` selects the warm-up grid probabilities;
+    ``uncond`` (the empty prompt's embedding) is needed by a guided distillation target."""
     check_frozen(teacher)
     disc = _heads_for_generator(disc)
     grid = flow.student_grid(student_cfg.steps, student_cfg.shift)
@@ -116,8 +122,10 @@ def generator_step(student, teacher, disc, x0: torch.Tensor, cond: TextEmbedding
     loss, metrics = adv, {"g_adv": adv.detach()}
     if cfg.loss.distill_weight > 0:
         # ADD-style term, unweighted MSE at the same t_hat (ADD weights it by a c(t); an ablation knob at most).
-        # Costs one more no-grad teacher forward; off by default (docs/method.md: unnecessary with synthetic data).
-        distill = F.mse_loss(x0_hat.float(), teacher_x0(teacher, fake, t_hat, cond).float())
+        # Costs one more no-grad teacher forward (two with guidance); off by default (docs/method.md: unnecessary
+        # with synthetic data).
+        target = teacher_x0(teacher, fake, t_hat, cond, uncond, cfg.loss.distill_guidance)
+        distill = F.mse_loss(x0_hat.float(), target.float())
         loss = loss + cfg.loss.distill_weight * distill
         metrics["g_distill"] = distill.detach()
     metrics.update(g_loss=loss.detach(), t_s=t_s.float().mean(), t_hat_fake=t_hat.float().mean(),
@@ -202,14 +210,21 @@ class LADD(Method):
     Config = LADDConfig
     progress = ("g_loss", "d_loss", "acc_real", "acc_fake")
 
-    def __init__(self, cfg: LADDConfig, student: StudentConfig, teacher: torch.nn.Module, seed: int = 0):
-        super().__init__(cfg, student, freeze(teacher), seed)
+    def __init__(self, cfg: LADDConfig, student: StudentConfig, teacher: torch.nn.Module, seed: int = 0,
+                 uncond: TextEmbeddings | None = None):
+        super().__init__(cfg, student, freeze(teacher), seed, uncond)
+        if self.needs_uncond(cfg) and uncond is None:
+            raise ValueError("ladd.loss.distill_guidance > 1 needs the empty prompt's embedding (uncond)")
         self._modules: dict | None = None
 
     @classmethod
     def optimizer_defaults(cls) -> dict:
         # the heads at 10x the student (two time-scale rule); docs/method.md, step 8: separate optimizers
         return {"student": OptimizerConfig(lr=1.0e-5), "heads": OptimizerConfig(lr=1.0e-4)}
+
+    @classmethod
+    def needs_uncond(cls, cfg: LADDConfig) -> bool:
+        return cfg.loss.distill_weight > 0 and cfg.loss.distill_guidance != 1.0
 
     @classmethod
     def check(cls, cfg: LADDConfig, teacher_config: dict) -> None:
@@ -230,6 +245,8 @@ class LADD(Method):
 
     def attach(self, modules: dict, frozen: dict) -> None:
         self.student, self.heads, self.teacher = modules["student"], modules["heads"], frozen["teacher"]
+        if self.uncond is not None:
+            self.uncond = self.uncond.to(next(self.student.parameters()).device)
 
     def updates(self, step: int) -> list[Update]:
         return [Update(("generator", "discriminator"), ("student", "heads"))]
@@ -238,7 +255,7 @@ class LADD(Method):
         x0, cond = batch
         if phase == "generator":
             g = generator_step(self.student, self.teacher, self.heads, x0, cond, self.cfg, self.student_cfg,
-                               ctx.draws, ctx.step)
+                               ctx.draws, ctx.step, self.uncond)
             ctx.store["fake"] = g.fake
             return PhaseOut(g.loss, g.metrics)
         if phase == "discriminator":

@@ -81,11 +81,18 @@ def renoise(x: torch.Tensor, m: float, s: float, generator: torch.Generator | Dr
     return flow.add_noise(x, draws.randn(x), t), t
 
 
-def teacher_x0(teacher, x_noisy: torch.Tensor, t: torch.Tensor, cond: TextEmbeddings) -> torch.Tensor:
-    """The teacher's x0 prediction, no grad (a regression target)."""
+def teacher_x0(teacher, x_noisy: torch.Tensor, t: torch.Tensor, cond: TextEmbeddings,
+               uncond: TextEmbeddings | None = None, guidance: float = 1.0) -> torch.Tensor:
+    """The teacher's x0 prediction, no grad (a regression target); with ``uncond`` (one empty-prompt embedding)
+    and ``guidance != 1`` classifier-free guided, ``v = v_u + w (v_c - v_u)``, in one batched forward."""
     with torch.no_grad():
         x_noisy = x_noisy.detach()
-        return flow.x0_from_v(x_noisy, teacher(x_noisy, t, cond), t)
+        if uncond is None or guidance == 1.0:
+            return flow.x0_from_v(x_noisy, teacher(x_noisy, t, cond), t)
+        b = x_noisy.shape[0]
+        u = TextEmbeddings(uncond.tokens.expand(b, -1, -1), uncond.pooled.expand(b, -1)).to(cond.tokens)
+        v_c, v_u = teacher(torch.cat([x_noisy, x_noisy]), torch.cat([t, t]), TextEmbeddings.cat([cond, u])).chunk(2)
+        return flow.x0_from_v(x_noisy, v_u + guidance * (v_c - v_u), t)
 
 
 def shuffled_prompts(cond: TextEmbeddings, shift: int = 1) -> TextEmbeddings:
