@@ -119,3 +119,13 @@ def test_outputs_are_checked_before_any_work(tmp_path, capsys):
 def test_counts_must_be_positive(args, flag, capsys, tmp_path):
     code, err = run([*args, "--out", str(tmp_path / "o")], capsys)
     assert code == 2 and f"{flag} must be an integer >= 1" in err and not (tmp_path / "o").exists()
+
+
+def test_yaml_errors_wrong_model_kind_and_flag_order(tmp_path, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train:\n  steps: [1,\n")
+    code, err = run(["distill", "--config", str(bad)], capsys)
+    assert code == 2 and str(bad) in err and "not valid YAML" in err
+    code, err = run(["distill", "paths.teacher=assets/nano/vae", "--no-eval", f"paths.run_dir={tmp_path / 'r'}",
+                     f"paths.data={tmp_path / 'd'}"], capsys)  # overrides after a flag too
+    assert code == 2 and "is not a teacher" in err and "assets/nano/vae" in err

@@ -88,7 +88,10 @@ def apply_override(data: dict, override: str) -> None:
         node = node.setdefault(p, {})
         if not isinstance(node, dict):
             raise ConfigError(f"override {override!r}: {p} is not a section")
-    node[leaf] = yaml.safe_load(raw)
+    try:
+        node[leaf] = yaml.safe_load(raw)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"override {override!r}: the value is not valid YAML ({' '.join(str(e).split())})") from None
 
 
 def load(cls, preset: str | Path | None = None, overrides: typing.Iterable[str] = ()):
@@ -105,7 +108,10 @@ def read_preset(path: str | Path, _seen: tuple = ()) -> dict:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config preset {path} does not exist; presets live in configs/")
-    data = yaml.safe_load(path.read_text()) or {}
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path} is not valid YAML: {' '.join(str(e).split())}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: a preset is a YAML mapping of sections, got {type(data).__name__}")
     base = data.pop("base", None)

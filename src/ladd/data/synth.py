@@ -39,7 +39,11 @@ def _model_folder(model_dir: str | Path) -> Path:
 
 def teacher_config(model_dir: str | Path) -> dict:
     """The teacher's config.json (no weights loaded), from a ladd asset, diffusers model or pipeline folder."""
-    return read_config(_model_folder(model_dir))
+    config = read_config(_model_folder(model_dir))
+    if "num_layers" not in config or "in_channels" not in config:
+        raise AssetError(f"{model_dir} is not a teacher (its config.json has no num_layers / in_channels: a VAE or "
+                         f"evaluator folder?); give a ladd teacher folder or an SD3 pipeline folder")
+    return config
 
 
 def weights_file(model_dir: str | Path) -> Path:
