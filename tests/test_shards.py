@@ -157,3 +157,17 @@ def test_bf16_teacher_samples_near_fp32_and_is_recorded(assets):
     assert 0 < rel < 0.05, rel
     with pytest.raises(shards.DataError, match="precision"):
         run_synth(assets, "data.precision=bf16")
+
+
+def test_a_synth_that_fails_loading_leaves_nothing_that_blocks_the_fix(assets, monkeypatch):
+    from ladd.data import synth
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("damaged teacher")
+
+    monkeypatch.setattr(synth, "load_models", broken)
+    with pytest.raises(RuntimeError, match="damaged"):
+        run_synth(assets, "data.guidance=5")
+    assert not (assets / "data" / "dataset.json").exists()
+    monkeypatch.undo()
+    assert run_synth(assets) == [0, 1, 2]  # the corrected command (other settings) runs

@@ -215,16 +215,19 @@ def synthesize(cfg, text_encoder=None, rank: int | None = None, world_size: int 
     data_dir = Path(cfg.paths.data)
     gen = generation_settings(cfg)
     shards.check_manifest(data_dir, gen)
-    shards.write_manifest(data_dir, gen)
     own = shards.owned_shards(cfg.data.num_shards, rank, world_size)
     for k in own:  # leftovers of a killed run: never read, always redone
         shards.temp_path(shards.shard_path(data_dir, k)).unlink(missing_ok=True)
     todo = shards.missing_shards(data_dir, gen["num_samples"], gen["shard_size"], own)
     if not todo:
+        shards.write_manifest(data_dir, gen)
         log.info("%s: all %d shards of process %d are complete", data_dir, len(own), rank)
         return []
     log.info("%s: writing %d of %d shards (process %d of %d)", data_dir, len(todo), len(own), rank, world_size)
     make_latents, encoder = load_models(cfg, gen, text_encoder, state.device)
+    # the manifest only once the models loaded: a first run that fails there (a damaged teacher) leaves nothing
+    # that would refuse the corrected command
+    shards.write_manifest(data_dir, gen)
     prompts = None
     if cfg.data.prompts is not None:
         from ladd.data.prompts import read_prompt_texts
