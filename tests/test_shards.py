@@ -171,3 +171,18 @@ def test_a_synth_that_fails_loading_leaves_nothing_that_blocks_the_fix(assets, m
     assert not (assets / "data" / "dataset.json").exists()
     monkeypatch.undo()
     assert run_synth(assets) == [0, 1, 2]  # the corrected command (other settings) runs
+
+
+def test_sigterm_during_synth_is_an_interrupt():
+    """`kill` during `ladd synth` raises KeyboardInterrupt (the CLI then says how to resume, exit 130)."""
+    import signal
+
+    from ladd.runtime import sigterm_as_interrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        with sigterm_as_interrupt():
+            os.kill(os.getpid(), signal.SIGTERM)
+            import time
+
+            time.sleep(5)
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL

@@ -82,7 +82,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"ladd: error: {e}  (run with -v for the traceback)", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("ladd: interrupted; re-run the same command to resume from the last checkpoint", file=sys.stderr)
+        print("ladd: interrupted; what was written is complete (shards, checkpoints): re-run the same command to "
+              "continue from there", file=sys.stderr)
         return 130
     return 0
 

@@ -59,14 +59,14 @@ def run_synth(args) -> None:
     from ladd.data.synth import synthesize
     from ladd.distill.config import load_distill_config
     from ladd.distill.run import check_config
-    from ladd.runtime import folder_lock, process_state
+    from ladd.runtime import folder_lock, process_state, sigterm_as_interrupt
 
     overrides = list(args.overrides) + ([f"data.source={args.source}"] if args.source else [])
     cfg = load_distill_config(args.config, overrides)
     state = process_state()
     cfg.eval.enabled = False  # synth needs no evaluation files
     check_config(cfg, state.num_processes)
-    with folder_lock(cfg.paths.data, "ladd synth data", state.is_main_process):
+    with folder_lock(cfg.paths.data, "ladd synth data", state.is_main_process), sigterm_as_interrupt():
         written = synthesize(cfg, rank=state.process_index, world_size=state.num_processes)
     state.wait_for_everyone()
     if state.is_main_process:

@@ -121,3 +121,21 @@ def check_output(path: str | Path, name: str, kind: str = "dir") -> Path:
     if not probe.is_dir() or not os.access(probe, os.W_OK | os.X_OK):
         raise ConfigError(f"{name} {path}: {probe} is not a writable folder; choose another place")
     return path
+
+
+@contextlib.contextmanager
+def sigterm_as_interrupt():
+    """SIGTERM (``kill``, schedulers) raises KeyboardInterrupt like Ctrl-C, so that the command says it stopped and
+    how to resume instead of dying silently with code 143. For work whose outputs are atomic (``ladd synth``)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):
+        raise KeyboardInterrupt
+
+    old = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)
