@@ -71,8 +71,6 @@ class TrainConfig:
         if self.batch_size % self.grad_accum:
             fail("train.batch_size", f"{self.batch_size} is not divisible by train.grad_accum={self.grad_accum}",
                  "make batch_size a multiple of grad_accum")
-        if self.mixed_precision is False:  # YAML reads a bare `no` as false
-            self.mixed_precision = "no"
         if self.mixed_precision == "fp16":
             # accelerate gives all optimizers one GradScaler and updates it inside every optimizer.step(): the
             # second optimizer would be unscaled with a changed scale
