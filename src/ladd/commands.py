@@ -3,8 +3,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
+from ladd.config import option
 
 
 def add_eval(sub) -> None:
@@ -31,24 +32,20 @@ def run_eval(args) -> None:
     print(f"wrote {cfg.out}/metrics.json and {cfg.out}/grid.png")
 
 
-def _opt(help: str, **kw):
-    return field(default=kw.pop("default", None), metadata={"help": help, **kw})
-
-
 @dataclass
 class SampleConfig:
     """``ladd sample``'s options."""
-    prompt: str | None = _opt("the prompt", required=True)
-    model: str = _opt("nano-teacher | nano-student | nano-student-1step | PATH", default="nano-teacher")
-    steps: int | None = _opt("sampling steps (default: the model card's)")
-    guidance: float | None = _opt("CFG scale, 1 = none (default: the model card's)")
-    sampler: str | None = _opt("default: the model card's", choices=["euler", "renoise"])
-    shift: float | None = _opt("time-grid shift (default: the model card's)")
-    n: int = _opt("number of images", default=8)
-    seed: int = _opt("noise seed", default=0)
-    height: int = _opt("image height", default=64)
-    width: int = _opt("image width", default=64)
-    out: str = _opt("the PNG grid to write", default="samples.png")
+    prompt: str | None = option("the prompt", required=True)
+    model: str = option("nano-teacher | nano-student | nano-student-1step | PATH", default="nano-teacher")
+    steps: int | None = option("sampling steps (default: the model card's)")
+    guidance: float | None = option("CFG scale, 1 = none (default: the model card's)")
+    sampler: str | None = option("default: the model card's", choices=["euler", "renoise"])
+    shift: float | None = option("time-grid shift (default: the model card's)")
+    n: int = option("number of images", default=8)
+    seed: int = option("noise seed", default=0)
+    height: int = option("image height", default=64)
+    width: int = option("image width", default=64)
+    out: str = option("the PNG grid to write", default="samples.png")
 
     def __post_init__(self):
         from ladd.evaluation.evaluate import check_counts

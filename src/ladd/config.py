@@ -134,6 +134,12 @@ def save(cfg, path: str | Path) -> None:
     Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
 
 
+def option(help: str, **kw):
+    """A field of a one-section config with its flag's ``help`` (and ``choices``, ``required``); ``default``
+    defaults to None."""
+    return dataclasses.field(default=kw.pop("default", None), metadata={"help": help, **kw})
+
+
 def add_arguments(parser, cls) -> None:
     """Flat ``--field-name`` options for every field of the one-section config ``cls`` (``ladd eval``, ``ladd
     sample``, the nano recipes): the same typed dataclass, its ``__post_init__`` checks, and a field's

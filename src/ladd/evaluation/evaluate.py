@@ -11,7 +11,7 @@ import hashlib
 import json
 import logging
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +19,7 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
-from ladd.config import ConfigError
+from ladd.config import ConfigError, option
 from ladd.evaluation import metrics
 from ladd.images import save_grid
 from ladd.models.registry import world
@@ -37,31 +37,27 @@ def check_counts(cfg, names) -> None:
             raise ConfigError(f"--{name.replace('_', '-')} must be an integer >= 1, got {value!r}")
 
 
-def _opt(help: str, **kw):
-    return field(default=kw.pop("default", None), metadata={"help": help, **kw})
-
-
 @dataclass
 class EvalConfig:
     """``ladd eval``'s options (flags ``--per-prompt`` etc., ladd.config.add_arguments)."""
-    model: str = _opt("real | nano-teacher | nano-student | nano-student-1step | PATH to a model folder | nano-vae "
+    model: str = option("real | nano-teacher | nano-student | nano-student-1step | PATH to a model folder | nano-vae "
                       "or vae:PATH (real images reconstructed by a VAE)", default="nano-teacher")
-    prompts: str = _opt("prompt file (JSON lines)", default="prompts/nano-eval.jsonl")
-    per_prompt: int = _opt("images per prompt", default=4)
-    steps: int | None = _opt("sampling steps (default: the model card's)")
-    guidance: float | None = _opt("CFG scale, 1 = none (default: the model card's)")
-    sampler: str | None = _opt("default: the model card's", choices=["euler", "renoise"])
-    shift: float | None = _opt("time-grid shift, > 1 spends more steps at high noise (default: the model card's)")
-    seed: int = _opt("noise seed (image k of prompt i uses a seed of (seed, i, k))", default=0)
-    out: str = _opt("output folder", default="runs/eval")
-    images: str | None = _opt("evaluate images from this folder instead of generating")
-    save_images: bool = _opt("also write OUT/images/{i:05d}_{k:02d}.png", default=False)
-    batch_size: int = _opt("images per batch", default=64)
-    height: int = _opt("image height", default=64)
-    width: int = _opt("image width", default=64)
-    evaluator: str = _opt("the evaluator (a name or a folder)", default="nano-evaluator")
-    cache_dir: str = _opt("where FD reference statistics are cached", default="cache/eval")
-    limit: int | None = _opt("use only the first N prompts")
+    prompts: str = option("prompt file (JSON lines)", default="prompts/nano-eval.jsonl")
+    per_prompt: int = option("images per prompt", default=4)
+    steps: int | None = option("sampling steps (default: the model card's)")
+    guidance: float | None = option("CFG scale, 1 = none (default: the model card's)")
+    sampler: str | None = option("default: the model card's", choices=["euler", "renoise"])
+    shift: float | None = option("time-grid shift, > 1 spends more steps at high noise (default: the model card's)")
+    seed: int = option("noise seed (image k of prompt i uses a seed of (seed, i, k))", default=0)
+    out: str = option("output folder", default="runs/eval")
+    images: str | None = option("evaluate images from this folder instead of generating")
+    save_images: bool = option("also write OUT/images/{i:05d}_{k:02d}.png", default=False)
+    batch_size: int = option("images per batch", default=64)
+    height: int = option("image height", default=64)
+    width: int = option("image width", default=64)
+    evaluator: str = option("the evaluator (a name or a folder)", default="nano-evaluator")
+    cache_dir: str = option("where FD reference statistics are cached", default="cache/eval")
+    limit: int | None = option("use only the first N prompts")
 
     def __post_init__(self):
         check_counts(self, ("per_prompt", "batch_size", "steps", "limit"))
