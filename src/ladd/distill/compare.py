@@ -14,6 +14,7 @@ import numpy as np
 
 from ladd.data.synth import teacher_recommended, weights_file
 from ladd.distill.config import DistillConfig
+from ladd.methods import method_class
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +42,8 @@ def _jobs(cfg: DistillConfig, export_dir: Path) -> list[tuple]:
     """(label, folder name, model, steps, guidance, sampler) per evaluated setting; None = the model's default."""
     rec = teacher_recommended(cfg.paths.teacher)
     e = cfg.eval
-    label, sampler = ("student", e.sampler) if cfg.method != "few_step" else ("few-step teacher", None)
+    # a trained student samples with eval.sampler; an untrained method's export (few_step) with its own setting
+    label, sampler = ("student", e.sampler) if method_class(cfg.method).trains else (f"{cfg.method} export", None)
     jobs = [(f"teacher {rec['steps']} steps, cfg {rec['guidance']:g} (recommended)", "teacher-recommended",
              cfg.paths.teacher, None, None, None)]
     jobs += [(f"teacher {_steps(s)}, cfg {rec['guidance']:g}", f"teacher-{s}step", cfg.paths.teacher, s, None, None)
