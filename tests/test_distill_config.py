@@ -139,6 +139,16 @@ def test_an_fsdp_launch_refuses_the_ema_before_loading_anything(monkeypatch, tmp
     check_config(load_distill_config("configs/nano.yaml", ["train.ema_decay=0", data]))
 
 
+def test_the_regression_term_refuses_data_without_pairs_before_loading_anything(tmp_path):
+    from ladd.distill.run import check_config
+
+    data = f"paths.data={tmp_path / 'data'}"
+    check_config(load_distill_config("configs/nano.yaml", ["ladd.loss.regression_weight=1", data]))
+    for unpaired in ("data.sampler=renoise", "data.source=real"):
+        with pytest.raises(ConfigError, match="regression_weight.*data.sampler=euler"):
+            check_config(load_distill_config("configs/nano.yaml", ["ladd.loss.regression_weight=1", unpaired, data]))
+
+
 def test_method_selects_its_section_and_optimizers():
     cfg = load_distill_config("configs/nano.yaml")
     assert cfg.method == "ladd" and set(cfg.optim) == {"student", "heads"}

@@ -231,3 +231,12 @@ def test_guided_distillation_term_through_the_pipeline(tmp_path, fake_text_encod
                                                 "ladd.loss.distill_guidance=3", "train.steps=2"))
     line = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[-1])
     assert line["step"] == 2 and line["g_distill"] > 0
+
+
+def test_regression_term_through_the_pipeline(tmp_path, fake_text_encoder):
+    """ladd.loss.regression_weight > 0: ladd distill loads the data with their noise and trains on the pairs."""
+    make_assets(tmp_path)
+    distill("configs/tiny.yaml", tiny_overrides(tmp_path, "ladd.loss.regression_weight=1", "student.probs=[1,0,0,0]",
+                                                "train.steps=2", "train.log_every=1"))
+    lines = [json.loads(s) for s in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [x["step"] for x in lines if "g_regression" in x] == [1, 2] and lines[-1]["g_regression"] > 0

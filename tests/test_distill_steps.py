@@ -102,6 +102,38 @@ def test_optional_terms(overrides):
         assert out.metrics["g_distill"] > 0 and len(disc.heads) == 1
 
 
+def test_paired_noise_is_the_students_input_only_where_it_starts_from_noise():
+    _, teacher, student, _, x0, cond = setup()
+    grid, noise = flow.student_grid(4), torch.randn_like(x0)
+    probs = torch.tensor([0.5, 0.0, 0.5, 0.0])  # t_s in {1, 0.5}
+    plain = student_forward(student, x0, cond, grid, probs, torch.Generator().manual_seed(3))
+    paired = student_forward(student, x0, cond, grid, probs, torch.Generator().manual_seed(3), noise)
+    assert torch.equal(plain[1], paired[1]) and set(plain[1].tolist()) == {1.0, 0.5}
+    at_one = plain[1] == 1
+    with torch.no_grad():  # at t_s = 1: x0_hat = noise - G(noise, 1)
+        expected = noise[at_one] - student(noise[at_one], plain[1][at_one], cond[at_one])
+    assert torch.allclose(paired[0][at_one], expected, atol=1e-5)
+    assert torch.equal(paired[0][~at_one], plain[0][~at_one])  # fresh noise below t_s = 1, the same draws
+    assert not torch.allclose(paired[0][at_one], plain[0][at_one])
+
+
+def test_regression_term_pulls_the_one_step_output_to_the_teachers_sample():
+    cfg, teacher, student, disc, x0, cond = setup("ladd.loss.regression_weight=2.0")
+    noise = torch.randn_like(x0)
+    with pytest.raises(ValueError, match="starting noise"):
+        generator_step(student, teacher, disc, x0, cond, cfg.ladd, cfg.student)
+    cfg.student.probs = [1.0, 0.0, 0.0, 0.0]
+    out = generator_step(student, teacher, disc, x0, cond, cfg.ladd, cfg.student, torch.Generator().manual_seed(0),
+                         noise=noise)
+    expected = (out.fake.x0_hat - x0).pow(2).mean()  # every sample at t_s = 1
+    assert torch.allclose(out.metrics["g_regression"], expected, rtol=1e-5)
+    assert torch.allclose(out.loss, out.metrics["g_adv"] + 2.0 * expected, rtol=1e-5)
+    cfg.student.probs = [0.0, 0.0, 1.0, 0.0]  # no sample starts from noise: the term adds nothing
+    out = generator_step(student, teacher, disc, x0, cond, cfg.ladd, cfg.student, torch.Generator().manual_seed(0),
+                         noise=noise)
+    assert out.metrics["g_regression"] == 0 and torch.allclose(out.loss, out.metrics["g_adv"])
+
+
 def test_discriminator_shapes_on_non_square_latents():
     cfg, teacher, _, disc, _, cond = setup()
     x = torch.randn(4, 4, 8, 12)

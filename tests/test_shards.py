@@ -186,3 +186,35 @@ def test_sigterm_during_synth_is_an_interrupt():
 
             time.sleep(5)
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+
+
+def test_paired_data_give_each_latent_the_noise_the_teacher_started_from(assets):
+    """``load(pairs=True)``: the noise regenerated from each record's seed is the start of the teacher's Euler
+    ODE that made the latent (the regression term's pairs), and batches carry it as a third item."""
+    from ladd import flow
+    from ladd.models.teacher import load_teacher
+    from ladd.models.text_encoder import TextEmbeddings
+    from ladd.sampling import euler
+
+    run_synth(assets)
+    data = shards.ShardDataset.load(assets / "data", pairs=True)
+    assert data.paired and data.noise.shape == data.latents.shape
+    gen = data.generation
+    teacher = load_teacher(assets / "teacher")
+    enc = FakeEncoder()
+    cond, uncond = enc.encode([r["prompt"] for r in data.records[:3]]), enc.encode([""])
+    u = TextEmbeddings(uncond.tokens.expand(3, -1, -1), uncond.pooled.expand(3, -1))
+    with torch.no_grad():
+        again = euler(teacher, data.noise[:3], flow.sampling_times("euler", gen["steps"]), cond, u, gen["guidance"])
+    assert torch.allclose(again, data.latents[:3], atol=1e-5)
+    assert not torch.allclose(data.noise[0], data.noise[1])
+    x0, text, noise = data.batch(3, seed=0, step=5)
+    idx = data.indices(3, 0, 5)
+    assert torch.equal(noise, data.noise[idx]) and torch.equal(x0, data.latents[idx])
+    assert len(shards.ShardDataset.load(assets / "data").batch(3, 0, 5)) == 2  # unpaired by default
+
+
+def test_pairs_are_refused_for_data_that_are_not_deterministic_teacher_samples(assets):
+    run_synth(assets, "data.sampler=renoise", f"paths.data={assets / 'renoise'}")
+    with pytest.raises(shards.DataError, match="data.sampler=euler"):
+        shards.ShardDataset.load(assets / "renoise", pairs=True)

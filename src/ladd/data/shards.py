@@ -42,6 +42,13 @@ class DataError(ConfigError):
     """A data folder is incomplete or was made with other settings; the message says how to fix it."""
 
 
+def teacher_noise(records: list[dict], latent_shape) -> torch.Tensor:
+    """The starting noise ``[n, *latent_shape]`` of each record's teacher sample (seeded by its ``seed``, as
+    ``ladd synth`` draws it): with a deterministic sampler, ``(noise, latent)`` is a pair of the teacher's ODE."""
+    return torch.stack([torch.randn(list(latent_shape), generator=torch.Generator().manual_seed(r["seed"]))
+                        for r in records])
+
+
 def sample_seed(*keys: int) -> int:
     """A 63-bit seed from integer keys, e.g. ``(seed, rank, step, micro)``: independent streams per key tuple."""
     return int(np.random.SeedSequence([int(k) for k in keys]).generate_state(2, np.uint64)[0] >> np.uint64(1))
@@ -162,11 +169,25 @@ class ShardDataset:
     W processes the same data as on one, and processes see different samples.
     """
 
-    def __init__(self, latents: torch.Tensor, text: TextEmbeddings, records: list[dict], generation: dict):
+    def __init__(self, latents: torch.Tensor, text: TextEmbeddings, records: list[dict], generation: dict,
+                 noise: torch.Tensor | None = None):
         self.latents = latents      # [N, C, h, w] float32
         self.text = text            # tokens [N, L, D], pooled [N, P] (float16 on disk and in memory)
         self.records = records
         self.generation = generation
+        self.noise = noise          # [N, C, h, w] the teacher's starting noise per sample (``paired``), or None
+
+    @property
+    def paired(self) -> bool:
+        """Whether each latent is the teacher's deterministic (Euler ODE) sample from a known noise: the
+        regression pairs of ``ladd.loss.regression_weight``."""
+        return self.noise is not None
+
+    @staticmethod
+    def pairs_known(generation: dict) -> bool:
+        """Teacher samples made by the deterministic sampler: the noise (from each record's seed) determines the
+        latent."""
+        return generation.get("source") == "synthetic" and generation.get("sampler") == "euler"
 
     def __len__(self) -> int:
         return self.latents.shape[0]
@@ -176,7 +197,9 @@ class ShardDataset:
         return tuple(self.latents.shape[1:])
 
     @classmethod
-    def load(cls, data_dir: str | Path) -> "ShardDataset":
+    def load(cls, data_dir: str | Path, pairs: bool = False) -> "ShardDataset":
+        """The data folder in memory; with ``pairs``, also each sample's starting noise (``paired``; an error
+        for data that are not deterministic teacher samples)."""
         manifest = read_manifest(data_dir)
         if manifest is None:
             raise DataError(f"{data_dir} holds no {MANIFEST}: make the data first with `ladd synth` "
@@ -192,11 +215,19 @@ class ShardDataset:
             parts.append(load_file(path))
             records += read_meta(path)["records"]
         cat = {key: torch.cat([p[key] for p in parts]) for key in ("latents", "tokens", "pooled")}
-        return cls(cat["latents"].float(), TextEmbeddings(cat["tokens"], cat["pooled"]), records, gen)
+        noise = None
+        if pairs:
+            if not cls.pairs_known(gen):
+                raise DataError(f"{data_dir} holds {gen.get('source')} data made with sampler "
+                                f"{gen.get('sampler')!r}: its latents are not a deterministic function of a known "
+                                f"noise; regression pairs need teacher samples with data.sampler=euler")
+            noise = teacher_noise(records, gen["latent_shape"])
+        return cls(cat["latents"].float(), TextEmbeddings(cat["tokens"], cat["pooled"]), records, gen, noise)
 
     def to(self, device) -> "ShardDataset":
         """The data on ``device`` (the training loop keeps it on the accelerator: no copy per batch)."""
-        return ShardDataset(self.latents.to(device), self.text.to(device), self.records, self.generation)
+        noise = None if self.noise is None else self.noise.to(device)
+        return ShardDataset(self.latents.to(device), self.text.to(device), self.records, self.generation, noise)
 
     def indices(self, size: int, seed: int, step: int, micro: int = 0, rank: int = 0, world: int = 1) -> torch.Tensor:
         """``size`` sample indices ``[size]`` on the data's device (drawn there: no host-device copy): rank's
@@ -207,7 +238,10 @@ class ShardDataset:
         return torch.randint(len(self), (size * world,), generator=g, device=device)[rank * size:(rank + 1) * size]
 
     def batch(self, size: int, seed: int, step: int, micro: int = 0, rank: int = 0, world: int = 1):
-        """``(latents [size, C, h, w], TextEmbeddings)`` in float32 on the data's device."""
+        """``(latents [size, C, h, w], TextEmbeddings)`` in float32 on the data's device, and the latents'
+        starting noise ``[size, C, h, w]`` as a third item when the data are ``paired``."""
         idx = self.indices(size, seed, step, micro, rank, world)
         text = TextEmbeddings(self.text.tokens[idx], self.text.pooled[idx]).to(torch.float32)
+        if self.noise is not None:
+            return self.latents[idx], text, self.noise[idx]
         return self.latents[idx], text

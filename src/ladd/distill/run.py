@@ -91,6 +91,11 @@ def check_config(cfg: DistillConfig, num_processes: int = 1) -> dict:
                           f"use the VAE the teacher was trained with")
     gen = generation_settings(cfg)
     shards.check_manifest(cfg.paths.data, gen)
+    if method_class(cfg.method).needs_pairs(cfg.section) and not shards.ShardDataset.pairs_known(gen):
+        raise ConfigError(f"the regression term (ladd.loss.regression_weight) needs teacher samples made from a "
+                          f"known noise by a deterministic sampler; the data are {gen['source']} with sampler "
+                          f"{gen.get('sampler')!r}: use data.source=synthetic data.sampler=euler (or set "
+                          f"ladd.loss.regression_weight=0)")
     if cfg.eval.enabled or cfg.eval.val_every:
         from ladd.models.registry import resolve, world
 
@@ -146,7 +151,8 @@ def _run(cfg: DistillConfig, gen: dict, run_dir: Path, state, text_encoder, comm
     if missing:
         synthesize(cfg, text_encoder, state.process_index, state.num_processes)
     state.wait_for_everyone()
-    data = shards.ShardDataset.load(cfg.paths.data) if trains else None
+    pairs = method_class(cfg.method).needs_pairs(cfg.section)
+    data = shards.ShardDataset.load(cfg.paths.data, pairs) if trains else None
     vae = load_vae(cfg.paths.vae)
     preview = text_encoder.encode(PREVIEW_PROMPTS) if previews else None
     uncond = text_encoder.encode([""]) if wants_uncond else None

@@ -126,6 +126,12 @@ class Method:
         return False
 
     @classmethod
+    def needs_pairs(cls, cfg) -> bool:
+        """Whether the method needs each data latent's starting noise (batches ``(x0, cond, noise)``: teacher
+        samples by a deterministic sampler, ``ladd.data.shards.ShardDataset.paired``)."""
+        return False
+
+    @classmethod
     def check(cls, cfg, teacher_config: dict) -> None:
         """Checks of the method's section against the teacher's config.json, before any weight loads."""
 

@@ -49,6 +49,11 @@ class LossConfig:
     distill_weight: float = 0.0      # ADD-style MSE to the teacher's x0 at the re-noised fake (0 = off)
     # CFG scale of that target (ADD's distillation term uses the guided teacher): > 1 transfers guidance directly
     distill_guidance: float = 1.0
+    # Regression to the teacher's own sample: where the student starts from pure noise (t_s = 1) it gets the noise
+    # the teacher started each data latent from, and || x0_hat - x0 ||^2 is added with this weight (a pair of the
+    # teacher's ODE; Luhman & Luhman 2021, Diffusion2GAN's regression term, here in latent space). Free: no extra
+    # forward. Needs teacher samples made by a deterministic sampler (data.sampler euler). 0 = off.
+    regression_weight: float = 0.0
 
     def __post_init__(self):
         if self.kind not in ("hinge", "non_saturating"):
@@ -56,7 +61,7 @@ class LossConfig:
         self.distill_guidance = number("ladd.loss.distill_guidance", self.distill_guidance)
         if self.distill_guidance < 1:
             fail("ladd.loss.distill_guidance", f"got {self.distill_guidance}", "use 1 (no guidance) or more, e.g. 3")
-        for name in ("r1_weight", "misaligned_weight", "distill_weight"):
+        for name in ("r1_weight", "misaligned_weight", "distill_weight", "regression_weight"):
             value = number(f"ladd.loss.{name}", getattr(self, name))
             if value < 0:
                 fail(f"ladd.loss.{name}", f"got {value}", "use 0 (off) or a positive weight")
@@ -102,18 +107,23 @@ class GeneratorOut:
 
 def generator_step(student, teacher, disc, x0: torch.Tensor, cond: TextEmbeddings, cfg: LADDConfig,
                    student_cfg: StudentConfig, generator: torch.Generator | Draws | None = None,
-                   step: int = 0, uncond: TextEmbeddings | None = None) -> GeneratorOut:
+                   step: int = 0, uncond: TextEmbeddings | None = None,
+                   noise: torch.Tensor | None = None) -> GeneratorOut:
     """The student's loss on data latents ``x0`` ``[B, C, h, w]`` with their prompts ``cond``.
 
     The teacher is frozen but not under ``no_grad``: the adversarial gradient flows through its features into
     ``x0_hat`` and the student. The heads' parameters get no gradient here (pass ``disc`` unwrapped from DDP,
     since it takes no part in this step's gradient sync). ``step`` selects the warm-up grid probabilities;
-    ``uncond`` (the empty prompt's embedding) is needed by a guided distillation target."""
+    ``uncond`` (the empty prompt's embedding) is needed by a guided distillation target, ``noise`` (each
+    latent's starting noise) by the regression term."""
     check_frozen(teacher)
     disc = _heads_for_generator(disc)
     grid = flow.student_grid(student_cfg.steps, student_cfg.shift)
     probs = torch.tensor(student_cfg.probs_at(step))
-    x0_hat, t_s = student_forward(student, x0, cond, grid, probs, generator)
+    if cfg.loss.regression_weight > 0 and noise is None:
+        raise ValueError("ladd.loss.regression_weight needs each latent's starting noise (paired data)")
+    x0_hat, t_s = student_forward(student, x0, cond, grid, probs, generator,
+                                  noise if cfg.loss.regression_weight > 0 else None)
     fake, t_hat = renoise(x0_hat, cfg.disc.noise_m, cfg.disc.noise_s, generator)
     feats = teacher(fake, t_hat, cond, disc.blocks)
     with param_grads_off(disc):
@@ -128,6 +138,13 @@ def generator_step(student, teacher, disc, x0: torch.Tensor, cond: TextEmbedding
         distill = F.mse_loss(x0_hat.float(), target.float())
         loss = loss + cfg.loss.distill_weight * distill
         metrics["g_distill"] = distill.detach()
+    if cfg.loss.regression_weight > 0:
+        # mean over the samples that started from their own noise (t_s = 1); the others add nothing
+        paired = (t_s == 1).to(x0_hat.dtype)
+        per_sample = (x0_hat.float() - x0.float()).pow(2).flatten(1).mean(1)
+        regression = (per_sample * paired).sum() / paired.sum().clamp(min=1)
+        loss = loss + cfg.loss.regression_weight * regression
+        metrics["g_regression"] = regression.detach()
     metrics.update(g_loss=loss.detach(), t_s=t_s.float().mean(), t_hat_fake=t_hat.float().mean(),
                    g_fake_score=losses.sample_scores(logits).mean())
     out = FakeBatch([f.detach() for f in feats], t_hat.detach(), x0_hat.detach())
@@ -227,6 +244,10 @@ class LADD(Method):
         return cfg.loss.distill_weight > 0 and cfg.loss.distill_guidance != 1.0
 
     @classmethod
+    def needs_pairs(cls, cfg: LADDConfig) -> bool:
+        return cfg.loss.regression_weight > 0
+
+    @classmethod
     def check(cls, cfg: LADDConfig, teacher_config: dict) -> None:
         cfg.disc.resolve_blocks(teacher_config["num_layers"])
 
@@ -252,10 +273,10 @@ class LADD(Method):
         return [Update(("generator", "discriminator"), ("student", "heads"))]
 
     def loss(self, phase: str, batch, ctx: Context) -> PhaseOut:
-        x0, cond = batch
+        x0, cond, *paired = batch  # (x0, cond) or, from paired data, (x0, cond, noise)
         if phase == "generator":
             g = generator_step(self.student, self.teacher, self.heads, x0, cond, self.cfg, self.student_cfg,
-                               ctx.draws, ctx.step, self.uncond)
+                               ctx.draws, ctx.step, self.uncond, paired[0] if paired else None)
             ctx.store["fake"] = g.fake
             return PhaseOut(g.loss, g.metrics)
         if phase == "discriminator":

@@ -59,14 +59,19 @@ def init_student(teacher: torch.nn.Module, cfg=None) -> torch.nn.Module:
 
 
 def student_forward(student, x0: torch.Tensor, cond: TextEmbeddings, grid: torch.Tensor, probs: torch.Tensor,
-                    generator: torch.Generator | Draws | None = None):
+                    generator: torch.Generator | Draws | None = None, noise: torch.Tensor | None = None):
     """``(x0_hat [B, C, h, w], t_s [B])``: ``t_s ~ probs`` over ``grid`` (e.g. ``[1, .75, .5, .25]``),
     ``x_t = (1 - t_s) x0 + t_s eps``, ``x0_hat = x_t - t_s G(x_t, t_s)`` (docs/method.md, step 2). At ``t_s = 1``
-    ``x_t`` is pure noise; below, it is the noised *data* latent, as in training with the sampler's inputs."""
+    ``x_t`` is pure noise; below, it is the noised *data* latent, as in training with the sampler's inputs.
+    ``noise`` (``[B, C, h, w]``, each latent's own starting noise) replaces ``eps`` where ``t_s = 1``: the
+    student's input is then the noise from which the teacher made ``x0``."""
     draws = as_draws(generator)
     idx = draws.choice(probs, x0.shape[0])
     t_s = grid.to(idx.device)[idx].to(x0.device, x0.dtype)
-    x_t = flow.add_noise(x0, draws.randn(x0), t_s)
+    eps = draws.randn(x0)  # drawn in any case: the same random stream with and without ``noise``
+    if noise is not None:
+        eps = torch.where((t_s == 1).view(-1, *[1] * (x0.dim() - 1)), noise.to(eps), eps)
+    x_t = flow.add_noise(x0, eps, t_s)
     return flow.x0_from_v(x_t, velocity(student, x_t, t_s, cond), t_s), t_s
 
 
