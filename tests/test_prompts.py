@@ -44,6 +44,26 @@ def test_bad_lines_name_the_line_and_the_problem(tmp_path, bad, message):
     assert f"{path}:2" in str(e.value) and message in str(e.value)
 
 
+@pytest.mark.parametrize("suffix", [".jsonl", ".txt"])
+def test_non_utf8_files_and_huge_lines_are_one_clear_error_naming_the_line(tmp_path, suffix):
+    """Both readers (evaluation files and data.prompts) refuse, naming file and line, before any model loads."""
+    from ladd.config import ConfigError
+    from ladd.data.prompts import MAX_PROMPT_CHARS, read_prompt_texts
+
+    good = json.dumps(GOOD) if suffix == ".jsonl" else "a red circle"
+    latin1 = tmp_path / f"latin1{suffix}"
+    cafe = json.dumps({**GOOD, "prompt": "a caf\u00e9"}, ensure_ascii=False) if suffix == ".jsonl" else "a caf\u00e9"
+    latin1.write_bytes((good + "\n").encode() + cafe.encode("latin-1"))
+    huge = tmp_path / f"huge{suffix}"
+    huge.write_text(good + "\n" + good + "\n" + "x" * (MAX_PROMPT_CHARS + 1) + "\n")
+    readers = [(read_prompt_texts, ConfigError)] + [(read_prompts, PromptFileError)] * (suffix == ".jsonl")
+    for read, error in readers:
+        with pytest.raises(error, match=f"{latin1}:2: not UTF-8 text .*save the file as UTF-8"):
+            read(latin1)
+        with pytest.raises(error, match=f"{huge}:3: a line of 10,001 characters"):
+            read(huge)
+
+
 def test_missing_file(tmp_path):
     with pytest.raises(PromptFileError, match="does not exist"):
         read_prompts(tmp_path / "nope.jsonl")
