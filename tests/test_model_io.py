@@ -24,3 +24,18 @@ def test_replace_dir_gives_every_file_the_default_mode(tmp_path):
         (tmp_path / "x.tmp" / name).chmod(0o600)
     out = replace_dir(tmp_path / "x.tmp", tmp_path / "x")
     assert mode(out / "weights.safetensors") == mode(out / "scheduler" / "config.json") == mode(tmp_path / "plain")
+
+
+def test_a_truncated_diffusers_transformer_is_one_error_naming_the_folder(tmp_path):
+    import pytest
+
+    from ladd.models.io import AssetError
+    from ladd.models.teacher import build_nano_teacher, load_teacher
+    from helpers import TINY_TEACHER
+
+    build_nano_teacher(**TINY_TEACHER).transformer.save_pretrained(tmp_path / "student")
+    weights = tmp_path / "student" / "diffusion_pytorch_model.safetensors"
+    assert load_teacher(tmp_path / "student") is not None
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    with pytest.raises(AssetError, match=f"{tmp_path / 'student'} is not a loadable diffusers transformer folder"):
+        load_teacher(tmp_path / "student")

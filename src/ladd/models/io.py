@@ -57,6 +57,17 @@ def replace_dir(tmp: Path, out_dir: Path) -> Path:
     return out_dir
 
 
+def from_pretrained(cls, path: Path, what: str, **kwargs):
+    """``cls.from_pretrained(path, **kwargs)`` (a diffusers folder) with missing, truncated or mismatched files
+    as one ``AssetError`` naming the folder."""
+    try:
+        return cls.from_pretrained(path, **kwargs)
+    except (OSError, ValueError) as e:  # diffusers: OSError for missing or truncated files, ValueError for shapes
+        where = path / kwargs["subfolder"] if kwargs.get("subfolder") else path
+        raise AssetError(f"{where} is not a loadable diffusers {what} folder ({str(e).splitlines()[0]}); "
+                         f"re-export it (ladd export) or restore it") from e
+
+
 def read_config(model_dir: str | Path) -> dict:
     path = Path(model_dir) / "config.json"
     if not path.is_file():

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from diffusers import SD3Transformer2DModel
 
-from ladd.models.io import load_state, read_config
+from ladd.models.io import from_pretrained, load_state, read_config
 from ladd.models.text_encoder import TextEmbeddings
 
 TIMESTEP_SCALE = 1000.0
@@ -107,7 +107,7 @@ def load_teacher(path: str | Path) -> SD3Adapter:
     path = Path(path)
     if (path / "diffusion_pytorch_model.safetensors").exists() or (path / "transformer").is_dir():
         sub = "transformer" if (path / "transformer").is_dir() else None
-        return SD3Adapter(SD3Transformer2DModel.from_pretrained(path, subfolder=sub))
+        return SD3Adapter(from_pretrained(SD3Transformer2DModel, path, "transformer", subfolder=sub))
     config = read_config(path)
     model = SD3Transformer2DModel.from_config({k: v for k, v in config.items() if not k.startswith("ladd_")})
     return SD3Adapter(load_state(model, path).eval())

@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 from diffusers import AutoencoderKL
 
-from ladd.models.io import load_state, read_config
+from ladd.models.io import from_pretrained, load_state, read_config
 
 NANO_VAE_CONFIG = dict(
     in_channels=3,
@@ -57,7 +57,7 @@ def load_vae(path: str | Path) -> VAE:
     """A VAE from a ladd asset folder (config.json + model.safetensors) or a diffusers folder."""
     path = Path(path)
     if (path / "diffusion_pytorch_model.safetensors").exists():
-        return VAE(AutoencoderKL.from_pretrained(path))
+        return VAE(from_pretrained(AutoencoderKL, path, "VAE"))
     config = read_config(path)
     model = AutoencoderKL.from_config(config)
     return VAE(load_state(model, path).eval().requires_grad_(False))
