@@ -108,6 +108,14 @@ def test_distill_end_to_end(tmp_path, fake_text_encoder):
     assert main(["export", str(run), "--out", str(notes), "--overwrite"]) == 0
     assert (notes / "config.json").is_file() and not (notes / "notes.md").exists()
 
+    # a damaged newest checkpoint: the export takes the previous one and says so; the run folder is not changed
+    ema = run / "checkpoints" / "step-000004" / "ema.safetensors"
+    ema.write_bytes(ema.read_bytes()[:100])
+    before = sorted(p.relative_to(run) for p in run.rglob("*"))
+    assert main(["export", str(run), "--out", str(tmp_path / "older")]) == 0
+    assert json.loads((tmp_path / "older" / "ladd_export.json").read_text())["trained_steps"] == 2
+    assert sorted(p.relative_to(run) for p in run.rglob("*")) == before
+
 
 @pytest.fixture
 def no_model_loading(monkeypatch):

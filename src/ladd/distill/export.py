@@ -108,7 +108,7 @@ def load_run_student(run_dir: str | Path, use_ema: bool = True):
     from ladd.distill.config import load_distill_config
     from ladd.methods.components.student import init_student
     from ladd.models.teacher import load_teacher
-    from ladd.training.checkpoint import latest_checkpoint, load_module
+    from ladd.training.checkpoint import load_module, newest_good
     from ladd.training.ema import EMA
 
     run_dir = Path(run_dir)
@@ -116,12 +116,13 @@ def load_run_student(run_dir: str | Path, use_ema: bool = True):
         raise ConfigError(f"{run_dir} is not a ladd distill run folder (no config.yaml); pass the paths.run_dir "
                           f"of a run, e.g. runs/nano-ladd")
     cfg = load_distill_config(run_dir / "config.yaml")
-    ckpt = latest_checkpoint(run_dir / "checkpoints")
+    ema = use_ema and cfg.train.ema_decay > 0
+    ckpt = newest_good(run_dir / "checkpoints", ["ema" if ema else "student"])  # damaged newer ones: skipped
     if ckpt is None:
         raise ConfigError(f"{run_dir}/checkpoints holds no complete checkpoint yet; train first (ladd distill)")
     step = json.loads((ckpt / "state.json").read_text())["step"]
     model = init_student(load_teacher(cfg.paths.teacher), cfg.student).eval()  # the checkpoint's own layout
-    if use_ema and (ckpt / "ema.safetensors").is_file():
+    if ema:
         ema = EMA(model)  # the checkpoint's own layout (shadow.* and the update counter), checked key by key
         load_module(ema, ckpt / "ema.safetensors")
         model = ema.shadow

@@ -208,10 +208,10 @@ def load_checkpoint(path: str | Path, modules: dict[str, torch.nn.Module],
     return state
 
 
-def verify(path: str | Path, modules) -> None:
-    """Check a checkpoint folder without loading it: state.json parses, and every file it needs (one per module,
-    optim, rng) is there, with a safetensors header whose tensors end exactly at the end of the file (a truncated
-    file fails). Raises ``CheckpointError`` naming the file."""
+def verify(path: str | Path, names) -> None:
+    """Check a checkpoint folder without loading it: state.json parses, and ``<name>.safetensors`` for each of
+    ``names`` (modules, "optim", "rng") is there, with a header whose tensors end exactly at the end of the file
+    (a truncated file fails). Raises ``CheckpointError`` naming the file."""
     import struct
 
     path = Path(path)
@@ -219,7 +219,7 @@ def verify(path: str | Path, modules) -> None:
         json.loads((path / "state.json").read_text())
     except (OSError, ValueError) as e:
         raise CheckpointError(f"{path / 'state.json'} is unreadable ({e})") from None
-    for name in [*modules, "optim", "rng"]:
+    for name in names:
         f = path / f"{name}.safetensors"
         try:
             with open(f, "rb") as fh:
@@ -232,6 +232,18 @@ def verify(path: str | Path, modules) -> None:
             raise CheckpointError(f"{f} is damaged or missing ({e})") from None
 
 
+def newest_good(ckpt_dir: str | Path, names) -> Path | None:
+    """The newest checkpoint whose state.json and ``names`` files ``verify``; a damaged newer one is reported by
+    name and skipped (not moved: reading a run, as ``ladd export`` does, changes nothing in it)."""
+    for path in reversed(checkpoint_dirs(ckpt_dir)):
+        try:
+            verify(path, names)
+            return path
+        except CheckpointError as e:
+            log.warning("%s; using the previous checkpoint", e)
+    return None
+
+
 def load_latest_good(ckpt_dir: str | Path, modules: dict, optimizers: dict) -> dict | None:
     """``load_checkpoint`` of the newest checkpoint that ``verify`` passes; a damaged one (a truncated or missing
     file: a full disk, a copy cut short) is reported by name, renamed ``step-XXXXXX.bad`` and the next older one
@@ -240,7 +252,7 @@ def load_latest_good(ckpt_dir: str | Path, modules: dict, optimizers: dict) -> d
     is no damage but a wrong run folder."""
     for path in reversed(checkpoint_dirs(ckpt_dir)):
         try:
-            verify(path, modules)
+            verify(path, [*modules, "optim", "rng"])
         except CheckpointError as e:
             bad = path.with_name(path.name + ".bad")
             shutil.rmtree(bad, ignore_errors=True)
