@@ -86,3 +86,13 @@ def snapshot(module):
 
 def changed(module, before):
     return any(not torch.equal(p, q) for p, q in zip(module.parameters(), before))
+
+
+def cli_with_fake_encoder(argv: list[str]) -> int:
+    """``ladd.cli.main(argv)`` with ``FakeEncoder`` as every text encoder: the entry point of test subprocesses
+    (``python -c 'from helpers import cli_with_fake_encoder ...'``), which cannot be monkeypatched from outside."""
+    from ladd.cli import main
+    from ladd.models import text_encoder as te
+
+    te.load_text_encoder = lambda name="minilm", max_length=32, **_: FakeEncoder(max_length)
+    return main(argv)
