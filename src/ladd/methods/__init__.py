@@ -13,6 +13,7 @@ from ladd.config import ConfigError
 METHODS = {
     "ladd": "ladd.methods.ladd:LADD",
     "few_step": "ladd.methods.few_step:FewStep",
+    "lcm": "ladd.methods.lcm:LCM",
 }
 
 
