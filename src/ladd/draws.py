@@ -44,6 +44,11 @@ class Draws:
         return self._mine(flow.logit_normal(n * self.world, m, s, generator=self.generator,
                                             device=self._device(device)))
 
+    def uniform(self, n: int, low: float, high: float, device=None) -> torch.Tensor:
+        """``n`` numbers from ``U(low, high)``."""
+        u = torch.rand(n * self.world, generator=self.generator, device=self._device(device))
+        return low + (high - low) * self._mine(u)
+
     def integer(self, low: int, high: int) -> int:
         """One integer in ``[low, high)``, the same on every process."""
         return int(torch.randint(low, high, (1,), generator=self.generator, device=self._device()))

@@ -1,0 +1,105 @@
+"""DMD2 (ladd.methods.dmd2) on a tiny random teacher."""
+
+import json
+
+import pytest
+import torch
+
+from ladd import flow
+from ladd.distill.config import load_distill_config
+from ladd.draws import Draws
+from ladd.methods.components.heads import build_discriminator
+from ladd.methods.components.student import freeze, init_student
+from ladd.methods.dmd2 import DMD2Config, critic_step, generator_step, rollout
+from ladd.models.teacher import build_nano_teacher
+from ladd.models.text_encoder import TextEmbeddings
+from helpers import TINY_TEACHER, changed, make_assets, snapshot, tiny_overrides
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def tiny(**cfg):
+    torch.manual_seed(0)
+    teacher = freeze(build_nano_teacher(**TINY_TEACHER))
+    cfg = DMD2Config(guidance=2.0, **cfg)
+    student, fake = init_student(teacher), init_student(teacher)
+    heads = build_discriminator(teacher, cfg.heads())
+    x0 = torch.randn(4, 4, 8, 8)
+    cond = TextEmbeddings(torch.randn(4, 5, 32), torch.randn(4, 32))
+    uncond = TextEmbeddings(torch.randn(1, 5, 32), torch.randn(1, 32))
+    student_cfg = load_distill_config("configs/tiny.yaml").student
+    return cfg, student_cfg, teacher, student, fake, heads, x0, cond, uncond
+
+
+def test_rollout_is_the_students_own_renoising_sampler():
+    """Sample b is taken through idx[b] re-noising steps of the student (x0 prediction, then fresh noise to the
+    next grid time); idx = 0 keeps the noise. The noise of each step is drawn for the whole batch."""
+    *_, student, _, _, x0, cond, _ = tiny()
+    grid, noise = flow.student_grid(4), torch.randn_like(x0)
+    out = rollout(student, noise, cond, grid, torch.tensor([0, 2, 1, 0]), Draws(torch.Generator().manual_seed(0)))
+    g, x, states = torch.Generator().manual_seed(0), noise.clone(), [noise]
+    with torch.no_grad():
+        for j in range(2):
+            eps = torch.randn(x.shape, generator=g)
+            x = flow.add_noise(flow.x0_from_v(x, student(x, grid[j].expand(4), cond), grid[j]), eps, grid[j + 1])
+            states.append(x)
+    assert torch.equal(out[[0, 3]], noise[[0, 3]])
+    assert torch.allclose(out[1], states[2][1], atol=1e-5) and torch.allclose(out[2], states[1][2], atol=1e-5)
+
+
+def test_generator_step_gives_the_student_the_distribution_matching_gradient():
+    """With F equal to the unguided teacher and no guidance, x0_real = x0_fake: the DM gradient is zero; with
+    guidance it is not, and only the student gets gradients."""
+    cfg, student_cfg, teacher, student, fake, heads, x0, cond, uncond = tiny(gan_weight_g=0.0)
+    cfg.guidance = 1.0
+    out = generator_step(student, teacher, fake, heads, x0, cond, uncond, cfg, student_cfg, 0,
+                         torch.Generator().manual_seed(0))
+    out.loss.backward()
+    assert out.loss.abs() < 1e-10
+    student.zero_grad(set_to_none=True)
+    cfg.guidance, cfg.gan_weight_g = 3.0, 5e-3
+    out = generator_step(student, teacher, fake, heads, x0, cond, uncond, cfg, student_cfg, 0,
+                         torch.Generator().manual_seed(0))
+    out.loss.backward()
+    assert out.metrics["g_dm"] > 0 and "g_gan" in out.metrics
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in student.parameters())
+    assert all(p.grad is None for m in (teacher, fake, heads) for p in m.parameters())
+    assert all(p.requires_grad for m in (fake, heads) for p in m.parameters())
+
+
+def test_critic_step_trains_the_fake_score_and_heads_only():
+    cfg, student_cfg, teacher, student, fake, heads, x0, cond, _ = tiny()
+    out = critic_step(student, fake, heads, x0, cond, cfg, student_cfg, 0, torch.Generator().manual_seed(0))
+    out.loss.backward()
+    assert out.metrics["critic_flow"] > 0 and 0 <= out.metrics["d_acc"] <= 1
+    assert all(p.grad is None for p in student.parameters())
+    for m in (fake, heads):
+        assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in m.parameters())
+
+
+@pytest.mark.parametrize("bad, field", [("dmd2.critic_updates=0", "critic_updates"), ("dmd2.t_min=0.99", "t_min"),
+                                        ("dmd2.guidance=0.5", "guidance"), ("dmd2.backward_simulation=2", "backward")])
+def test_bad_settings_name_the_field(bad, field):
+    from ladd.config import ConfigError
+
+    with pytest.raises(ConfigError, match=field):
+        load_distill_config("configs/nano-dmd2.yaml", [bad])
+
+
+def test_dmd2_through_the_pipeline(tmp_path, monkeypatch):
+    """ladd distill method=dmd2: per iteration 2 critic updates and one student update, all three modules
+    checkpointed, the student exported."""
+    from ladd.distill.run import distill
+    from ladd.models import text_encoder as te
+    from helpers import FakeEncoder
+
+    monkeypatch.setattr(te, "load_text_encoder", lambda name="minilm", max_length=32, **_: FakeEncoder(max_length))
+    make_assets(tmp_path)
+    distill("configs/tiny.yaml", tiny_overrides(tmp_path, "method=dmd2", "dmd2.critic_updates=2",
+                                                "dmd2.gan_head_width=16"))
+    run = tmp_path / "run"
+    lines = [json.loads(s) for s in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [x["step"] for x in lines] == [1, 2, 3, 4] and all(x["critic_flow"] > 0 and "g_dm" in x for x in lines)
+    assert {p.name for p in (run / "checkpoints" / "step-000004").glob("*.safetensors")} >= \
+        {"student.safetensors", "fake_score.safetensors", "heads.safetensors", "ema.safetensors"}
+    assert (run / "export" / "diffusion_pytorch_model.safetensors").is_file()
