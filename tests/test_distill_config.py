@@ -164,7 +164,7 @@ def test_method_selects_its_section_and_optimizers():
     (["method=dmd3"], r"method: got 'dmd3'; use one of"),
     (["method=few_step", "ladd.disc.noise_m=9"], r"ladd\.disc\.noise_m"),  # set-aside sections are checked too
     (["optim.lr_student=1e-5"], r"optim\.lr_student: .* use optim\.<name>\.<field>.*optim\.student\.lr"),
-    (["optim.critic.lr=1e-5"], r"optim\.critic: method ladd has no optimizer 'critic'"),
+    (["optim.generator.lr=1e-5"], r"optim\.generator: method ladd has no optimizer 'generator'"),
     (["optim.student.schedule=cosine_with_restarts"], r"optim\.student\.schedule"),
     (["optim.heads.warmup_steps=10"], r"optim\.heads\.warmup_steps: is ignored by schedule 'constant'"),
     (["disc.noise_m=0"], r"disc: is now the section ladd\.disc"),
