@@ -208,6 +208,10 @@ def test_validation_during_training_writes_curves_and_selects_the_best(tmp_path,
     a = load_file(run / "checkpoints" / "step-000004" / "student.safetensors")
     b = load_file(tmp_path / "plain" / "checkpoints" / "step-000004" / "student.safetensors")
     assert all(torch.equal(a[k], b[k]) for k in a)
+    # validation time is not training time: train_seconds leaves it out, seconds (wall time) does not
+    line = json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])
+    plain = json.loads((tmp_path / "plain" / "metrics.jsonl").read_text().splitlines()[-1])
+    assert 0 < line["train_seconds"] < line["seconds"] - 0.5 and plain["train_seconds"] <= plain["seconds"]
     # the export holds the selected state
     exported = load_teacher(run / "export").state_dict()
     kept = load_file(run / "best" / "model.safetensors")

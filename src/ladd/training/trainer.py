@@ -103,7 +103,7 @@ def train(cfg, method, data, run_dir: str | Path, hooks: list[Hook] = ()) -> Tra
     run = prepare(acc, cfg, method)
     data = data.to(acc.device) if data is not None else None
     ckpt_dir = run_dir / "checkpoints"
-    start, elapsed = _resume(ckpt_dir, run, cfg) if run.modules else (0, 0.0)
+    start, elapsed, overhead = _resume(ckpt_dir, run, cfg) if run.modules else (0, 0.0, 0.0)
     steps = tc.steps if run.modules else 0  # a method that trains nothing runs no iteration
     main = acc.is_main_process
     if main:
@@ -114,7 +114,9 @@ def train(cfg, method, data, run_dir: str | Path, hooks: list[Hook] = ()) -> Tra
     meter = _Meter(acc, ckpt_dir)
     bar = tqdm(total=steps, initial=start, desc=f"ladd distill ({type(method).__name__})", disable=not main,
                dynamic_ncols=True, mininterval=1)
-    t0, done, last = time.perf_counter() - elapsed, start, {}
+    # ``seconds``: wall time over all resumes; ``train_seconds``: without previews, validation and checkpoints
+    # (what methods are compared by: ladd bench)
+    t0, done, last, clock = time.perf_counter() - elapsed, start, {}, _Overhead(overhead)
     with deferred_interrupt() as interrupted:
         try:
             for step in range(start, steps):
@@ -124,17 +126,19 @@ def train(cfg, method, data, run_dir: str | Path, hooks: list[Hook] = ()) -> Tra
                 bar.update(1)
                 at_log = done % tc.log_every == 0 or done == steps
                 if at_log:
-                    last = _report(meter, done, bar, writer, run_dir, time.perf_counter() - t0, method.progress)
+                    last = _report(meter, done, bar, writer, run_dir, time.perf_counter() - t0, method.progress,
+                                   clock.seconds)
                 due = [fn for every, fn in hooks if every and done % every == 0]
                 if main and due and not run.sharded:
-                    with torch.random.fork_rng(devices=[]):  # a hook never moves the training's random stream
+                    with torch.random.fork_rng(devices=[]), clock:  # a hook never moves the random stream
                         for fn in due:
                             fn(method.shipped(run.unwrapped(), run.ema), done)
                 if done % tc.ckpt_every == 0 or done == steps:
-                    _checkpoint(acc, meter, run, cfg, ckpt_dir, done, time.perf_counter() - t0)
+                    with clock:
+                        _checkpoint(acc, meter, run, cfg, ckpt_dir, done, time.perf_counter() - t0, clock.seconds)
                 if _stop_requested(acc, interrupted, at_log):
                     if done % tc.ckpt_every and done != steps:
-                        _checkpoint(acc, meter, run, cfg, ckpt_dir, done, time.perf_counter() - t0)
+                        _checkpoint(acc, meter, run, cfg, ckpt_dir, done, time.perf_counter() - t0, clock.seconds)
                     log.warning("interrupted: checkpoint at step %d written; re-run the same command to resume",
                                 done)
                     raise KeyboardInterrupt
@@ -194,10 +198,24 @@ def _prepare_frozen(acc, module: torch.nn.Module) -> torch.nn.Module:
     return module
 
 
-def _resume(ckpt_dir: Path, run: _Run, cfg) -> tuple[int, float]:
+class _Overhead:
+    """Seconds spent inside ``with clock:`` blocks (hooks, checkpoints), over all resumes."""
+
+    def __init__(self, seconds: float = 0.0):
+        self.seconds = seconds
+
+    def __enter__(self):
+        self._t = time.perf_counter()
+
+    def __exit__(self, *exc):
+        self.seconds += time.perf_counter() - self._t
+
+
+def _resume(ckpt_dir: Path, run: _Run, cfg) -> tuple[int, float, float]:
+    """``(step, elapsed seconds, overhead seconds)`` of the newest good checkpoint (zeros without one)."""
     state = load_latest_good(ckpt_dir, run.checkpoint_modules(), run.checkpoint_optimizers())
     if state is None:
-        return 0, 0.0
+        return 0, 0.0, 0.0
     path = ckpt_dir / f"step-{int(state['step']):06d}"
     for name, schedule in run.schedules.items():
         schedule.load_state_dict(state["schedules"][name])
@@ -205,7 +223,7 @@ def _resume(ckpt_dir: Path, run: _Run, cfg) -> tuple[int, float]:
     changed = {k: (old.get(k), v) for k, v in new.items() if old.get(k) != v}
     if changed:
         log.warning("resuming %s with a changed config: %s", path, changed)
-    return int(state["step"]), float(state["elapsed"])
+    return int(state["step"]), float(state["elapsed"]), float(state.get("overhead", 0.0))
 
 
 def _flat(d: dict, prefix: str = "") -> dict:
@@ -286,22 +304,25 @@ class _Meter:
         return dict(zip(keys, values))
 
 
-def _report(meter: _Meter, done: int, bar, writer, run_dir: Path, seconds: float, progress=()) -> dict:
+def _report(meter: _Meter, done: int, bar, writer, run_dir: Path, seconds: float, progress=(),
+            overhead: float = 0.0) -> dict:
     meter.raise_if_bad()
     values = meter.means()
     if writer is not None:  # main process
         bar.set_postfix({k: f"{values[k]:.3f}" for k in progress if k in values})
         with open(run_dir / "metrics.jsonl", "a") as f:
-            f.write(json.dumps({"step": done, **values, "seconds": round(seconds, 2)}) + "\n")
+            f.write(json.dumps({"step": done, **values, "seconds": round(seconds, 2),
+                                "train_seconds": round(seconds - overhead, 2)}) + "\n")
         for k, v in values.items():
             writer.add_scalar(k, v, done)
     return values
 
 
-def _checkpoint(acc, meter: _Meter, run: _Run, cfg, ckpt_dir: Path, done: int, seconds: float) -> None:
+def _checkpoint(acc, meter: _Meter, run: _Run, cfg, ckpt_dir: Path, done: int, seconds: float,
+                overhead: float = 0.0) -> None:
     meter.raise_if_bad()  # never checkpoint a state that saw a NaN
     if acc.is_main_process or run.sharded:  # sharded states are gathered by every process, written by the main one
-        extra = {"elapsed": seconds, "config": C.to_dict(cfg),
+        extra = {"elapsed": seconds, "overhead": overhead, "config": C.to_dict(cfg),
                  "schedules": {name: s.state_dict() for name, s in run.schedules.items()}}
         save_checkpoint(ckpt_dir, done, run.checkpoint_modules(), run.checkpoint_optimizers(), extra,
                         cfg.train.keep_checkpoints, write=acc.is_main_process)
