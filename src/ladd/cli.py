@@ -59,6 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     from ladd import distill_cli
     distill_cli.add(sub)
     commands.add_sample(sub)
+    commands.add_bench(sub)
     return parser
 
 

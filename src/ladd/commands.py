@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 from ladd.config import option
 
@@ -81,3 +82,30 @@ def run_sample(args) -> None:
     save_grid(images, args.out, ncols=min(args.n, 8))
     print(f"wrote {args.out}: {args.n} images, {steps} steps, guidance {guidance:g}, "
           f"{seconds / args.n:.4f} s/image")
+
+
+def add_bench(sub) -> None:
+    from ladd.bench.config import BenchConfig
+    from ladd.config import add_arguments
+
+    p = sub.add_parser(
+        "bench", help="every method on the same teacher, data and budget: one table, plots, a grid, JSON",
+        description="Train each of --methods with its nano preset (configs/nano*.yaml) on the same data under "
+                    "the same budget (equal training seconds on this machine, or equal iterations), evaluate each "
+                    "at --steps on every --prompts file against the teacher, and write OUT/bench.{md,json}, "
+                    "bench_quality.png, bench_curves.png and bench_grid.png. Resumes: re-run the same command.")
+    add_arguments(p, BenchConfig)
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                   help="dotted overrides for every method's preset, e.g. data.num_samples=2048")
+    p.set_defaults(func=run_bench)
+
+
+def run_bench(args) -> None:
+    from ladd.bench.config import BenchConfig
+    from ladd.bench.run import bench
+    from ladd.config import from_args
+
+    cfg = from_args(BenchConfig, args)
+    bench(cfg, args.overrides)
+    print((Path(cfg.out) / "bench.md").read_text())
+    print(f"wrote {cfg.out}/bench.md, bench.json, bench_quality.png, bench_curves.png, bench_grid.png")

@@ -19,19 +19,22 @@ from ladd.methods import method_class
 log = logging.getLogger(__name__)
 
 
-def eval_prompts(cfg: DistillConfig, run_dir: Path) -> Path:
-    """The prompt file to evaluate on: ``eval.prompts``, or ``eval.max_prompts`` of them evenly spaced over the
-    file (prompt files are grouped by category, so the first N would miss categories)."""
+def prompt_subset(prompts: str | Path, n: int, out: Path) -> Path:
+    """``n`` prompts of the file ``prompts`` evenly spaced over it (prompt files are grouped by category, so the
+    first N would miss categories), written to ``out``."""
     from ladd.models.registry import world
 
-    read_prompts, write_prompts = world().read_prompts, world().write_prompts
+    items = world().read_prompts(prompts)
+    pick = np.unique(np.linspace(0, len(items) - 1, min(n, len(items))).round().astype(int))
+    world().write_prompts([items[i] for i in pick], out)
+    return out
+
+
+def eval_prompts(cfg: DistillConfig, run_dir: Path) -> Path:
+    """The prompt file to evaluate on: ``eval.prompts``, or ``eval.max_prompts`` of them (``prompt_subset``)."""
     if cfg.eval.max_prompts is None:
         return Path(cfg.eval.prompts)
-    prompts = read_prompts(cfg.eval.prompts)
-    pick = np.unique(np.linspace(0, len(prompts) - 1, min(cfg.eval.max_prompts, len(prompts))).round().astype(int))
-    path = run_dir / "eval" / "prompts.jsonl"
-    write_prompts([prompts[i] for i in pick], path)
-    return path
+    return prompt_subset(cfg.eval.prompts, cfg.eval.max_prompts, run_dir / "eval" / "prompts.jsonl")
 
 
 def _steps(n: int) -> str:
@@ -54,7 +57,7 @@ def _jobs(cfg: DistillConfig, export_dir: Path) -> list[tuple]:
     return jobs
 
 
-def _reuse(ecfg, model_dir: str) -> dict | None:
+def reuse(ecfg, model_dir: str) -> dict | None:
     """A previous evaluation with the same settings, newer than the weights of the model, of the VAE that decodes
     its samples and of the evaluator (else None)."""
     from ladd.models.registry import model_settings, resolve
@@ -86,7 +89,7 @@ def evaluate_models(cfg: DistillConfig, run_dir: Path, export_dir: Path) -> list
                           save_images=True, batch_size=e.batch_size, height=cfg.data.height, width=cfg.data.width,
                           evaluator=e.evaluator, cache_dir=e.cache_dir)
         log.info("evaluating %s", label)
-        rows.append({"label": label, "slug": slug, **(_reuse(ecfg, str(model)) or evaluate(ecfg))})
+        rows.append({"label": label, "slug": slug, **(reuse(ecfg, str(model)) or evaluate(ecfg))})
     base = rows[0]["seconds_per_image"]
     for r in rows:
         r["speedup"] = base / r["seconds_per_image"] if r["seconds_per_image"] > 0 else float("nan")

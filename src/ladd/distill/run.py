@@ -27,7 +27,8 @@ from ladd import flow
 from ladd.config import ConfigError
 from ladd.data import shards
 from ladd.data.shards import sample_seed
-from ladd.data.synth import generation_settings, synthesize, teacher_config, teacher_recommended, teacher_text_encoder
+from ladd.data.synth import (generation_settings, synthesize, teacher_config, teacher_recommended, teacher_text_encoder,
+                             weights_file)
 from ladd.distill.compare import evaluate_models, write_comparison
 from ladd.distill.config import FSDP_EMA, DistillConfig, load_distill_config
 from ladd.methods import method_class
@@ -219,8 +220,11 @@ def _export(cfg: DistillConfig, run_dir: Path, result, info: dict, recommended: 
     from ladd.training.checkpoint import latest_checkpoint
 
     out, ckpt = run_dir / "export", latest_checkpoint(run_dir / "checkpoints")
+    # the newest input of the export: the checkpoint, or for a method that trains nothing the teacher itself
+    source = ckpt / "state.json" if ckpt is not None else weights_file(cfg.paths.teacher)
     if (out / "config.json").is_file() and read_config(out).get("ladd_trained_steps") == result.step \
-            and ckpt is not None and (out / "config.json").stat().st_mtime >= (ckpt / "state.json").stat().st_mtime:
+            and (ckpt is not None or result.step == 0) and read_config(out).get("ladd_recommended") == recommended \
+            and (out / "config.json").stat().st_mtime >= source.stat().st_mtime:
         log.info("%s already holds the student after %d iterations", out, result.step)
         return out
     out = export_student(result.export_model, run_dir / "export", steps=cfg.student.steps,

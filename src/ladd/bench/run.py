@@ -1,0 +1,163 @@
+"""``ladd bench``: each method of ``--methods`` trained by ``ladd distill`` on the same teacher and data under the
+same budget, then evaluated at each of ``--steps`` on each prompt file, every row against the teacher at its
+recommended setting on the same prompts and seeds.
+
+Budgets: ``--budget iterations`` gives every method ``--iterations`` iterations; ``--budget seconds`` gives every
+method the same training time on this machine (``train_seconds``: without previews, validation, checkpoints).
+For that, the first ``--probe`` iterations of each run are timed, and the run is continued (resumed, nothing
+redone) to ``--seconds / (seconds per iteration)`` iterations; the figure is kept in ``<method>/bench_budget.json``
+so that re-running does not re-size it. Methods' iterations differ in cost (DMD2's holds 5 critic updates): the
+table says by how much.
+
+Folder ``--out``: ``<method>/`` (the ladd distill run folder), ``<method>/eval/<prompt file>/<n>step/``,
+``teacher/<prompt file>/`` and the report (ladd.bench.report). Re-running the same command resumes: finished
+trainings and evaluations are reused.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+
+from ladd.bench.config import BenchConfig, preset_of
+
+log = logging.getLogger(__name__)
+
+
+def method_overrides(cfg: BenchConfig, method: str, overrides=()) -> list[str]:
+    return [*cfg.shared_overrides(), f"paths.run_dir={Path(cfg.out) / method}", *overrides]
+
+
+def _seconds_per_iteration(run_dir: Path) -> float:
+    """From metrics.jsonl: the training seconds per iteration over the logged lines after the first (the first
+    iterations are slower: allocation, caches)."""
+    lines = [json.loads(s) for s in (run_dir / "metrics.jsonl").read_text().splitlines() if s.strip()]
+    a, b = (lines[0], lines[-1]) if len(lines) < 3 else (lines[1], lines[-1])
+    if b["step"] == a["step"]:
+        return b["train_seconds"] / b["step"]
+    return (b["train_seconds"] - a["train_seconds"]) / (b["step"] - a["step"])
+
+
+def _iterations(cfg: BenchConfig, method: str, overrides, text_encoder) -> dict:
+    """``{"iterations", "seconds_per_iteration"}`` of ``method``'s run: fixed, or sized from a timed probe."""
+    from ladd.distill.run import distill
+
+    run_dir = Path(cfg.out) / method
+    record = run_dir / "bench_budget.json"
+    if cfg.budget == "iterations":
+        return {"iterations": cfg.iterations, "seconds_per_iteration": None}
+    if record.is_file():
+        return json.loads(record.read_text())
+    distill(preset_of(method), [*method_overrides(cfg, method, overrides), f"train.steps={cfg.probe}",
+                                "train.log_every=5", "eval.val_every=0"], text_encoder)
+    spi = _seconds_per_iteration(run_dir)
+    out = {"iterations": max(cfg.probe, round(cfg.seconds / spi)), "seconds_per_iteration": spi}
+    tmp = record.with_name(record.name + ".tmp")
+    tmp.write_text(json.dumps(out) + "\n")
+    os.replace(tmp, record)
+    log.info("%s: %.3f s per iteration -> %d iterations for %.0f s", method, spi, out["iterations"], cfg.seconds)
+    return out
+
+
+def train_method(cfg: BenchConfig, method: str, overrides=(), text_encoder=None) -> dict:
+    """Train (or resume, or reuse) ``method``'s run; returns its budget, timing and peak accelerator memory."""
+    import torch
+
+    from ladd.distill.run import distill
+    from ladd.methods import method_class
+
+    run_dir = Path(cfg.out) / method
+    trains = method_class(method).trains
+    budget = _iterations(cfg, method, overrides, text_encoder) if trains else {"iterations": 0}
+    n = budget["iterations"]
+    val = ["eval.val_every=0"]
+    if trains and cfg.val_points:
+        val = [f"eval.val_every={max(1, n // cfg.val_points)}", "eval.val_per_prompt=1"]
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+    distill(preset_of(method), [*method_overrides(cfg, method, overrides), f"train.steps={max(n, 1)}", *val],
+            text_encoder)
+    peak = torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else None
+    lines = [json.loads(s) for s in (run_dir / "metrics.jsonl").read_text().splitlines()] if trains else []
+    return {"method": method, "iterations": n, "train_seconds": lines[-1]["train_seconds"] if lines else 0.0,
+            "seconds_per_iteration": (lines[-1]["train_seconds"] / lines[-1]["step"]) if lines else None,
+            "peak_memory_gib": peak, "run_dir": str(run_dir)}
+
+
+def _prompt_subset(cfg: BenchConfig, path: str) -> Path:
+    from ladd.distill.compare import prompt_subset
+
+    if cfg.max_prompts is None:
+        return Path(path)
+    return prompt_subset(path, cfg.max_prompts, Path(cfg.out) / "prompts" / Path(path).name)
+
+
+def evaluate_method(cfg: BenchConfig, method: str, prompts: str, teacher: str) -> list[dict]:
+    """The method's export at each of ``--steps`` on ``prompts`` (cached); a trained student with the re-noising
+    sampler and no guidance, the few-step teacher with its own sampler and guidance."""
+    from ladd.distill.compare import reuse
+    from ladd.evaluation.evaluate import EvalConfig, evaluate
+    from ladd.methods import method_class
+
+    export = Path(cfg.out) / method / "export"
+    sampler = "renoise" if method_class(method).trains else None
+    rows = []
+    for steps in cfg.step_list:
+        ecfg = EvalConfig(model=str(export), prompts=str(_prompt_subset(cfg, prompts)), per_prompt=cfg.per_prompt,
+                          steps=steps, sampler=sampler, save_images=True,
+                          out=str(Path(cfg.out) / method / "eval" / Path(prompts).stem / f"{steps}step"))
+        rows.append({"method": method, "prompt_file": prompts, "out": ecfg.out,
+                     **(reuse(ecfg, str(export)) or evaluate(ecfg))})
+    return rows
+
+
+def evaluate_teacher(cfg: BenchConfig, prompts: str, teacher: str) -> dict:
+    from ladd.distill.compare import reuse
+    from ladd.evaluation.evaluate import EvalConfig, evaluate
+
+    ecfg = EvalConfig(model=teacher, prompts=str(_prompt_subset(cfg, prompts)), per_prompt=cfg.per_prompt,
+                      save_images=True, out=str(Path(cfg.out) / "teacher" / Path(prompts).stem))
+    return {"method": "teacher", "prompt_file": prompts, "out": ecfg.out, **(reuse(ecfg, teacher) or evaluate(ecfg))}
+
+
+def check(cfg: BenchConfig, overrides=()) -> str:
+    """Every check before any work: the output folder, the prompt files, each method's preset with the bench's
+    overrides (ladd.distill.run.check_config). Returns the teacher's folder."""
+    from ladd.distill.config import load_distill_config
+    from ladd.distill.run import check_config
+    from ladd.models.registry import world
+    from ladd.runtime import check_output
+
+    check_output(cfg.out, "--out")
+    for path in cfg.prompt_files:
+        world().read_prompts(path)
+    teachers = set()
+    for method in cfg.method_list:
+        dcfg = load_distill_config(preset_of(method), method_overrides(cfg, method, overrides))
+        check_config(dcfg)
+        teachers.add(str(Path(dcfg.paths.teacher).resolve()))
+    if len(teachers) > 1:
+        from ladd.config import ConfigError
+
+        raise ConfigError(f"the methods' presets name different teachers {sorted(teachers)}; a bench compares "
+                          f"methods on one teacher: set paths.teacher=... for all")
+    return teachers.pop()
+
+
+def bench(cfg: BenchConfig, overrides=(), text_encoder=None) -> dict:
+    """Train, evaluate and report every method (see the module docstring); returns ``{"runs", "rows"}``."""
+    from ladd.bench.report import write_report
+    from ladd.runtime import folder_lock
+
+    teacher = check(cfg, overrides)
+    with folder_lock(cfg.out, "a ladd bench run"):
+        runs = [train_method(cfg, m, overrides, text_encoder) for m in cfg.method_list]
+        rows = []
+        for prompts in cfg.prompt_files:
+            rows.append(evaluate_teacher(cfg, prompts, teacher))
+            for m in cfg.method_list:
+                rows += evaluate_method(cfg, m, prompts, teacher)
+        write_report(Path(cfg.out), cfg, runs, rows)
+    return {"runs": runs, "rows": rows}

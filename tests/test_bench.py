@@ -1,0 +1,77 @@
+"""`ladd bench` on the tiny random assets: every method through the same pipeline, one report, resumable."""
+
+import json
+
+import pytest
+
+from ladd.bench.config import BenchConfig
+from ladd.config import ConfigError
+from helpers import FakeEncoder, make_assets
+
+pytestmark = pytest.mark.slow  # ~1 min: four methods trained and evaluated
+
+
+def tiny(root, *extra):
+    return [f"paths.teacher={root / 'teacher'}", f"paths.vae={root / 'vae'}", "data.num_samples=8",
+            "data.shard_size=8", "data.batch_size=8", "train.batch_size=4", "ladd.disc.head_width=16",
+            "dmd2.gan_head_width=16", "dmd2.critic_updates=2", "lcm.solver_steps=8",
+            f"eval.cache_dir={root / 'cache'}", *extra]
+
+
+@pytest.fixture
+def fake_encoder(monkeypatch):
+    from ladd.models import text_encoder as te
+
+    monkeypatch.setattr(te, "load_text_encoder", lambda name="minilm", max_length=32, **_: FakeEncoder(max_length))
+
+
+def test_quick_bench_of_every_method_writes_one_report_and_resumes(tmp_path, fake_encoder):
+    from ladd.bench.run import bench
+
+    make_assets(tmp_path)
+    cfg = BenchConfig(quick=True, max_prompts=3, data=str(tmp_path / "data"), out=str(tmp_path / "bench"),
+                      prompts="prompts/nano-eval.jsonl,prompts/nano-unseen.jsonl", steps="1,4")
+    bench(cfg, tiny(tmp_path))
+    out = tmp_path / "bench"
+    report = json.loads((out / "bench.json").read_text())
+    keys = [(r["prompt_file"].split("/")[-1], r["method"], r["steps"]) for r in report["rows"]]
+    for f in ("nano-eval.jsonl", "nano-unseen.jsonl"):
+        assert (f, "teacher", 3) in keys  # the tiny teacher's recommended 3 steps
+        for m in ("few_step", "ladd", "lcm", "dmd2"):
+            assert (f, m, 1) in keys and (f, m, 4) in keys
+    assert all(r["n_images"] == 3 for r in report["rows"])
+    runs = {r["method"]: r for r in report["runs"]}
+    assert runs["few_step"]["iterations"] == 0 and runs["ladd"]["iterations"] == 3
+    assert runs["dmd2"]["seconds_per_iteration"] > 0 and runs["lcm"]["train_seconds"] > 0
+    md = (out / "bench.md").read_text()
+    assert "## prompts/nano-unseen.jsonl" in md and "vs teacher" in md and "| dmd2 | 4 | 4 |" in md
+    for png in ("bench_quality.png", "bench_grid.png"):
+        assert (out / png).stat().st_size > 1000
+    # re-running reuses the trainings and the evaluations
+    stamps = {p: p.stat().st_mtime_ns for p in out.glob("*/eval/*/*/metrics.json")}
+    assert len(stamps) == 2 * 4 * 2
+    bench(cfg, tiny(tmp_path))
+    again = json.loads((out / "bench.json").read_text())
+    assert again["rows"] == report["rows"] and again["runs"] == report["runs"]
+    assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
+
+
+def test_equal_seconds_budget_is_sized_from_a_timed_probe(tmp_path, fake_encoder):
+    from ladd.bench.run import train_method
+
+    make_assets(tmp_path)
+    cfg = BenchConfig(methods="ladd", budget="seconds", seconds=1e-3, probe=2, val_points=0,
+                      data=str(tmp_path / "data"), out=str(tmp_path / "bench"))
+    run = train_method(cfg, "ladd", tiny(tmp_path))
+    budget = json.loads((tmp_path / "bench" / "ladd" / "bench_budget.json").read_text())
+    assert budget["iterations"] == 2 and budget["seconds_per_iteration"] > 0  # at least the probe
+    assert run["iterations"] == 2 and run["train_seconds"] > 0
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(methods="ladd,gan"), "--methods"), (dict(steps="1,0"), "--steps"), (dict(per_prompt=0), "--per-prompt"),
+    (dict(seconds=0), "--seconds"),
+])
+def test_bad_options_are_one_line(kwargs, message):
+    with pytest.raises(ConfigError, match=message):
+        BenchConfig(**kwargs)
