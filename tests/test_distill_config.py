@@ -149,6 +149,14 @@ def test_the_regression_term_refuses_data_without_pairs_before_loading_anything(
             check_config(load_distill_config("configs/nano.yaml", ["ladd.loss.regression_weight=1", unpaired, data]))
 
 
+def test_yaml_1_1_words_stay_strings():
+    """`train.mixed_precision=no` (what the NaN error suggests) is the string 'no', not YAML 1.1's False."""
+    cfg = load_distill_config("configs/nano.yaml", ["train.mixed_precision=no"])
+    assert cfg.train.mixed_precision == "no"
+    with pytest.raises(ConfigError, match="eval.enabled must be bool, got 'no'"):
+        load_distill_config("configs/nano.yaml", ["eval.enabled=no"])
+
+
 def test_method_selects_its_section_and_optimizers():
     cfg = load_distill_config("configs/nano.yaml")
     assert cfg.method == "ladd" and set(cfg.optim) == {"student", "heads"}
