@@ -28,7 +28,9 @@ import torch
 
 from ladd.config import fail, number
 from ladd.models.lora import LORA_TARGETS
+from ladd.methods.components.student import freeze
 from ladd.training.contract import Context, PhaseOut, Update
+
 
 __all__ = ["Context", "Method", "PhaseOut", "StudentConfig", "Update"]
 
@@ -112,7 +114,10 @@ class Method:
 
     def __init__(self, cfg, student: StudentConfig, teacher: torch.nn.Module, seed: int = 0, uncond=None):
         self.cfg, self.student_cfg, self.seed = cfg, student, seed
-        self.teacher = teacher
+        self.teacher = freeze(teacher)  # eval mode, no parameter grads; still differentiable w.r.t. its inputs
+        if self.needs_uncond(cfg) and uncond is None:
+            raise ValueError(f"{type(self).__name__}'s guided target needs the empty prompt's embedding (uncond)")
+        self._modules: dict | None = None  # built once by modules()
         self.uncond = uncond  # the empty prompt's TextEmbeddings, when needs_uncond(cfg) (guided targets)
 
     @classmethod

@@ -34,7 +34,7 @@ from ladd.draws import Draws, as_draws
 from ladd.methods.base import Context, Method, PhaseOut, StudentConfig, Update
 from ladd.methods.components import gan_losses as losses
 from ladd.methods.components.heads import DiscriminatorConfig, build_discriminator
-from ladd.methods.components.student import (freeze, init_student, param_grads_off, student_forward, teacher_x0)
+from ladd.methods.components.student import (init_student, param_grads_off, student_forward, teacher_x0)
 from ladd.models.text_encoder import TextEmbeddings
 from ladd.models.wrap import is_sharded, unwrap
 from ladd.training.config import OptimizerConfig
@@ -169,12 +169,6 @@ class DMD2(Method):
     Config = DMD2Config
     progress = ("g_dm", "critic_flow", "d_acc")
 
-    def __init__(self, cfg: DMD2Config, student: StudentConfig, teacher: torch.nn.Module, seed: int = 0,
-                 uncond: TextEmbeddings | None = None):
-        super().__init__(cfg, student, freeze(teacher), seed, uncond)
-        if self.needs_uncond(cfg) and uncond is None:
-            raise ValueError("DMD2's guided real score needs the empty prompt's embedding (uncond)")
-        self._modules: dict | None = None
 
     @classmethod
     def optimizer_defaults(cls) -> dict:

@@ -34,7 +34,7 @@ from ladd.draws import Draws, as_draws
 from ladd.methods.base import Context, Method, PhaseOut, StudentConfig, Update
 from ladd.methods.components import gan_losses as losses
 from ladd.methods.components.heads import DiscriminatorConfig, build_discriminator
-from ladd.methods.components.student import (check_frozen, freeze, init_student, param_grads_off, renoise,
+from ladd.methods.components.student import (check_frozen, init_student, param_grads_off, renoise,
                                              shuffled_prompts, student_forward, teacher_x0)
 from ladd.models.text_encoder import TextEmbeddings
 from ladd.models.wrap import is_sharded, unwrap
@@ -227,12 +227,6 @@ class LADD(Method):
     Config = LADDConfig
     progress = ("g_loss", "d_loss", "acc_real", "acc_fake")
 
-    def __init__(self, cfg: LADDConfig, student: StudentConfig, teacher: torch.nn.Module, seed: int = 0,
-                 uncond: TextEmbeddings | None = None):
-        super().__init__(cfg, student, freeze(teacher), seed, uncond)
-        if self.needs_uncond(cfg) and uncond is None:
-            raise ValueError("ladd.loss.distill_guidance > 1 needs the empty prompt's embedding (uncond)")
-        self._modules: dict | None = None
 
     @classmethod
     def optimizer_defaults(cls) -> dict:

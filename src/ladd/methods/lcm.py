@@ -28,8 +28,8 @@ import torch
 from ladd import flow
 from ladd.config import fail, number
 from ladd.draws import Draws, as_draws
-from ladd.methods.base import Context, Method, PhaseOut, StudentConfig, Update
-from ladd.methods.components.student import freeze, init_student, teacher_x0
+from ladd.methods.base import Context, Method, PhaseOut, Update
+from ladd.methods.components.student import init_student, teacher_x0
 from ladd.models.text_encoder import TextEmbeddings
 from ladd.training.config import OptimizerConfig
 
@@ -96,12 +96,6 @@ class LCM(Method):
     Config = LCMConfig
     progress = ("lcm_loss",)
 
-    def __init__(self, cfg: LCMConfig, student: StudentConfig, teacher: torch.nn.Module, seed: int = 0,
-                 uncond: TextEmbeddings | None = None):
-        super().__init__(cfg, student, freeze(teacher), seed, uncond)
-        if self.needs_uncond(cfg) and uncond is None:
-            raise ValueError("a guided LCM target needs the empty prompt's embedding (uncond)")
-        self._modules: dict | None = None
 
     @classmethod
     def optimizer_defaults(cls) -> dict:
