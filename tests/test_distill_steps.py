@@ -194,3 +194,33 @@ def test_guided_distillation_target():
     assert LADD.needs_uncond(cfg.ladd)
     with pytest.raises(ValueError, match="uncond"):
         LADD(cfg.ladd, cfg.student, teacher)
+
+
+def test_guidance_only_distillation_target():
+    """ladd.loss.distill_target=guidance: the term's gradient on x0_hat is only the guidance direction,
+    2 (x0_cond - x0_cfg) / N, with no pull towards the teacher's conditional x0; refused without guidance."""
+    from ladd.methods.components.student import teacher_x0_pair
+
+    cfg, teacher, student, disc, x0, cond = setup("ladd.loss.distill_weight=1", "ladd.loss.distill_guidance=3",
+                                                  "ladd.loss.distill_target=guidance")
+    uncond = TextEmbeddings(torch.randn(1, 5, 32), torch.randn(1, 32))
+    out = generator_step(student, teacher, disc, x0, cond, cfg.ladd, cfg.student, torch.Generator().manual_seed(0),
+                         uncond=uncond)
+    x0_hat, t_hat = out.fake.x0_hat, out.fake.t_hat
+    # the same draws again give the re-noised fake: recompute the teacher's pair there
+    g = torch.Generator().manual_seed(0)
+    x0_again, _ = student_forward(student, x0, cond, flow.student_grid(cfg.student.steps),
+                                  torch.tensor(cfg.student.probs_at(0)), g)
+    fake, t_again = renoise(x0_again, cfg.ladd.disc.noise_m, cfg.ladd.disc.noise_s, g)
+    torch.testing.assert_close(t_again, t_hat)
+    x0_cond, x0_cfg = teacher_x0_pair(teacher, fake, t_hat, cond, uncond, 3.0)
+    assert not torch.allclose(x0_cond, x0_cfg)
+    torch.testing.assert_close(out.metrics["g_distill"], (x0_cfg - x0_cond).pow(2).mean(), rtol=1e-4, atol=1e-6)
+    # gradient of the term w.r.t. x0_hat, via a leaf copy of the same computation
+    leaf = x0_hat.clone().requires_grad_(True)
+    torch.nn.functional.mse_loss(leaf, leaf.detach() + (x0_cfg - x0_cond)).backward()
+    torch.testing.assert_close(leaf.grad, 2 * (x0_cond - x0_cfg) / x0_cond.numel())
+    with pytest.raises(ConfigError, match="distill_target"):
+        setup("ladd.loss.distill_weight=1", "ladd.loss.distill_target=guidance")
+    with pytest.raises(ConfigError, match="distill_target"):
+        setup("ladd.loss.distill_target=cfg")

@@ -35,7 +35,7 @@ from ladd.methods.base import Context, Method, PhaseOut, StudentConfig, Update
 from ladd.methods.components import gan_losses as losses
 from ladd.methods.components.heads import DiscriminatorConfig, build_discriminator
 from ladd.methods.components.student import (check_frozen, init_student, param_grads_off, renoise,
-                                             shuffled_prompts, student_forward, teacher_x0)
+                                             shuffled_prompts, student_forward, teacher_x0_pair)
 from ladd.models.text_encoder import TextEmbeddings
 from ladd.models.wrap import is_sharded, unwrap
 from ladd.training.config import OptimizerConfig
@@ -49,6 +49,10 @@ class LossConfig:
     distill_weight: float = 0.0      # ADD-style MSE to the teacher's x0 at the re-noised fake (0 = off)
     # CFG scale of that target (ADD's distillation term uses the guided teacher): > 1 transfers guidance directly
     distill_guidance: float = 1.0
+    # "x0": || x0_hat - x0_teacher_cfg ||^2 (ADD). "guidance": only the guidance part of that gradient,
+    # x0_teacher_cond - x0_teacher_cfg = -(w - 1)(x0_cond - x0_uncond), without the pull towards the teacher's
+    # (blurry, at high t_hat) conditional mean: classifier score distillation (Yu et al. 2023, arXiv 2310.19415).
+    distill_target: str = "x0"
     # Regression to the teacher's own sample: where the student starts from pure noise (t_s = 1) it gets the noise
     # the teacher started each data latent from, and || x0_hat - x0 ||^2 is added with this weight (a pair of the
     # teacher's ODE; Luhman & Luhman 2021, Diffusion2GAN's regression term, here in latent space). Free: no extra
@@ -61,6 +65,11 @@ class LossConfig:
         self.distill_guidance = number("ladd.loss.distill_guidance", self.distill_guidance)
         if self.distill_guidance < 1:
             fail("ladd.loss.distill_guidance", f"got {self.distill_guidance}", "use 1 (no guidance) or more, e.g. 3")
+        if self.distill_target not in ("x0", "guidance"):
+            fail("ladd.loss.distill_target", f"got {self.distill_target!r}", "use 'x0' or 'guidance'")
+        if self.distill_target == "guidance" and self.distill_guidance == 1:
+            fail("ladd.loss.distill_target", "'guidance' with ladd.loss.distill_guidance=1 has no gradient",
+                 "set ladd.loss.distill_guidance above 1, e.g. 3")
         for name in ("r1_weight", "misaligned_weight", "distill_weight", "regression_weight"):
             value = number(f"ladd.loss.{name}", getattr(self, name))
             if value < 0:
@@ -134,8 +143,11 @@ def generator_step(student, teacher, disc, x0: torch.Tensor, cond: TextEmbedding
         # ADD-style term, unweighted MSE at the same t_hat (ADD weights it by a c(t); an ablation knob at most).
         # Costs one more no-grad teacher forward (two with guidance); off by default (docs/method.md: unnecessary
         # with synthetic data).
-        target = teacher_x0(teacher, fake, t_hat, cond, uncond, cfg.loss.distill_guidance)
-        distill = F.mse_loss(x0_hat.float(), target.float())
+        x0_cond, x0_cfg = teacher_x0_pair(teacher, fake, t_hat, cond, uncond, cfg.loss.distill_guidance)
+        if cfg.loss.distill_target == "guidance":
+            # target x0_hat + (x0_cfg - x0_cond): the MSE's gradient is only the guidance direction
+            x0_cfg = x0_hat.detach() + (x0_cfg - x0_cond)
+        distill = F.mse_loss(x0_hat.float(), x0_cfg.float())
         loss = loss + cfg.loss.distill_weight * distill
         metrics["g_distill"] = distill.detach()
     if cfg.loss.regression_weight > 0:

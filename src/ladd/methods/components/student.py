@@ -90,14 +90,22 @@ def teacher_x0(teacher, x_noisy: torch.Tensor, t: torch.Tensor, cond: TextEmbedd
                uncond: TextEmbeddings | None = None, guidance: float = 1.0) -> torch.Tensor:
     """The teacher's x0 prediction, no grad (a regression target); with ``uncond`` (one empty-prompt embedding)
     and ``guidance != 1`` classifier-free guided, ``v = v_u + w (v_c - v_u)``, in one batched forward."""
+    return teacher_x0_pair(teacher, x_noisy, t, cond, uncond, guidance)[1]
+
+
+def teacher_x0_pair(teacher, x_noisy: torch.Tensor, t: torch.Tensor, cond: TextEmbeddings,
+                    uncond: TextEmbeddings | None = None, guidance: float = 1.0):
+    """``(x0_cond, x0_guided)``: the teacher's conditional and classifier-free guided x0 predictions, no grad,
+    from one batched forward (the same tensor twice without ``uncond`` or at ``guidance == 1``)."""
     with torch.no_grad():
         x_noisy = x_noisy.detach()
         if uncond is None or guidance == 1.0:
-            return flow.x0_from_v(x_noisy, teacher(x_noisy, t, cond), t)
+            x0 = flow.x0_from_v(x_noisy, teacher(x_noisy, t, cond), t)
+            return x0, x0
         b = x_noisy.shape[0]
         u = TextEmbeddings(uncond.tokens.expand(b, -1, -1), uncond.pooled.expand(b, -1)).to(cond.tokens)
         v_c, v_u = teacher(torch.cat([x_noisy, x_noisy]), torch.cat([t, t]), TextEmbeddings.cat([cond, u])).chunk(2)
-        return flow.x0_from_v(x_noisy, v_u + guidance * (v_c - v_u), t)
+        return flow.x0_from_v(x_noisy, v_c, t), flow.x0_from_v(x_noisy, v_u + guidance * (v_c - v_u), t)
 
 
 def shuffled_prompts(cond: TextEmbeddings, shift: int = 1) -> TextEmbeddings:
