@@ -50,6 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
             "ladd.nano.train_vae.VAETrainConfig", "ladd.nano.train_vae.train_vae")
     _recipe(nsub, "train-evaluator", "train the nano evaluator CNN (cell read-back + degradation features)",
             "ladd.nano.train_evaluator.EvaluatorTrainConfig", "ladd.nano.train_evaluator.train_evaluator")
+    _recipe(nsub, "train-featnet", "train the nano feature network for ADD's discriminator (self-supervised)",
+            "ladd.nano.train_featnet.FeatNetTrainConfig", "ladd.nano.train_featnet.train_featnet")
     _recipe(nsub, "train-teacher", "train the nano SD3-architecture teacher with rectified flow",
             "ladd.nano.train_teacher.TeacherTrainConfig", "ladd.nano.train_teacher.train_teacher")
 

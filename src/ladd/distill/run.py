@@ -113,7 +113,13 @@ def build_method(cfg: DistillConfig, teacher=None, uncond=None):
         from ladd.models.teacher import load_teacher
 
         teacher = load_teacher(cfg.paths.teacher)
-    return method_class(cfg.method)(cfg.section, cfg.student, teacher, cfg.train.seed, uncond)
+    cls = method_class(cfg.method)
+    vae = None
+    if cls.needs_vae(cfg.section):  # the method's own instance: the trainer places it (device, dtype)
+        from ladd.models.vae import load_vae
+
+        vae = load_vae(cfg.paths.vae)
+    return cls(cfg.section, cfg.student, teacher, cfg.train.seed, uncond, vae)
 
 
 def distill(preset: str | Path | None = DEFAULT_PRESET, overrides=(), text_encoder=None,

@@ -12,6 +12,7 @@ from ladd.config import ConfigError
 
 METHODS = {
     "ladd": "ladd.methods.ladd:LADD",
+    "add": "ladd.methods.add:ADD",
     "dmd2": "ladd.methods.dmd2:DMD2",
     "few_step": "ladd.methods.few_step:FewStep",
     "lcm": "ladd.methods.lcm:LCM",

@@ -32,7 +32,7 @@ from ladd.methods.components.student import freeze
 from ladd.training.contract import Context, PhaseOut, Update
 
 
-__all__ = ["Context", "Method", "PhaseOut", "StudentConfig", "Update"]
+__all__ = ["Context", "Method", "PhaseOut", "StudentConfig", "Update", "teacher_guidance"]
 
 # P(t_s = grid[k]) for the student grid {1, (n-1)/n, ..., 1/n} (ladd.flow.student_grid).
 # 4 steps: docs/method.md (the paper's, unconfirmed). 2 steps: our choice, the same 0.7 on pure noise as the 4-step
@@ -104,6 +104,14 @@ class StudentConfig:
             fail("student.lora_targets", f"{bad} are not module names", "give names like attn.to_q")
 
 
+def teacher_guidance(guidance: float | None, teacher_config: dict) -> float:
+    """A method's CFG scale for its teacher target: ``guidance``, or with None the teacher's recommended scale
+    (its config's ``ladd_recommended``; 1 when it has none)."""
+    if guidance is not None:
+        return float(guidance)
+    return float(teacher_config.get("ladd_recommended", {}).get("guidance", 1.0))
+
+
 class Method:
     """Base class; see the module docstring. ``cfg`` is the method's own section, ``student`` the StudentConfig,
     ``teacher`` the loaded teacher adapter (frozen by the method), ``seed`` train.seed (for seeded inits)."""
@@ -112,13 +120,17 @@ class Method:
     trains: ClassVar[bool] = True      # False: no modules, no data, no iteration (e.g. few_step)
     progress: ClassVar[tuple[str, ...]] = ()  # metrics shown on the progress bar
 
-    def __init__(self, cfg, student: StudentConfig, teacher: torch.nn.Module, seed: int = 0, uncond=None):
+    def __init__(self, cfg, student: StudentConfig, teacher: torch.nn.Module, seed: int = 0, uncond=None,
+                 vae=None):
         self.cfg, self.student_cfg, self.seed = cfg, student, seed
         self.teacher = freeze(teacher)  # eval mode, no parameter grads; still differentiable w.r.t. its inputs
         if self.needs_uncond(cfg) and uncond is None:
             raise ValueError(f"{type(self).__name__}'s guided target needs the empty prompt's embedding (uncond)")
+        if self.needs_vae(cfg) and vae is None:
+            raise ValueError(f"{type(self).__name__} decodes latents: pass the teacher's VAE (vae=)")
         self._modules: dict | None = None  # built once by modules()
         self.uncond = uncond  # the empty prompt's TextEmbeddings, when needs_uncond(cfg) (guided targets)
+        self.vae = freeze(vae) if vae is not None else None  # ladd.models.vae.VAE, when needs_vae(cfg)
 
     @classmethod
     def optimizer_defaults(cls) -> dict:
@@ -128,6 +140,12 @@ class Method:
     @classmethod
     def needs_uncond(cls, cfg) -> bool:
         """Whether the method needs the empty prompt's embedding (``uncond``), e.g. for a CFG teacher target."""
+        return False
+
+    @classmethod
+    def needs_vae(cls, cfg) -> bool:
+        """Whether the method decodes latents to pixels (a pixel-space discriminator: ADD); ``ladd distill``
+        then hands it its own instance of the VAE (``vae``), which the trainer places as a frozen module."""
         return False
 
     @classmethod

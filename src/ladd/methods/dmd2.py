@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from ladd import flow
 from ladd.config import fail, number
 from ladd.draws import Draws, as_draws
-from ladd.methods.base import Context, Method, PhaseOut, StudentConfig, Update
+from ladd.methods.base import Context, Method, PhaseOut, StudentConfig, Update, teacher_guidance
 from ladd.methods.components import gan_losses as losses
 from ladd.methods.components.heads import DiscriminatorConfig, build_discriminator
 from ladd.methods.components.student import (init_student, param_grads_off, student_forward, teacher_x0)
@@ -182,8 +182,7 @@ class DMD2(Method):
 
     @classmethod
     def check(cls, cfg: DMD2Config, teacher_config: dict) -> None:
-        if cfg.guidance is None:
-            cfg.guidance = float(teacher_config.get("ladd_recommended", {}).get("guidance", 1.0))
+        cfg.guidance = teacher_guidance(cfg.guidance, teacher_config)
         cfg.heads().resolve_blocks(teacher_config["num_layers"])
 
     def modules(self, device) -> dict:

@@ -107,11 +107,9 @@ class LCM(Method):
 
     @classmethod
     def check(cls, cfg: LCMConfig, teacher_config: dict) -> None:
-        recommended = teacher_config.get("ladd_recommended", {})
-        if cfg.guidance is None:
-            cfg.guidance = float(recommended.get("guidance", 1.0))
+        cfg.guidance = teacher_guidance(cfg.guidance, teacher_config)
         if cfg.shift is None:
-            cfg.shift = float(recommended.get("shift", 1.0))
+            cfg.shift = float(teacher_config.get("ladd_recommended", {}).get("shift", 1.0))
 
     def modules(self, device) -> dict:
         if self._modules is None:

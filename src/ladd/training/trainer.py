@@ -168,7 +168,8 @@ def prepare(acc, cfg, method) -> _Run:
         raise C.ConfigError(FSDP_EMA)
     if cfg.train.gradient_checkpointing:  # set before the method copies the teacher: the student inherits it
         for m in method.frozen().values():
-            m.enable_gradient_checkpointing()
+            if hasattr(m, "enable_gradient_checkpointing"):  # the teacher; not a VAE or a feature network
+                m.enable_gradient_checkpointing()
     modules = method.modules(acc.device)
     owners = method.optimizers()
     optimizers = {name: build_optimizer([modules[m] for m in mods], cfg.optim[name]) for name, mods in owners.items()}
