@@ -251,6 +251,37 @@ def test_distill_on_an_sd3_folder(sd3, tmp_path):
         distill("configs/tiny.yaml", overrides + [f"data.prompts={tmp_path / 'other.txt'}"])
 
 
+@pytest.mark.parametrize("method", ["lcm", "dmd2", "add"])
+def test_every_method_on_an_sd3_folder(method, sd3, tmp_path):
+    """The baselines train on an SD3 pipeline folder by method=... with the same presets mechanism (ADD with a
+    tiny random DINOv2 folder as its feature network), and export a student the pipeline path loads."""
+    from ladd.distill.run import distill
+
+    folder = sd3[0]
+    (tmp_path / "prompts.txt").write_text("a lighthouse at dusk\nan owl on a branch\n")
+    extra = {"lcm": ["lcm.solver_steps=8"], "dmd2": ["dmd2.critic_updates=1", "dmd2.gan_head_width=16"],
+             "add": [f"add.feature_net={tiny_dino(tmp_path / 'dino')}", "add.head_width=16"]}[method]
+    overrides = [f"method={method}", f"paths.teacher={folder}", f"paths.vae={folder / 'vae'}",
+                 f"paths.data={tmp_path / 'data'}", f"paths.run_dir={tmp_path / 'run'}",
+                 f"paths.text_cache={tmp_path / 'text-cache'}", f"data.prompts={tmp_path / 'prompts.txt'}",
+                 "data.num_samples=2", "data.shard_size=2", "data.batch_size=2", "data.steps=2", "train.steps=2",
+                 "train.batch_size=2", "train.grad_accum=1", "train.ckpt_every=2", "train.sample_every=0",
+                 "eval.enabled=false", *extra]
+    summary = distill("configs/tiny.yaml", overrides)
+    export = tmp_path / "run" / "export"
+    assert summary["steps"] == 2 and (export / "diffusion_pytorch_model.safetensors").is_file()
+    assert json.loads((export / "config.json").read_text())["ladd_text_encoder"]["name"] == "sd3"
+
+
+def tiny_dino(path):
+    from transformers import Dinov2Config, Dinov2Model
+
+    torch.manual_seed(0)
+    Dinov2Model(Dinov2Config(hidden_size=16, num_hidden_layers=4, num_attention_heads=2, intermediate_size=32,
+                             patch_size=14, image_size=224)).save_pretrained(path)
+    return path
+
+
 # ------------------------------------------------------------------------------------------------ presets, errors
 @pytest.mark.parametrize("preset", ["configs/sd3-medium.yaml", "configs/sd3.5-large.yaml"])
 def test_presets_pass_check_config_on_the_tiny_pipeline(preset, sd3, tmp_path):

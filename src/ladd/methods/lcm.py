@@ -28,7 +28,7 @@ import torch
 from ladd import flow
 from ladd.config import fail, number
 from ladd.draws import Draws, as_draws
-from ladd.methods.base import Context, Method, PhaseOut, Update
+from ladd.methods.base import Context, Method, PhaseOut, Update, teacher_guidance
 from ladd.methods.components.student import init_student, teacher_x0
 from ladd.models.text_encoder import TextEmbeddings
 from ladd.training.config import OptimizerConfig
