@@ -52,6 +52,18 @@ def make_assets(root: Path, recommended=None) -> dict:
     return {"teacher": root / "teacher", "vae": root / "vae"}
 
 
+TINY_FEATNET = [8, 8, 16, 16]
+
+
+def save_tiny_featnet(path: Path) -> Path:
+    """A tiny random nano feature network (ADD's discriminator backbone) as a ladd folder."""
+    from ladd.models.feature_net import NANO_FEATURE_NET_CONFIG, NanoFeatureNet
+
+    torch.manual_seed(1)
+    save_model(NanoFeatureNet(TINY_FEATNET), path, dict(NANO_FEATURE_NET_CONFIG, channels=TINY_FEATNET))
+    return path
+
+
 def assets_with_data(root: Path) -> Path:
     """``make_assets`` plus the tiny preset's synthetic data in ``root/data`` (for tests that train)."""
     from ladd.data.synth import synthesize

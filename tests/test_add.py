@@ -10,21 +10,15 @@ from ladd.config import ConfigError
 from ladd.distill.config import load_distill_config
 from ladd.methods.add import ADDConfig, build_heads, discriminator_step, generator_step
 from ladd.methods.components.student import freeze, init_student
-from ladd.models.feature_net import NANO_FEATURE_NET_CONFIG, NanoFeatureNet, load_feature_net
-from ladd.models.io import AssetError, save_model
+from ladd.models.feature_net import load_feature_net
+from ladd.models.io import AssetError
 from ladd.models.teacher import build_nano_teacher
 from ladd.models.text_encoder import TextEmbeddings
 from ladd.models.vae import VAE
-from helpers import TINY_TEACHER, TINY_VAE, changed, make_assets, snapshot, tiny_overrides
+from helpers import TINY_TEACHER, TINY_VAE, changed, make_assets, save_tiny_featnet, snapshot, tiny_overrides
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-TINY_FEATNET = [8, 8, 16, 16]
-
-
-def save_featnet(path):
-    torch.manual_seed(1)
-    save_model(NanoFeatureNet(TINY_FEATNET), path, dict(NANO_FEATURE_NET_CONFIG, channels=TINY_FEATNET))
-    return path
+save_featnet = save_tiny_featnet
 
 
 def tiny(tmp_path, **cfg):

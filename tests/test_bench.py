@@ -6,16 +6,16 @@ import pytest
 
 from ladd.bench.config import BenchConfig
 from ladd.config import ConfigError
-from helpers import FakeEncoder, make_assets
+from helpers import FakeEncoder, make_assets, save_tiny_featnet
 
-pytestmark = pytest.mark.slow  # ~1 min: four methods trained and evaluated
+pytestmark = pytest.mark.slow  # ~1 min: five methods trained and evaluated
 
 
 def tiny(root, *extra):
     return [f"paths.teacher={root / 'teacher'}", f"paths.vae={root / 'vae'}", "data.num_samples=8",
             "data.shard_size=8", "data.batch_size=8", "train.batch_size=4", "ladd.disc.head_width=16",
-            "dmd2.gan_head_width=16", "dmd2.critic_updates=2", "lcm.solver_steps=8",
-            f"eval.cache_dir={root / 'cache'}", *extra]
+            "dmd2.gan_head_width=16", "dmd2.critic_updates=2", "lcm.solver_steps=8", "add.head_width=16",
+            f"add.feature_net={save_tiny_featnet(root / 'featnet')}", f"eval.cache_dir={root / 'cache'}", *extra]
 
 
 @pytest.fixture
@@ -37,7 +37,7 @@ def test_quick_bench_of_every_method_writes_one_report_and_resumes(tmp_path, fak
     keys = [(r["prompt_file"].split("/")[-1], r["method"], r["steps"]) for r in report["rows"]]
     for f in ("nano-eval.jsonl", "nano-unseen.jsonl"):
         assert (f, "teacher", 3) in keys  # the tiny teacher's recommended 3 steps
-        for m in ("few_step", "ladd", "lcm", "dmd2"):
+        for m in ("few_step", "ladd", "lcm", "dmd2", "add"):
             assert (f, m, 1) in keys and (f, m, 4) in keys
     assert all(r["n_images"] == 3 for r in report["rows"])
     runs = {r["method"]: r for r in report["runs"]}
@@ -49,7 +49,7 @@ def test_quick_bench_of_every_method_writes_one_report_and_resumes(tmp_path, fak
         assert (out / png).stat().st_size > 1000
     # re-running reuses the trainings and the evaluations
     stamps = {p: p.stat().st_mtime_ns for p in out.glob("*/eval/*/*/metrics.json")}
-    assert len(stamps) == 2 * 4 * 2
+    assert len(stamps) == 2 * 5 * 2
     bench(cfg, tiny(tmp_path))
     again = json.loads((out / "bench.json").read_text())
     assert again["rows"] == report["rows"] and again["runs"] == report["runs"]
@@ -66,6 +66,16 @@ def test_equal_seconds_budget_is_sized_from_a_timed_probe(tmp_path, fake_encoder
     budget = json.loads((tmp_path / "bench" / "ladd" / "bench_budget.json").read_text())
     assert budget["iterations"] == 2 and budget["seconds_per_iteration"] > 0  # at least the probe
     assert run["iterations"] == 2 and run["train_seconds"] > 0
+
+
+def test_data_modes(tmp_path):
+    """same: every method on --data's synthetic data (ADD's preset says real: overridden); native: ADD on real
+    images in OUT/data-real, the others on --data."""
+    same = BenchConfig(data=str(tmp_path / "syn"), out=str(tmp_path / "b"))
+    assert same.data_overrides("add") == [f"paths.data={tmp_path / 'syn'}", "data.source=synthetic"]
+    native = BenchConfig(data=str(tmp_path / "syn"), out=str(tmp_path / "b"), data_mode="native")
+    assert native.data_overrides("add") == [f"paths.data={tmp_path / 'b' / 'data-real'}"]
+    assert native.data_overrides("ladd") == [f"paths.data={tmp_path / 'syn'}"]
 
 
 @pytest.mark.parametrize("kwargs, message", [

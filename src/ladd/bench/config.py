@@ -26,7 +26,7 @@ def _ints(name: str, text: str) -> list[int]:
 @dataclass
 class BenchConfig:
     methods: str = option("comma-separated methods (ladd.methods.METHODS), each with its nano preset",
-                          default="few_step,ladd,lcm,dmd2")
+                          default="few_step,ladd,lcm,dmd2,add")
     budget: str = option("equal training 'seconds' (train_seconds, this machine) or equal 'iterations' per method",
                          default="seconds", choices=["seconds", "iterations"])
     seconds: float = option("training seconds per method with --budget seconds", default=900.0)
@@ -38,8 +38,11 @@ class BenchConfig:
     max_prompts: int | None = option("evaluate N prompts of each file, spread over it (default: all)")
     steps: str = option("comma-separated step counts every method is evaluated at", default="1,2,4")
     val_points: int = option("validations during each training (quality vs wall-clock plot); 0 = none", default=4)
-    data: str = option("the data folder all methods train on (made by the first if missing)",
+    data: str = option("the synthetic data folder the methods train on (made by the first if missing)",
                        default="runs/nano-synth")
+    data_mode: str = option("'same': every method on the synthetic data of --data; 'native': each on its preset's "
+                            "data source (ADD: real ShapeWorld images, in OUT/data-real; the others: --data)",
+                            default="same", choices=["same", "native"])
     out: str = option("bench folder: one run folder per method, bench.{md,json} and plots", default="runs/bench")
     quick: bool = option("a minutes-long smoke version: 3 iterations, 64 samples, 12 prompts x 1 image",
                          default=False)
@@ -70,9 +73,19 @@ class BenchConfig:
             self.budget, self.iterations, self.per_prompt, self.val_points = "iterations", 3, 1, 0
             self.max_prompts = self.max_prompts or 12
 
+    def data_overrides(self, method: str) -> list[str]:
+        """Where ``method`` trains: the shared synthetic data, or with ``--data-mode native`` its preset's source
+        (real data in ``OUT/data-real``, made by its first run)."""
+        if self.data_mode == "same":
+            return [f"paths.data={self.data}", "data.source=synthetic"]
+        from ladd.distill.config import load_distill_config
+
+        source = load_distill_config(preset_of(method)).data.source
+        return [f"paths.data={self.data if source == 'synthetic' else Path(self.out) / f'data-{source}'}"]
+
     def shared_overrides(self) -> list[str]:
         """Dotted overrides every method's preset gets."""
-        out = [f"paths.data={self.data}", "eval.enabled=false"]
+        out = ["eval.enabled=false"]
         if self.quick:
             out += ["data.num_samples=64", "data.shard_size=64", "train.batch_size=8", "train.ckpt_every=3",
                     "train.sample_every=0", "train.log_every=1"]

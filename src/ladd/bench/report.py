@@ -134,7 +134,9 @@ def write_report(out: Path, cfg, runs: list[dict], rows: list[dict]) -> str:
     legend = ("bench_grid.png: columns teacher, " + ", ".join(r["method"] for r in runs)
               + f"; the first prompt file. Budget: {cfg.budget}"
               + (f" ({cfg.seconds:g} s of training per method on this machine)" if cfg.budget == "seconds" else
-                 f" ({cfg.iterations} iterations per method)"))
+                 f" ({cfg.iterations} iterations per method)")
+              + ("; every method on the same synthetic data" if cfg.data_mode == "same" else
+                 "; each method on its native data (ADD: real images, the others: teacher samples)"))
     md = "# ladd bench\n\n" + "\n".join(parts) + "\n" + legend + "\n"
     settings = {k: v for k, v in asdict(cfg).items()}
     payload = {"settings": settings, "runs": runs, "rows": rows}

@@ -27,7 +27,8 @@ log = logging.getLogger(__name__)
 
 
 def method_overrides(cfg: BenchConfig, method: str, overrides=()) -> list[str]:
-    return [*cfg.shared_overrides(), f"paths.run_dir={Path(cfg.out) / method}", *overrides]
+    return [*cfg.data_overrides(method), *cfg.shared_overrides(), f"paths.run_dir={Path(cfg.out) / method}",
+            *overrides]
 
 
 def _seconds_per_iteration(run_dir: Path) -> float:
