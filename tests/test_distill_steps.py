@@ -224,3 +224,20 @@ def test_guidance_only_distillation_target():
         setup("ladd.loss.distill_weight=1", "ladd.loss.distill_target=guidance")
     with pytest.raises(ConfigError, match="distill_target"):
         setup("ladd.loss.distill_target=cfg")
+
+
+def test_backward_simulation_feeds_the_students_own_rollout():
+    """ladd.backward_simulation: at t_s < 1 the student's input is its own re-noising rollout from noise (the
+    data latent does not enter), at t_s = 1 the noise itself; off, the noised data latent."""
+    cfg, teacher, student, disc, x0, cond = setup("ladd.backward_simulation=true")
+    seen = []
+    hook = student.register_forward_pre_hook(lambda m, args: seen.append(args[0].clone()))
+    generator_step(student, teacher, disc, x0, cond, cfg.ladd, cfg.student, torch.Generator().manual_seed(0))
+    with_data = seen[-1]
+    seen.clear()
+    generator_step(student, teacher, disc, x0 + 100, cond, cfg.ladd, cfg.student, torch.Generator().manual_seed(0))
+    hook.remove()
+    assert torch.equal(seen[-1], with_data)  # the student's input does not depend on the data latents
+    assert len(seen) > 1  # rollout forwards before the graded one (some t_s < 1 drawn with this seed)
+    with pytest.raises(ConfigError, match="backward_simulation"):
+        setup("ladd.backward_simulation=2")

@@ -10,10 +10,11 @@ from ladd.distill.config import load_distill_config
 from ladd.draws import Draws
 from ladd.methods.components.heads import build_discriminator
 from ladd.methods.components.student import freeze, init_student
-from ladd.methods.dmd2 import DMD2Config, critic_step, generator_step, rollout
+from ladd.methods.components.student import rollout
+from ladd.methods.dmd2 import DMD2Config, critic_step, generator_step
 from ladd.models.teacher import build_nano_teacher
 from ladd.models.text_encoder import TextEmbeddings
-from helpers import TINY_TEACHER, changed, make_assets, snapshot, tiny_overrides
+from helpers import TINY_TEACHER, make_assets, tiny_overrides
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

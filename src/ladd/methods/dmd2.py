@@ -77,32 +77,13 @@ class DMD2Config:
         return DiscriminatorConfig(blocks=self.gan_blocks, head_width=self.gan_head_width)
 
 
-def rollout(student, noise: torch.Tensor, cond: TextEmbeddings, grid: torch.Tensor, idx: torch.Tensor,
-            draws: Draws) -> torch.Tensor:
-    """Sample ``b`` of ``noise`` ``[B, C, h, w]`` taken through ``idx[b]`` steps of the student's re-noising
-    sampler over ``grid`` (no grad): the state at time ``grid[idx[b]]`` (``idx = 0``: the noise itself)."""
-    x = noise.clone()
-    with torch.no_grad():
-        for j in range(int(idx.max()) if idx.numel() else 0):
-            eps = draws.randn(x)  # drawn for the whole batch: the same numbers at any process count
-            on = idx > j
-            x0 = flow.x0_from_v(x[on], student(x[on], grid[j].expand(int(on.sum())), cond[on]), grid[j])
-            x[on] = flow.add_noise(x0, eps[on], grid[j + 1])
-    return x
-
-
 def student_sample(student, x0: torch.Tensor, cond: TextEmbeddings, cfg: DMD2Config, student_cfg: StudentConfig,
                    step: int, draws: Draws):
     """``(x0_G [B, C, h, w], t_s [B])``: the student's prediction at a grid time drawn with ``student.probs``, from
     its own rollout (``backward_simulation``) or from the noised data latent ``x0``."""
     grid = flow.student_grid(student_cfg.steps, student_cfg.shift).to(x0.device, x0.dtype)
-    probs = torch.tensor(student_cfg.probs_at(step))
-    if not cfg.backward_simulation:
-        return student_forward(student, x0, cond, grid, probs, draws)
-    idx = draws.choice(probs, x0.shape[0]).to(x0.device)
-    x_t = rollout(student, draws.randn(x0), cond, grid, idx, draws)
-    t_s = grid[idx]
-    return flow.x0_from_v(x_t, student(x_t, t_s, cond), t_s), t_s
+    return student_forward(student, x0, cond, grid, torch.tensor(student_cfg.probs_at(step)), draws,
+                           backward=cfg.backward_simulation)
 
 
 def _uniform_t(cfg: DMD2Config, n: int, draws: Draws, like: torch.Tensor) -> torch.Tensor:

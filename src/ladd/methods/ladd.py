@@ -85,6 +85,14 @@ class LADDConfig:
     """The ``ladd:`` section of a preset."""
     disc: DiscriminatorConfig = field(default_factory=DiscriminatorConfig)
     loss: LossConfig = field(default_factory=LossConfig)
+    # Backward simulation (DMD2's): below t_s = 1 the student's input is the state its own re-noising sampler
+    # reaches from noise (no grad), what it meets when sampling, instead of the noised data latent. Not in the
+    # paper; costs up to steps - 1 no-grad student forwards for the samples drawn below t_s = 1.
+    backward_simulation: bool = False
+
+    def __post_init__(self):
+        if not isinstance(self.backward_simulation, bool):
+            fail("ladd.backward_simulation", f"got {self.backward_simulation!r}", "use true or false")
 
 
 def _heads_for_generator(disc: torch.nn.Module) -> torch.nn.Module:
@@ -132,7 +140,7 @@ def generator_step(student, teacher, disc, x0: torch.Tensor, cond: TextEmbedding
     if cfg.loss.regression_weight > 0 and noise is None:
         raise ValueError("ladd.loss.regression_weight needs each latent's starting noise (paired data)")
     x0_hat, t_s = student_forward(student, x0, cond, grid, probs, generator,
-                                  noise if cfg.loss.regression_weight > 0 else None)
+                                  noise if cfg.loss.regression_weight > 0 else None, cfg.backward_simulation)
     fake, t_hat = renoise(x0_hat, cfg.disc.noise_m, cfg.disc.noise_s, generator)
     feats = teacher(fake, t_hat, cond, disc.blocks)
     with param_grads_off(disc):
