@@ -54,6 +54,9 @@ def test_distill_end_to_end(tmp_path, fake_text_encoder):
     assert scheduler["_class_name"] == "FlowMatchEulerDiscreteScheduler" and scheduler["shift"] == 1.0
     gen = load_generator(str(run / "export"))
     assert gen.recommended == {"steps": 4, "guidance": 1.0, "sampler": "renoise", "shift": 1.0}
+    # ladd's keys live in ladd.json: diffusers reads a config.json of its own keys (no "not expected" warning)
+    assert not [k for k in json.loads((run / "export" / "config.json").read_text()) if k.startswith("ladd_")]
+    assert json.loads((run / "export" / "ladd.json").read_text())["ladd_trained_steps"] == 4
     cond = FakeEncoder().encode(["a red circle", "two blue squares"])
     x0 = renoise(student, torch.randn(2, 4, 8, 8), torch.tensor([1.0, 0.75, 0.5, 0.25, 0.0]), cond,
                  generator=torch.Generator().manual_seed(0))

@@ -1,6 +1,7 @@
 """The exported nano student in diffusers' own StableDiffusion3Pipeline: 4 steps, no guidance, precomputed MiniLM
 prompt embeddings; its latents and images match ladd's deterministic Euler sampler on the same noise and grid."""
 
+import json
 import os
 from pathlib import Path
 
@@ -20,6 +21,8 @@ def student_pipeline():
 
     if not (STUDENT / "config.json").is_file():
         pytest.fail(f"{STUDENT} is missing: the shipped student is part of the repository")
+    config = json.loads((STUDENT / "config.json").read_text())
+    assert not [k for k in config if k.startswith("ladd_")]  # ladd's keys are in ladd.json: diffusers warns of none
     transformer = SD3Transformer2DModel.from_pretrained(STUDENT)  # plain diffusers, no ladd code
     scheduler = FlowMatchEulerDiscreteScheduler.from_pretrained(STUDENT / "scheduler")
     gen = load_generator(str(STUDENT))

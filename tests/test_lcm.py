@@ -77,6 +77,6 @@ def test_lcm_through_the_pipeline(tmp_path, monkeypatch):
     lines = [json.loads(s) for s in (run / "metrics.jsonl").read_text().splitlines()]
     assert [x["step"] for x in lines] == [1, 2, 3, 4] and all(x["lcm_loss"] > 0 for x in lines)
     assert "lcm:\n  solver_steps: 8" in (run / "config.yaml").read_text()
-    config = json.loads((run / "export" / "config.json").read_text())
+    config = json.loads((run / "export" / "ladd.json").read_text())
     assert config["ladd_recommended"]["sampler"] == "renoise" and config["ladd_recommended"]["guidance"] == 1.0
     assert [r["slug"] for r in summary["rows"]][-3:] == ["student-1step", "student-2step", "student-4step"]

@@ -235,7 +235,8 @@ def test_distill_on_an_sd3_folder(sd3, tmp_path):
     assert gen["text_encoder"] == {"name": "sd3", "path": str(folder.resolve()), "max_length": 256}
     assert len(list((tmp_path / "text-cache").rglob("*.safetensors"))) == 3 + 1 + 8  # prompts, "", previews
 
-    config = json.loads((export / "config.json").read_text())
+    config = json.loads((export / "ladd.json").read_text())
+    assert not any(k.startswith("ladd_") for k in json.loads((export / "config.json").read_text()))
     assert config["ladd_recommended"] == {"steps": 4, "guidance": 1.0, "sampler": "renoise", "shift": 3.0}
     assert config["ladd_text_encoder"]["name"] == "sd3"
     assert json.loads((export / "scheduler" / "scheduler_config.json").read_text())["shift"] == 3.0
@@ -270,7 +271,7 @@ def test_every_method_on_an_sd3_folder(method, sd3, tmp_path):
     summary = distill("configs/tiny.yaml", overrides)
     export = tmp_path / "run" / "export"
     assert summary["steps"] == 2 and (export / "diffusion_pytorch_model.safetensors").is_file()
-    assert json.loads((export / "config.json").read_text())["ladd_text_encoder"]["name"] == "sd3"
+    assert json.loads((export / "ladd.json").read_text())["ladd_text_encoder"]["name"] == "sd3"
 
 
 def tiny_dino(path):

@@ -1,6 +1,7 @@
 """Export the distilled student: ``<run>/export/`` as a diffusers-format transformer folder.
 
-    export/config.json                           SD3Transformer2DModel config + ladd_* keys (see below)
+    export/config.json                           SD3Transformer2DModel config (diffusers' keys only)
+    export/ladd.json                             ladd's keys (see below)
     export/diffusion_pytorch_model.safetensors   the weights (EMA weights when EMA is on)
     export/scheduler/scheduler_config.json       FlowMatchEulerDiscreteScheduler with the student's shift
     export/card.md                               teacher, steps, data, time, figures
@@ -10,11 +11,12 @@ A LoRA student is exported twice (ladd.distill.lora): merged into plain weights 
 the export (``ladd eval``, ``ladd sample``, StableDiffusion3Pipeline) works unchanged, and as adapters in
 diffusers' format for the teacher (``pipe.load_lora_weights(<export>/lora)`` on a pipeline holding the teacher).
 
-``save_pretrained`` writes the first two; we add the keys ladd.models.registry reads: ``ladd_recommended``
+``save_pretrained`` writes config.json and the weights; ladd.json holds the keys ladd.models.registry reads
+(``ladd.models.io.read_config`` merges the two): ``ladd_recommended``
 (``steps`` = the student grid, guidance 1, the re-noising sampler, ``shift`` = ``student.shift``),
 ``ladd_text_encoder`` (the teacher's) and ``ladd_vae`` (relative to the export folder), so
-``ladd eval --model <run>/export`` and ``ladd.models.teacher.load_teacher`` load it as they load the teacher.
-diffusers logs that it ignores the ladd_* keys when it reads the config.
+``ladd eval --model <run>/export`` and ``ladd.models.teacher.load_teacher`` load it as they load the teacher,
+and diffusers loads config.json without warnings.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from pathlib import Path
 import torch
 
 from ladd.models import lora
-from ladd.models.io import replace_dir
+from ladd.models.io import LADD_META, read_config, replace_dir
 
 
 def export_student(model: torch.nn.Module, out_dir: str | Path, *, steps: int, teacher_dir: str | Path,
@@ -45,13 +47,10 @@ def export_student(model: torch.nn.Module, out_dir: str | Path, *, steps: int, t
         lora.save_lora(model.transformer, tmp / "lora")
     else:
         model.transformer.save_pretrained(tmp, safe_serialization=True)
-    config = json.loads((tmp / "config.json").read_text())
     recommended = recommended or {"steps": steps, "guidance": 1.0, "sampler": "renoise", "shift": shift}
-    config.update(ladd_recommended=recommended,
-                  ladd_text_encoder=text_encoder,
-                  ladd_vae=_reference(vae_dir, out_dir),
-                  ladd_teacher=_reference(teacher_dir, out_dir), ladd_trained_steps=trained_steps)
-    (tmp / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    meta = dict(ladd_recommended=recommended, ladd_text_encoder=text_encoder, ladd_vae=_reference(vae_dir, out_dir),
+                ladd_teacher=_reference(teacher_dir, out_dir), ladd_trained_steps=trained_steps)
+    (tmp / LADD_META).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
     # the student's grid is ladd.flow.student_grid(steps, shift): diffusers' pipeline shifts the sigmas it is
     # given (sigmas=student_grid(steps)) by this shift, as SD3.5-Large-Turbo's scheduler does
     FlowMatchEulerDiscreteScheduler(shift=shift).save_pretrained(tmp / "scheduler")
@@ -165,8 +164,7 @@ def export_run(run_dir: str | Path, out_dir: str | Path, use_ema: bool = True, o
     check_export_target(run_dir, out_dir, overwrite)
     model, step, cfg, ckpt = load_run_student(run_dir, use_ema)
     old = run_dir / "export"
-    same = (old / "card.md").is_file() and json.loads((old / "config.json").read_text()).get(
-        "ladd_trained_steps") == step
+    same = (old / "card.md").is_file() and read_config(old).get("ladd_trained_steps") == step
     card = (old / "card.md").read_text() if same else (
         f"# LADD student\n\nExported by `ladd export {run_dir}` from {ckpt.name} ({step} iterations) of the run "
         f"configured in {run_dir / 'config.yaml'}; not evaluated.\n")

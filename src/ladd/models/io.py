@@ -68,15 +68,26 @@ def from_pretrained(cls, path: Path, what: str, **kwargs):
                          f"re-export it (ladd export) or restore it") from e
 
 
-def read_config(model_dir: str | Path) -> dict:
-    path = Path(model_dir) / "config.json"
-    if not path.is_file():
-        raise AssetError(f"{path} is missing: {model_dir} is not a ladd model folder "
-                         "(expected config.json + model.safetensors; rebuild it with its documented command)")
+LADD_META = "ladd.json"  # ladd's keys of an exported diffusers folder (ladd_recommended, ...), beside config.json
+
+
+def _read_json(path: Path) -> dict:
     try:
         return json.loads(path.read_text())
     except json.JSONDecodeError as e:
         raise AssetError(f"{path} is not valid JSON ({e}); restore it from git or rebuild the asset") from e
+
+
+def read_config(model_dir: str | Path) -> dict:
+    """A model folder's ``config.json`` with the ``ladd_*`` keys of its ``ladd.json`` (an export keeps them apart,
+    so that diffusers reads a config.json of its own keys only and warns of nothing)."""
+    path = Path(model_dir) / "config.json"
+    if not path.is_file():
+        raise AssetError(f"{path} is missing: {model_dir} is not a ladd model folder "
+                         "(expected config.json + model.safetensors; rebuild it with its documented command)")
+    config = _read_json(path)
+    meta = Path(model_dir) / LADD_META
+    return {**config, **_read_json(meta)} if meta.is_file() else config
 
 
 def load_state(model: torch.nn.Module, model_dir: str | Path) -> torch.nn.Module:

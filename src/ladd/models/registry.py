@@ -1,7 +1,7 @@
 """Model names -> folders, and a loaded text-to-image generator (denoiser + VAE + text encoder + its card).
 
 Names: ``nano-teacher``, ``nano-student``, ``nano-student-1step`` (shipped under ``assets/nano``), or a path to a
-model folder. A model folder's ``config.json`` may carry ``ladd_recommended`` (steps, guidance, sampler, shift),
+model folder. A model folder's ``config.json`` (or, for an export, its ``ladd.json``) may carry ``ladd_recommended`` (steps, guidance, sampler, shift),
 ``ladd_text_encoder`` and ``ladd_vae`` (a path, relative to the folder or absolute; default: the nano VAE). A
 diffusers ``StableDiffusion3Pipeline`` folder brings its own (ladd.models.sd3): its VAE, its text encoders, the
 pipeline's default setting with its scheduler's shift.
