@@ -151,3 +151,55 @@ def test_add_through_the_pipeline(tmp_path, monkeypatch):
     assert {p.name for p in (run / "checkpoints" / "step-000004").glob("*.safetensors")} >= \
         {"student.safetensors", "heads.safetensors", "ema.safetensors"}
     assert (run / "export" / "diffusion_pytorch_model.safetensors").is_file()
+
+
+class _ConstHeads(torch.nn.Module):
+    """Stand-in heads: the D step judges reals and fakes in one batch of 8 (reals first), the G step 4 fakes;
+    every logit of a real is ``real``, of a fake ``fake``."""
+
+    def __init__(self, real: float, fake: float, n_heads: int = 2):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.ones(()))
+        self.real, self.fake, self.n = real, fake, n_heads
+
+    def forward(self, feats, t, c):
+        b = feats[0].shape[0]
+        values = torch.tensor([self.real] * (b // 2) + [self.fake] * (b - b // 2)) if b > 4 else \
+            torch.full((b,), self.fake)
+        return [self.w * values.view(-1, 1, 1, 1).expand(b, 1, 2, 2) for _ in range(self.n)]
+
+
+@pytest.mark.parametrize("real, fake, expected", [(2.0, -2.0, 0.0), (0.0, 0.0, 4.0), (0.5, 0.5, 2 * (0.5 + 1.5))])
+def test_hinge_losses_on_hand_made_logits(real, fake, expected, tmp_path):
+    """D: sum over heads of mean(relu(1 - real)) + mean(relu(1 + fake)); G: -sum over heads of mean(fake)."""
+    cfg, student_cfg, teacher, vae, net, student, _, x0, cond, uncond = tiny(tmp_path, r1_weight=0.0,
+                                                                              distill_weight=0.0)
+    heads = _ConstHeads(real, fake)
+    out, fake_batch = generator_step(student, teacher, vae, net, heads, x0, cond, None, cfg, student_cfg, 0,
+                                     torch.Generator().manual_seed(0))
+    assert out.metrics["g_adv"].item() == pytest.approx(-2 * fake)
+    d = discriminator_step(vae, net, heads, x0, cond, fake_batch, cfg)
+    assert d.metrics["d_loss"].item() == pytest.approx(expected)
+
+
+def test_add_resumes_to_the_uninterrupted_run(tmp_path, monkeypatch):
+    """2 iterations, then resumed to 4, give the 4-iteration run's student and heads bit for bit."""
+    from safetensors.torch import load_file
+
+    from ladd.distill.run import distill
+    from ladd.models import text_encoder as te
+    from helpers import FakeEncoder
+
+    monkeypatch.setattr(te, "load_text_encoder", lambda name="minilm", max_length=32, **_: FakeEncoder(max_length))
+    make_assets(tmp_path)
+    featnet = save_featnet(tmp_path / "featnet")
+    base = ["method=add", "add.head_width=16", f"add.feature_net={featnet}", "train.ckpt_every=2"]
+    distill("configs/tiny.yaml", tiny_overrides(tmp_path, *base, "train.steps=2"))
+    distill("configs/tiny.yaml", tiny_overrides(tmp_path, *base, "train.steps=4"))
+    once = tmp_path / "once"
+    once.mkdir()
+    distill("configs/tiny.yaml", tiny_overrides(tmp_path, *base, "train.steps=4", f"paths.run_dir={once / 'run'}"))
+    for name in ("student", "heads"):
+        a = load_file(tmp_path / "run" / "checkpoints" / "step-000004" / f"{name}.safetensors")
+        b = load_file(once / "run" / "checkpoints" / "step-000004" / f"{name}.safetensors")
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
