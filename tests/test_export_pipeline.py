@@ -54,3 +54,46 @@ def test_sd3_pipeline_matches_ladd_euler(student_pipeline):
     assert images.shape == (3, 64, 64, 3)
     assert np.abs(images - ref).max() < 1e-3
     assert images.std() > 0.05  # not a blank image
+
+
+def test_pipeline_export_default_call_is_the_student(tmp_path, monkeypatch):
+    """ladd export --pipeline: StableDiffusion3Pipeline.from_pretrained(DIR) with only the step count and no
+    guidance samples the student grid with the re-noising sampler: the same latents and images as ladd's own
+    sampler on the same noise (the scheduler's fresh noise from torch's global generator, seeded alike)."""
+    from diffusers import StableDiffusion3Pipeline
+
+    from ladd import flow
+    from ladd.cli import main
+    from ladd.distill.run import distill
+    from ladd.models import text_encoder as te
+    from ladd.models.registry import load_generator
+    from ladd.sampling import renoise
+    from helpers import FakeEncoder, make_assets, tiny_overrides
+
+    monkeypatch.setattr(te, "load_text_encoder", lambda name="minilm", max_length=32, **_: FakeEncoder(max_length))
+    make_assets(tmp_path)
+    distill("configs/tiny.yaml", tiny_overrides(tmp_path, "train.steps=2"))
+    out = tmp_path / "shipped"
+    assert main(["export", str(tmp_path / "run"), "--out", str(out), "--pipeline"]) == 0
+    assert {"model_index.json", "transformer", "scheduler", "vae", "ladd.json", "card.md"} <= \
+        {p.name for p in out.iterdir()}
+    assert "StableDiffusion3Pipeline.from_pretrained" in (out / "card.md").read_text()
+
+    # the nano world's MiniLM is not an SD3 text encoder: the export has none (its card says so)
+    none = {p: None for p in ("text_encoder", "text_encoder_2", "text_encoder_3", "tokenizer", "tokenizer_2",
+                              "tokenizer_3")}
+    assert "text_encoder_3=None" in (out / "card.md").read_text()
+    pipe = StableDiffusion3Pipeline.from_pretrained(out, **none)
+    pipe.set_progress_bar_config(disable=True)
+    pipe.scheduler.set_timesteps(4)
+    torch.testing.assert_close(pipe.scheduler.sigmas, torch.tensor([1.0, 0.75, 0.5, 0.25, 0.0]))
+    cond = FakeEncoder().encode(PROMPTS)
+    noise = torch.randn(len(PROMPTS), 4, 8, 8, generator=torch.Generator().manual_seed(0))
+    torch.manual_seed(7)
+    latents = pipe(prompt_embeds=cond.tokens, pooled_prompt_embeds=cond.pooled, num_inference_steps=4,
+                   guidance_scale=1.0, height=64, width=64, latents=noise.clone(), output_type="latent").images
+    gen = load_generator(str(out))  # ladd loads the pipeline folder like any model: its card's setting
+    assert gen.recommended == {"steps": 4, "guidance": 1.0, "sampler": "renoise", "shift": 1.0}
+    ours = renoise(gen.model, noise, torch.cat([flow.student_grid(4), torch.zeros(1)]), cond,
+                   generator=torch.Generator().manual_seed(7))
+    torch.testing.assert_close(latents, ours, atol=1e-4, rtol=1e-4)

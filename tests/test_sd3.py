@@ -283,6 +283,46 @@ def tiny_dino(path):
     return path
 
 
+def test_pipeline_export_of_an_sd3_student_loads_with_nothing_else(sd3, tmp_path):
+    """ladd export --pipeline on an SD3 run: from_pretrained(DIR) alone (text encoders linked to the teacher's)
+    and the default 4-step, no-guidance call reproduce ladd's re-noising sampler on the student grid."""
+    from diffusers import StableDiffusion3Pipeline
+
+    from ladd import flow
+    from ladd.cli import main
+    from ladd.distill.pipeline import default_grid_is_exact
+    from ladd.distill.run import distill
+    from ladd.models.registry import load_generator
+    from ladd.sampling import renoise
+
+    folder = sd3[0]
+    (tmp_path / "prompts.txt").write_text("a lighthouse at dusk\n")
+    distill("configs/tiny.yaml", [f"paths.teacher={folder}", f"paths.vae={folder / 'vae'}",
+                                  f"paths.data={tmp_path / 'data'}", f"paths.run_dir={tmp_path / 'run'}",
+                                  f"paths.text_cache={tmp_path / 'text-cache'}",
+                                  f"data.prompts={tmp_path / 'prompts.txt'}", "data.num_samples=2",
+                                  "data.shard_size=2", "data.batch_size=2", "data.steps=2", "train.steps=1",
+                                  "train.batch_size=2", "train.grad_accum=1", "train.sample_every=0",
+                                  "eval.enabled=false"])
+    out = tmp_path / "shipped"
+    assert main(["export", str(tmp_path / "run"), "--out", str(out), "--pipeline"]) == 0
+    assert (out / "text_encoder_3").is_symlink() and (out / "tokenizer").is_symlink()
+    pipe = StableDiffusion3Pipeline.from_pretrained(out)
+    pipe.set_progress_bar_config(disable=True)
+    noise = torch.randn(1, 16, 8, 8, generator=torch.Generator().manual_seed(0))
+    torch.manual_seed(3)
+    latents = pipe(PROMPTS[0], num_inference_steps=4, guidance_scale=1.0, height=64, width=64,
+                   latents=noise.clone(), output_type="latent").images
+    gen = load_generator(str(out))
+    cond = gen.text_encoder.encode([PROMPTS[0]])
+    ours = renoise(gen.model, noise, torch.cat([flow.student_grid(4), torch.zeros(1)]), cond,
+                   generator=torch.Generator().manual_seed(3))
+    torch.testing.assert_close(latents, ours, atol=1e-4, rtol=1e-4)
+    # a shifted grid is no diffusers default: the card gives the sigmas to pass
+    assert default_grid_is_exact(4, 1.0) and default_grid_is_exact(2, 1.0) and default_grid_is_exact(1, 1.0)
+    assert not default_grid_is_exact(4, 3.0)
+
+
 # ------------------------------------------------------------------------------------------------ presets, errors
 @pytest.mark.parametrize("preset", ["configs/sd3-medium.yaml", "configs/sd3.5-large.yaml"])
 def test_presets_pass_check_config_on_the_tiny_pipeline(preset, sd3, tmp_path):

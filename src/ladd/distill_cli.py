@@ -52,6 +52,12 @@ def add(sub) -> None:
     p.add_argument("--overwrite", action="store_true",
                    help="replace a non-empty --out that is not an export of RUN_DIR")
     p.add_argument("--raw", action="store_true", help="the raw student weights instead of the EMA")
+    p.add_argument("--pipeline", action="store_true",
+                   help="a complete StableDiffusion3Pipeline folder (model_index.json, transformer/, a scheduler whose "
+                        "default call is the student's grid and re-noising sampler, vae/, the teacher's text encoders "
+                        "linked): StableDiffusion3Pipeline.from_pretrained(OUT) needs nothing else")
+    p.add_argument("--copy-text-encoders", action="store_true",
+                   help="with --pipeline: copy the teacher's text encoders and tokenizers instead of linking them")
     p.set_defaults(func=run_export)
 
 
@@ -90,4 +96,6 @@ def run_distill(args) -> None:
 def run_export(args) -> None:
     from ladd.distill.export import export_run
 
-    print(f"wrote {export_run(args.run_dir, args.out, use_ema=not args.raw, overwrite=args.overwrite)}")
+    out = export_run(args.run_dir, args.out, use_ema=not args.raw, overwrite=args.overwrite,
+                     pipeline=args.pipeline, copy_text_encoders=args.copy_text_encoders)
+    print(f"wrote {out}")

@@ -34,26 +34,36 @@ from ladd.models.io import LADD_META, read_config, replace_dir
 
 def export_student(model: torch.nn.Module, out_dir: str | Path, *, steps: int, teacher_dir: str | Path,
                    vae_dir: str | Path, text_encoder: dict, card: str, trained_steps: int | None = None,
-                   shift: float = 1.0, recommended: dict | None = None, run_dir: str | Path | None = None) -> Path:
+                   shift: float = 1.0, recommended: dict | None = None, run_dir: str | Path | None = None,
+                   pipeline: bool = False, copy_text_encoders: bool = False) -> Path:
     """Write ``model`` (an SD3Adapter, maybe with LoRA adapters: then merged, and the adapters also alone in
-    ``lora/``) to ``out_dir`` atomically (temporary folder, then rename). ``model`` is not changed."""
+    ``lora/``) to ``out_dir`` atomically (temporary folder, then rename). ``model`` is not changed. ``pipeline``:
+    a complete StableDiffusion3Pipeline folder instead (ladd.distill.pipeline; the teacher's text encoders linked,
+    or copied with ``copy_text_encoders``)."""
     from diffusers import FlowMatchEulerDiscreteScheduler
 
     out_dir = Path(out_dir)
     tmp = out_dir.with_name(out_dir.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    if lora.is_lora(model):
-        lora.merged_copy(model.transformer).save_pretrained(tmp, safe_serialization=True)
-        lora.save_lora(model.transformer, tmp / "lora")
-    else:
-        model.transformer.save_pretrained(tmp, safe_serialization=True)
+    transformer = lora.merged_copy(model.transformer) if lora.is_lora(model) else model.transformer
     recommended = recommended or {"steps": steps, "guidance": 1.0, "sampler": "renoise", "shift": shift}
     meta = dict(ladd_recommended=recommended, ladd_text_encoder=text_encoder, ladd_vae=_reference(vae_dir, out_dir),
                 ladd_teacher=_reference(teacher_dir, out_dir), ladd_trained_steps=trained_steps)
-    (tmp / LADD_META).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
-    # the student's grid is ladd.flow.student_grid(steps, shift): diffusers' pipeline shifts the sigmas it is
-    # given (sigmas=student_grid(steps)) by this shift, as SD3.5-Large-Turbo's scheduler does
-    FlowMatchEulerDiscreteScheduler(shift=shift).save_pretrained(tmp / "scheduler")
+    if pipeline:
+        from ladd.distill.pipeline import usage, write_pipeline
+
+        grid = write_pipeline(transformer, tmp, vae_dir=Path(vae_dir), teacher_dir=Path(teacher_dir), steps=steps,
+                              shift=shift, recommended=recommended, meta={**meta, "ladd_vae": "vae"},
+                              copy=copy_text_encoders)
+        card = card.rstrip("\n") + "\n\n" + usage(steps, grid, text_encoder) + "\n"
+    else:
+        transformer.save_pretrained(tmp, safe_serialization=True)
+        (tmp / LADD_META).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+        # the student's grid is ladd.flow.student_grid(steps, shift): diffusers' pipeline shifts the sigmas it is
+        # given (sigmas=student_grid(steps)) by this shift, as SD3.5-Large-Turbo's scheduler does
+        FlowMatchEulerDiscreteScheduler(shift=shift).save_pretrained(tmp / "scheduler")
+    if lora.is_lora(model):
+        lora.save_lora(model.transformer, tmp / "lora")
     (tmp / "card.md").write_text(card)
     if run_dir is not None:
         marker = {"run_dir": str(Path(run_dir).resolve()), "trained_steps": trained_steps}
@@ -154,7 +164,8 @@ def check_export_target(run_dir: str | Path, out_dir: str | Path, overwrite: boo
                       f"replaced. Use a new folder, or --overwrite to replace it")
 
 
-def export_run(run_dir: str | Path, out_dir: str | Path, use_ema: bool = True, overwrite: bool = False) -> Path:
+def export_run(run_dir: str | Path, out_dir: str | Path, use_ema: bool = True, overwrite: bool = False,
+               pipeline: bool = False, copy_text_encoders: bool = False) -> Path:
     """Export the newest checkpoint of a ``ladd distill`` run folder to ``out_dir`` (e.g. to ship it, or after an
     interrupted run; ``load_run_student``), with the run's card when ``run_dir/export`` holds the same training
     state, else a card built from the run's config. ``out_dir`` is checked first (``check_export_target``)."""
@@ -170,4 +181,5 @@ def export_run(run_dir: str | Path, out_dir: str | Path, use_ema: bool = True, o
         f"configured in {run_dir / 'config.yaml'}; not evaluated.\n")
     return export_student(model, out_dir, steps=cfg.student.steps, teacher_dir=cfg.paths.teacher,
                           vae_dir=cfg.paths.vae, trained_steps=step, card=card, shift=cfg.student.shift,
-                          text_encoder=teacher_text_encoder(cfg.paths.teacher), run_dir=run_dir)
+                          text_encoder=teacher_text_encoder(cfg.paths.teacher), run_dir=run_dir,
+                          pipeline=pipeline, copy_text_encoders=copy_text_encoders)

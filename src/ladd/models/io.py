@@ -71,7 +71,8 @@ def from_pretrained(cls, path: Path, what: str, **kwargs):
 LADD_META = "ladd.json"  # ladd's keys of an exported diffusers folder (ladd_recommended, ...), beside config.json
 
 
-def _read_json(path: Path) -> dict:
+def read_json(path: Path) -> dict:
+    """A JSON file, or an AssetError naming it when it is not valid JSON."""
     try:
         return json.loads(path.read_text())
     except json.JSONDecodeError as e:
@@ -85,9 +86,9 @@ def read_config(model_dir: str | Path) -> dict:
     if not path.is_file():
         raise AssetError(f"{path} is missing: {model_dir} is not a ladd model folder "
                          "(expected config.json + model.safetensors; rebuild it with its documented command)")
-    config = _read_json(path)
+    config = read_json(path)
     meta = Path(model_dir) / LADD_META
-    return {**config, **_read_json(meta)} if meta.is_file() else config
+    return {**config, **read_json(meta)} if meta.is_file() else config
 
 
 def load_state(model: torch.nn.Module, model_dir: str | Path) -> torch.nn.Module:

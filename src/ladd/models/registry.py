@@ -14,7 +14,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ladd.models.io import AssetError, read_config
+from ladd.models.io import LADD_META, AssetError, read_config, read_json
 
 DEFAULT_RECOMMENDED = {"steps": 50, "guidance": 4.0, "sampler": "euler", "shift": 1.0}
 DEFAULT_TEXT_ENCODER = {"name": "minilm", "max_length": 40}
@@ -57,10 +57,13 @@ def model_settings(path: str | Path) -> tuple[dict, dict, Path]:
     from ladd.models import sd3
 
     path = Path(path)
-    if sd3.is_pipeline_folder(path):
+    if sd3.is_pipeline_folder(path) and (path / LADD_META).is_file():  # a student exported as a pipeline
+        config = read_json(path / LADD_META)
+    elif sd3.is_pipeline_folder(path):
         sd3.check_sd3_folder(path)
         return sd3.recommended_settings(path), sd3.text_encoder_spec(path), path / "vae"
-    config = read_config(path)
+    else:
+        config = read_config(path)
     vae = Path(config.get("ladd_vae", str(assets_dir() / "nano/vae")))
     return ({**DEFAULT_RECOMMENDED, **config.get("ladd_recommended", {})},
             dict(config.get("ladd_text_encoder", DEFAULT_TEXT_ENCODER)), vae if vae.is_absolute() else path / vae)

@@ -1,0 +1,105 @@
+"""The student as a complete diffusers ``StableDiffusion3Pipeline`` folder (``ladd export --pipeline``).
+
+    DIR/model_index.json         StableDiffusion3Pipeline: transformer, scheduler, VAE, the teacher's text encoders
+    DIR/transformer/             the student (SD3Transformer2DModel, EMA weights, LoRA merged)
+    DIR/scheduler/               FlowMatchEulerDiscreteScheduler whose *default* call is the student's setting
+    DIR/vae/                     the teacher's VAE (diffusers format)
+    DIR/text_encoder*/, tokenizer*/   an SD3 teacher's, linked (default) or copied; the nano world's MiniLM is
+                                 not an SD3 text encoder, so a nano export has none: load it with
+                                 text_encoder=None, tokenizer=None, ... (card.md) and pass prompt_embeds
+    DIR/ladd.json, card.md, ladd_export.json   ladd's metadata (ladd eval / sample load DIR like any model)
+
+so that ``StableDiffusion3Pipeline.from_pretrained(DIR)(prompt, num_inference_steps=N, guidance_scale=1.0)`` is
+the trained student with nothing else passed:
+
+- **grid**: diffusers' default sigmas for N steps are ``linspace(1, 1/1000, N)``, shifted; ``shift_terminal = 1/N``
+  stretches them to end at ``1/N``, which for shift 1 is exactly the student grid ``{1, (N-1)/N, ..., 1/N}``
+  (``ladd.flow.student_grid``). A shifted student grid (``student.shift != 1``) has no such default in
+  diffusers: its card and ladd.json give the ``sigmas`` to pass.
+- **sampler**: ``stochastic_sampling=True`` is ladd's re-noising sampler (x0 prediction, fresh noise to the next
+  time); the scheduler draws that noise from torch's global generator (seed it with ``torch.manual_seed``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import torch
+
+from ladd import flow
+from ladd.models.io import LADD_META
+
+TEXT_PARTS = ("text_encoder", "text_encoder_2", "text_encoder_3", "tokenizer", "tokenizer_2", "tokenizer_3")
+
+
+def student_scheduler(steps: int, shift: float = 1.0, sampler: str = "renoise"):
+    """A FlowMatchEulerDiscreteScheduler whose ``set_timesteps(steps)`` gives the student grid (exact for shift 1)
+    and whose step is the student's sampler."""
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    return FlowMatchEulerDiscreteScheduler(shift=shift, shift_terminal=1.0 / steps if steps > 1 else None,
+                                           stochastic_sampling=sampler == "renoise")
+
+
+def default_grid_is_exact(steps: int, shift: float) -> bool:
+    """Whether ``student_scheduler(steps, shift)`` samples the student grid by default."""
+    s = student_scheduler(steps, shift)
+    s.set_timesteps(steps)
+    return torch.allclose(s.sigmas[:-1], flow.student_grid(steps, shift).float(), atol=1e-5)
+
+
+def _place(src: Path, dst: Path, copy: bool) -> None:
+    if copy:
+        shutil.copytree(src, dst, symlinks=False) if src.is_dir() else shutil.copy2(src, dst)
+    else:
+        os.symlink(os.path.relpath(src.resolve(), dst.parent.resolve()), dst)
+
+
+def write_pipeline(transformer, tmp: Path, *, vae_dir: Path, teacher_dir: Path, steps: int, shift: float,
+                   recommended: dict, meta: dict, copy: bool = False) -> dict:
+    """Write the pipeline folder's parts into ``tmp`` (the caller renames it into place); returns what the
+    card should say about the grid: ``{"sigmas": [...], "exact": bool}``."""
+    from diffusers import StableDiffusion3Pipeline
+
+    from ladd.models import sd3
+    from ladd.models.vae import load_vae
+
+    teacher_dir, vae_dir = Path(teacher_dir), Path(vae_dir)
+    scheduler = student_scheduler(steps, shift, recommended.get("sampler", "renoise"))
+    vae = load_vae(vae_dir).model
+    pipe = StableDiffusion3Pipeline(transformer=transformer, scheduler=scheduler, vae=vae, text_encoder=None,
+                                    tokenizer=None, text_encoder_2=None, tokenizer_2=None, text_encoder_3=None,
+                                    tokenizer_3=None)
+    pipe.save_pretrained(tmp, safe_serialization=True)
+    if sd3.is_pipeline_folder(teacher_dir):  # an SD3 teacher: its text encoders and tokenizers, linked or copied
+        index = json.loads((tmp / "model_index.json").read_text())
+        teacher_index = json.loads((teacher_dir / "model_index.json").read_text())
+        for part in TEXT_PARTS:
+            if teacher_index.get(part, [None])[0] is not None and (teacher_dir / part).is_dir():
+                _place(teacher_dir / part, tmp / part, copy)
+                index[part] = teacher_index[part]
+        (tmp / "model_index.json").write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
+    grid = {"sigmas": [round(float(t), 6) for t in flow.student_grid(steps, shift)],
+            "exact": default_grid_is_exact(steps, shift)}
+    (tmp / LADD_META).write_text(json.dumps({**meta, "ladd_pipeline_grid": grid}, indent=2, sort_keys=True) + "\n")
+    return grid
+
+
+def usage(steps: int, grid: dict, text_encoder: dict) -> str:
+    """The card's section on loading the folder with diffusers alone."""
+    load, call = "", f"pipe(prompt, num_inference_steps={steps}, guidance_scale=1.0)"
+    if text_encoder.get("name") != "sd3":  # the nano world: MiniLM embeddings, computed by ladd
+        load = ", " + ", ".join(f"{p}=None" for p in TEXT_PARTS)
+        call = (f"pipe(prompt_embeds=e.tokens, pooled_prompt_embeds=e.pooled, num_inference_steps={steps}, "
+                f"guidance_scale=1.0)` with `e = ladd.models.text_encoder.load_text_encoder(**ladd_text_encoder)"
+                f".encode([prompt])")
+    if not grid["exact"]:
+        call = call.replace("guidance_scale=1.0", f"guidance_scale=1.0, sigmas={grid['sigmas']}")
+    return ("## With diffusers alone\n\n"
+            f"`pipe = StableDiffusion3Pipeline.from_pretrained(<this folder>{load})`, then `torch.manual_seed(s)` (the "
+            f"re-noising sampler draws from torch's global generator) and `{call}`"
+            + ("" if grid["exact"] else " (a shifted grid is not diffusers' default for this step count: pass "
+               "the sigmas)") + ".")
