@@ -102,6 +102,9 @@ class EvalSettings:
     val_every: int = 0
     val_per_prompt: int = 1
     select_best: bool = False        # export the validated state with the best alignment at student.steps
+    # ... among the states whose FD is within this share of the lowest validated FD (null: alignment alone). A
+    # session-17 run's alignment-only pick had FD 11.25 against the run's lowest 7.02 (student-gap.md).
+    select_fd_slack: float | None = 0.1
 
     def __post_init__(self):
         for name in ("per_prompt", "batch_size", "grid_prompts"):
@@ -111,6 +114,10 @@ class EvalSettings:
             fail("eval.val_every", f"got {self.val_every!r}", "use 0 (no validation) or an interval, e.g. 100")
         if self.val_per_prompt < 1:
             fail("eval.val_per_prompt", f"got {self.val_per_prompt}", "give a positive integer")
+        if self.select_fd_slack is not None:
+            self.select_fd_slack = number("eval.select_fd_slack", self.select_fd_slack)
+            if self.select_fd_slack < 0:
+                fail("eval.select_fd_slack", f"got {self.select_fd_slack}", "use a share >= 0, e.g. 0.1, or null")
         if self.select_best and not self.val_every:
             fail("eval.select_best", "needs validation to select from", "set eval.val_every, e.g. 100")
         if self.max_prompts is not None and self.max_prompts < 1:

@@ -4,8 +4,9 @@
 
 Run folder: ``val.jsonl`` (one line per iteration and step count: alignment, per category, FD), ``val.png`` (the
 curves), ``val/<iteration>-<steps>step/`` (the evaluation folders), and with ``eval.select_best`` ``best/``: the
-weights of the validated state with the best alignment at ``student.steps`` (ties: the lower FD), which
-``ladd distill`` then exports instead of the last state.
+weights of the validated state with the best alignment at ``student.steps`` (ties: the lower FD) among those
+whose FD is within ``eval.select_fd_slack`` of the lowest (an alignment high taken at a poor FD does not count),
+which ``ladd distill`` then exports instead of the last state.
 
 The trainer calls a hook on the main process with the training's RNG state saved and restored, and evaluation
 draws its noise from per-image seeds, so validating changes nothing in what is trained.
@@ -62,13 +63,13 @@ class Validator:
         return rows
 
     def _keep_if_best(self, model: torch.nn.Module, rows: list[dict]) -> None:
+        """Keep ``model`` in ``best/`` if its row wins: the best alignment (ties: the lower FD) among the states
+        whose FD is within ``eval.select_fd_slack`` of the lowest FD validated so far (greedy: a state passed
+        over is not reconsidered; the kept one is replaced once a lower FD leaves it outside the slack)."""
         row, best = rows[0], self.run_dir / "best"
         info = best / "best.json"
         old = json.loads(info.read_text()) if info.is_file() else None
-        def key(r):
-            return r["alignment"], -(r["fd"] if r["fd"] is not None else float("inf"))
-
-        if old is not None and key(old) >= key(row):
+        if not self._wins(row, old):
             return
         best.mkdir(exist_ok=True)
         tmp = best / "model.safetensors.tmp"
@@ -76,6 +77,25 @@ class Validator:
         os.replace(tmp, best / "model.safetensors")
         info.write_text(json.dumps(row, indent=1) + "\n")
         log.info("best validated state so far: iteration %d", row["step"])
+
+    def _wins(self, row: dict, old: dict | None) -> bool:
+        def key(r):
+            return r["alignment"], -(r["fd"] if r["fd"] is not None else float("inf"))
+
+        slack = self.cfg.eval.select_fd_slack
+        if old is None:
+            return True
+        if slack is None or row["fd"] is None:
+            return key(row) > key(old)
+        fds = [r["fd"] for r in _rows(self.run_dir / "val.jsonl") if r["steps"] == row["steps"] and r["fd"] is not None]
+        limit = (1 + slack) * min(fds + [row["fd"]])
+        if row["fd"] > limit:
+            return False
+        return old["fd"] is None or old["fd"] > limit or key(row) > key(old)
+
+
+def _rows(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
 
 
 def load_best(run_dir: str | Path, model: torch.nn.Module) -> int | None:
