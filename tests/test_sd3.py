@@ -352,3 +352,26 @@ def test_presets_pass_check_config_on_the_tiny_pipeline(preset, sd3, tmp_path):
         check_config(load_distill_config(preset, paths + [f"data.prompts={tmp_path / 'empty.txt'}"]))
     with pytest.raises(ConfigError, match=r"eval\.enabled"):
         check_config(load_distill_config(preset, paths + [f"data.prompts={tmp_path / 'p.txt'}", "eval.enabled=true"]))
+
+
+def test_transformer_subfolder_or_a_foreign_vae_is_one_line(sd3, tmp_path):
+    """paths.teacher=D/transformer names the pipeline folder to give; a 16-channel VAE with other factors (another
+    model family's) is refused against the teacher's own VAE."""
+    import json as json_
+
+    from ladd.distill.config import load_distill_config
+    from ladd.distill.run import check_config
+
+    folder = sd3[0]
+    (tmp_path / "p.txt").write_text("a cat\n")
+    base = [f"paths.data={tmp_path / 'data'}", f"data.prompts={tmp_path / 'p.txt'}", "eval.enabled=false"]
+    with pytest.raises(ConfigError, match=rf"set paths.teacher={folder} "):
+        check_config(load_distill_config("configs/tiny.yaml", base + [f"paths.teacher={folder / 'transformer'}",
+                                                                      f"paths.vae={folder / 'vae'}"]))
+    flux = shutil.copytree(folder / "vae", tmp_path / "flux-vae")
+    config = json_.loads((flux / "config.json").read_text())
+    config.update(scaling_factor=0.3611, shift_factor=0.1159)  # FLUX's factors, SD3's 16 channels
+    (flux / "config.json").write_text(json_.dumps(config))
+    with pytest.raises(ConfigError, match="scaling_factor 0.3611 vs 1.5305"):
+        check_config(load_distill_config("configs/tiny.yaml", base + [f"paths.teacher={folder}",
+                                                                      f"paths.vae={flux}"]))

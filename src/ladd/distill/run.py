@@ -32,7 +32,7 @@ from ladd.data.synth import (generation_settings, synthesize, teacher_config, te
 from ladd.distill.compare import evaluate_models, write_comparison
 from ladd.distill.config import FSDP_EMA, DistillConfig, load_distill_config
 from ladd.methods import method_class
-from ladd.models.io import read_config
+from ladd.models.io import AssetError, read_config
 
 log = logging.getLogger(__name__)
 DEFAULT_PRESET = "configs/nano.yaml"
@@ -54,7 +54,13 @@ def check_model_paths(cfg: DistillConfig) -> None:
                        f"huggingface-cli download stabilityai/stable-diffusion-3-medium-diffusers --local-dir {path}"
                        if name == "teacher" else "a ladd VAE folder, or D/vae of an SD3 pipeline folder D")
             raise ConfigError(f"paths.{name}: {path} does not exist; set paths.{name} to {example}")
-    if not sd3.is_pipeline_folder(cfg.paths.teacher):
+    teacher = Path(cfg.paths.teacher)
+    if sd3.is_pipeline_folder(teacher.parent) and not sd3.is_pipeline_folder(teacher):
+        raise ConfigError(f"paths.teacher: {teacher} is the {teacher.name}/ part of the pipeline folder "
+                          f"{teacher.parent}; set paths.teacher={teacher.parent} (ladd reads the pipeline's text "
+                          f"encoders, scheduler and VAE from it)")
+    check_vae_matches_teacher(cfg)
+    if not sd3.is_pipeline_folder(teacher):
         return
     sd3.check_sd3_folder(cfg.paths.teacher)
     if cfg.data.source == "synthetic" and cfg.data.prompts is None:
@@ -64,6 +70,27 @@ def check_model_paths(cfg: DistillConfig) -> None:
     if cfg.eval.enabled or cfg.eval.val_every:
         raise ConfigError("eval.enabled / eval.val_every: the nano evaluator only reads ShapeWorld images; set "
                           "eval.enabled=false (or --no-eval) and eval.val_every=0 for an SD3 teacher")
+
+
+def check_vae_matches_teacher(cfg: DistillConfig) -> None:
+    """``paths.vae`` has the latent space of the teacher's own VAE (the one its folder names or holds), when that
+    one is known: same channels, scaling and shift factors (a 16-channel VAE of another model family passes a
+    channel check and would train the student on latents the teacher never saw)."""
+    from ladd.models.registry import model_settings
+
+    try:
+        own = Path(model_settings(cfg.paths.teacher)[2])
+    except AssetError:  # an incomplete teacher folder: reported by the checks that read it
+        return
+    given = Path(cfg.paths.vae)
+    if not (own / "config.json").is_file() or own.resolve() == given.resolve() or not (given / "config.json").is_file():
+        return
+    keys = ("latent_channels", "scaling_factor", "shift_factor")
+    a, b = read_config(own), read_config(given)
+    diff = [f"{k} {b.get(k)} vs {a.get(k)}" for k in keys if b.get(k) != a.get(k)]
+    if diff:
+        raise ConfigError(f"paths.vae: {given} is not the latent space of the teacher's VAE {own} "
+                          f"({', '.join(diff)}); set paths.vae={own}")
 
 
 def check_config(cfg: DistillConfig, num_processes: int = 1) -> dict:
