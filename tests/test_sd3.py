@@ -139,14 +139,17 @@ def test_prompt_encoder_equals_encode_prompt_and_caches(sd3, tmp_path, monkeypat
     assert other.encode(PROMPTS[:1]).tokens.shape == (1, 16 + 4, T5_WIDTH)  # another T5 length: not a cache hit
 
 
-def test_prompt_encoder_without_t5(sd3, tmp_path):
-    """SD3 without T5: the pipeline zero-fills T5's tokens; ours equal diffusers' own pipeline loaded that way."""
+def test_prompt_encoder_without_t5(sd3, tmp_path, caplog):
+    """SD3 without T5: the pipeline zero-fills T5's tokens; ours equal diffusers' own pipeline loaded that way,
+    and the log says T5 is missing."""
     from diffusers import StableDiffusion3Pipeline
 
     from ladd.models.sd3 import SD3PromptEncoder
 
     folder = copy_without(sd3[0], tmp_path / "no-t5", "text_encoder_3", "tokenizer_3")
-    emb = SD3PromptEncoder(folder, max_length=8, device="cpu").encode(PROMPTS[:2])
+    with caplog.at_level("WARNING", logger="ladd.models.sd3"):
+        emb = SD3PromptEncoder(folder, max_length=8, device="cpu").encode(PROMPTS[:2])
+    assert "has no T5" in caplog.text
     pipe = StableDiffusion3Pipeline.from_pretrained(sd3[0], text_encoder_3=None, tokenizer_3=None)
     with torch.no_grad():
         tokens, _, pooled, _ = pipe.encode_prompt(PROMPTS[:2], None, None, do_classifier_free_guidance=False,
@@ -233,7 +236,8 @@ def test_distill_on_an_sd3_folder(sd3, tmp_path):
     gen = data.generation
     assert (gen["steps"], gen["guidance"], gen["shift"], gen["prompts"]["count"]) == (2, 7.0, 3.0, 3)
     assert gen["text_encoder"] == {"name": "sd3", "path": str(folder.resolve()), "max_length": 256}
-    assert len(list((tmp_path / "text-cache").rglob("*.safetensors"))) == 3 + 1 + 8  # prompts, "", previews
+    # the data's prompts and "": the previews show the data's prompts (not ShapeWorld captions), already cached
+    assert len(list((tmp_path / "text-cache").rglob("*.safetensors"))) == 3 + 1
 
     config = json.loads((export / "ladd.json").read_text())
     assert not any(k.startswith("ladd_") for k in json.loads((export / "config.json").read_text()))

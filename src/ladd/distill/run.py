@@ -42,6 +42,16 @@ PREVIEW_PROMPTS = ["a red circle", "two blue squares", "a green triangle in the 
                    "a blue cross on the right", "a large red square in the center"]
 
 
+def preview_prompts(cfg: DistillConfig) -> list[str]:
+    """The prompts of the samples/<step>.png grids: the first 8 of ``data.prompts`` when the data has its own
+    prompts (an SD3 teacher), else fixed ShapeWorld captions."""
+    if cfg.data.prompts is None:
+        return PREVIEW_PROMPTS
+    from ladd.data.prompts import read_prompt_texts
+
+    return read_prompt_texts(cfg.data.prompts)[:len(PREVIEW_PROMPTS)]
+
+
 def check_model_paths(cfg: DistillConfig) -> None:
     """The teacher and VAE folders exist; an SD3 pipeline teacher folder is complete and comes with a prompt file
     (its data cannot be ShapeWorld captions) and without the nano evaluation (its evaluator reads ShapeWorld)."""
@@ -188,7 +198,7 @@ def _run(cfg: DistillConfig, gen: dict, run_dir: Path, state, text_encoder, comm
     pairs = method_class(cfg.method).needs_pairs(cfg.section)
     data = shards.ShardDataset.load(cfg.paths.data, pairs) if trains else None
     vae = load_vae(cfg.paths.vae)
-    preview = text_encoder.encode(PREVIEW_PROMPTS) if previews else None
+    preview = text_encoder.encode(preview_prompts(cfg)) if previews else None
     uncond = text_encoder.encode([""]) if wants_uncond else None
     if hasattr(text_encoder, "release"):  # SD3's text encoders (T5-XXL: ~10 GB) leave the GPU before training
         text_encoder.release()

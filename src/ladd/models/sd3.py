@@ -123,6 +123,8 @@ def load_prompt_pipeline(path: str | Path, device, dtype: torch.dtype):
                                                     local_files_only=True, **no_t5).to(device)
     pipe.set_progress_bar_config(disable=True)
     if pipe.text_encoder_3 is None:
+        log.warning("%s has no T5 (text_encoder_3/): prompts are encoded by the two CLIP encoders alone, T5's "
+                    "tokens zero-filled, as StableDiffusion3Pipeline does without it", path)
         # without T5, encode_prompt zero-fills T5's tokens at the transformer's width, read from its config
         width = json.loads((path / "transformer" / "config.json").read_text())["joint_attention_dim"]
         pipe.transformer = SimpleNamespace(config=SimpleNamespace(joint_attention_dim=width))
