@@ -156,7 +156,7 @@ def test_bad_config_fails_before_any_model_is_loaded(tmp_path, override, field, 
 def test_vae_that_does_not_fit_the_teacher(tmp_path, request):
     make_assets(tmp_path)
     request.getfixturevalue("no_model_loading")
-    with pytest.raises(ConfigError, match=r"paths\.vae.*16-channel.*takes 4"):
+    with pytest.raises(ConfigError, match=r"paths\.vae.*latent_channels 16 vs 4.*set paths\.vae="):
         distill("configs/tiny.yaml", tiny_overrides(tmp_path) + ["paths.vae=assets/nano/vae"])
 
 
