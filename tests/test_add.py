@@ -97,10 +97,14 @@ def test_distillation_weighting_is_one_minus_t(tmp_path):
 def test_discriminator_step_trains_heads_only_with_r1(tmp_path):
     cfg, student_cfg, teacher, vae, net, student, heads, x0, cond, uncond = tiny(tmp_path, image_conditioning=True)
     g = torch.Generator().manual_seed(0)
+    calls = []
+    decode = vae.decode
+    vae.decode = lambda z: calls.append(z) or decode(z)
     _, fake = generator_step(student, teacher, vae, net, heads, x0, cond, uncond, cfg, student_cfg, 0, g)
     assert fake.source is not None and fake.source.shape == (4, 16)
     before = snapshot(heads)
     out = discriminator_step(vae, net, heads, x0, cond, fake, cfg)
+    assert len(calls) == 2  # the fakes and the reals, each decoded once (the G step's reals serve the D step)
     out.loss.backward()
     assert out.metrics["r1"] >= 0 and 0 <= out.metrics["d_acc"] <= 1
     assert all(p.grad is None for m in (student, vae, net) for p in m.parameters())

@@ -52,8 +52,10 @@ def default_grid_is_exact(steps: int, shift: float) -> bool:
 
 
 def _place(src: Path, dst: Path, copy: bool) -> None:
-    if copy:
-        shutil.copytree(src, dst, symlinks=False) if src.is_dir() else shutil.copy2(src, dst)
+    if copy and src.is_dir():
+        shutil.copytree(src, dst)
+    elif copy:
+        shutil.copy2(src, dst)
     else:
         os.symlink(os.path.relpath(src.resolve(), dst.parent.resolve()), dst)
 

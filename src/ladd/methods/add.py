@@ -91,10 +91,17 @@ def _condition(pooled: torch.Tensor, source: torch.Tensor | None) -> torch.Tenso
     return pooled if source is None else torch.cat([pooled, source.to(pooled)], dim=1)
 
 
-def image_embedding(feature_net, vae, x0: torch.Tensor) -> torch.Tensor:
-    """``[B, C]``: the clean source's embedding, the spatial mean of the feature network's last tap (no grad)."""
+def real_features(feature_net, vae, x0: torch.Tensor) -> list[torch.Tensor]:
+    """The feature maps of the decoded data latents ``x0`` (no grad): the heads' real inputs and, pooled from the
+    last tap, the clean source's image embedding. Decoded as the fakes are (no clamp), so that the range of the
+    decoder's output cannot tell them apart."""
     with torch.no_grad():
-        return feature_net(vae.decode(x0).clamp(-1, 1))[-1].mean(dim=(2, 3))
+        return feature_net(vae.decode(x0))
+
+
+def image_embedding(real: list[torch.Tensor]) -> torch.Tensor:
+    """``[B, C]``: the clean source's embedding, the spatial mean of the feature network's last tap."""
+    return real[-1].mean(dim=(2, 3))
 
 
 def _zeros(x: torch.Tensor) -> torch.Tensor:
@@ -105,6 +112,7 @@ def _zeros(x: torch.Tensor) -> torch.Tensor:
 class FakeBatch:
     features: list[torch.Tensor]      # detached feature maps of the decoded fakes
     source: torch.Tensor | None       # the clean sources' embeddings (image conditioning), or None
+    real: list[torch.Tensor] | None   # the reals' feature maps when the G step needed them (image conditioning)
 
 
 def generator_step(student, teacher, vae, feature_net, heads, x0: torch.Tensor, cond: TextEmbeddings,
@@ -115,7 +123,8 @@ def generator_step(student, teacher, vae, feature_net, heads, x0: torch.Tensor, 
     grid = flow.student_grid(student_cfg.steps, student_cfg.shift)
     x0_g, t_s = student_forward(student, x0, cond, grid, torch.tensor(student_cfg.probs_at(step)), draws)
     feats = feature_net(vae.decode(x0_g))
-    source = image_embedding(feature_net, vae, x0) if cfg.image_conditioning else None
+    real = real_features(feature_net, vae, x0) if cfg.image_conditioning else None
+    source = image_embedding(real) if real is not None else None
     with param_grads_off(heads):
         logits = heads(feats, _zeros(x0), _condition(cond.pooled, source))
     adv = losses.g_loss("hinge", logits)
@@ -129,14 +138,13 @@ def generator_step(student, teacher, vae, feature_net, heads, x0: torch.Tensor, 
         loss = loss + cfg.distill_weight * distill
         metrics["g_distill"] = distill.detach()
     metrics["g_loss"] = loss.detach()
-    return PhaseOut(loss, metrics), FakeBatch([f.detach() for f in feats], source)
+    return PhaseOut(loss, metrics), FakeBatch([f.detach() for f in feats], source, real)
 
 
 def discriminator_step(vae, feature_net, heads, x0: torch.Tensor, cond: TextEmbeddings, fake: FakeBatch,
                        cfg: ADDConfig) -> PhaseOut:
     """The heads' hinge loss on decoded data latents (real) vs the generator phase's fakes, plus R1."""
-    with torch.no_grad():
-        real = feature_net(vae.decode(x0).clamp(-1, 1))
+    real = fake.real if fake.real is not None else real_features(feature_net, vae, x0)  # each decoded once
     if cfg.r1_weight > 0:
         real = [f.requires_grad_(True) for f in real]
     c = _condition(cond.pooled, fake.source)
@@ -182,6 +190,7 @@ class ADD(Method):
 
     @classmethod
     def check(cls, cfg: ADDConfig, teacher_config: dict) -> None:
+        from ladd.models.feature_net import DINO_TAPS
         from ladd.models.io import read_config
 
         if cfg.feature_net is None:
@@ -189,7 +198,7 @@ class ADD(Method):
                  "(nano world) or a local DINOv2 ViT-S folder (transformers)")
         cfg.guidance = teacher_guidance(cfg.guidance, teacher_config)
         config = read_config(cfg.feature_net)  # a missing or non-JSON folder: AssetError naming it, before loading
-        cfg.heads().resolve_blocks(len(config["channels"]) if config.get("ladd_feature_net") else 4)  # DINOv2: 4
+        cfg.heads().resolve_blocks(len(config["channels"]) if config.get("ladd_feature_net") else DINO_TAPS)
 
     def modules(self, device) -> dict:
         if self._modules is None:
@@ -212,8 +221,7 @@ class ADD(Method):
             raise NotImplementedError("ADD under FSDP is not supported yet; use DDP (or one process)")
         self.student, self.heads = modules["student"], modules["heads"]
         self.teacher, self.vae, self.feature_net = frozen["teacher"], frozen["vae"], frozen["feature_net"]
-        if self.uncond is not None:
-            self.uncond = self.uncond.to(next(self.student.parameters()).device)
+        self.place_uncond(self.student)
 
     def updates(self, step: int) -> list[Update]:
         return [Update(("generator", "discriminator"), ("student", "heads"))]

@@ -172,6 +172,11 @@ class Method:
     def attach(self, modules: dict[str, torch.nn.Module], frozen: dict[str, torch.nn.Module]) -> None:
         """The modules as the trainer prepared them; ``loss`` calls these."""
 
+    def place_uncond(self, module: torch.nn.Module) -> None:
+        """Move ``uncond`` (if any) to the device of ``module``'s parameters (``attach`` calls this)."""
+        if self.uncond is not None:
+            self.uncond = self.uncond.to(next(module.parameters()).device)
+
     def updates(self, step: int) -> list[Update]:
         return []
 

@@ -185,8 +185,7 @@ class DMD2(Method):
             raise NotImplementedError("DMD2 under FSDP is not supported yet; use DDP (or one process)")
         self.student, self.teacher = modules["student"], frozen["teacher"]
         self.fake_score, self.heads = modules["fake_score"], modules["heads"]
-        if self.uncond is not None:
-            self.uncond = self.uncond.to(next(self.student.parameters()).device)
+        self.place_uncond(self.student)
 
     def updates(self, step: int) -> list[Update]:
         return [Update(("critic",), ("critic",))] * self.cfg.critic_updates + [Update(("generator",), ("student",))]

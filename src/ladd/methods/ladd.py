@@ -280,8 +280,7 @@ class LADD(Method):
 
     def attach(self, modules: dict, frozen: dict) -> None:
         self.student, self.heads, self.teacher = modules["student"], modules["heads"], frozen["teacher"]
-        if self.uncond is not None:
-            self.uncond = self.uncond.to(next(self.student.parameters()).device)
+        self.place_uncond(self.student)
 
     def updates(self, step: int) -> list[Update]:
         return [Update(("generator", "discriminator"), ("student", "heads"))]

@@ -122,8 +122,7 @@ class LCM(Method):
 
     def attach(self, modules: dict, frozen: dict) -> None:
         self.student, self.teacher = modules["student"], frozen["teacher"]
-        if self.uncond is not None:
-            self.uncond = self.uncond.to(next(self.student.parameters()).device)
+        self.place_uncond(self.student)
 
     def updates(self, step: int) -> list[Update]:
         return [Update(("consistency",), ("student",))]

@@ -22,6 +22,7 @@ from torch.nn import functional as F
 from ladd.models.io import AssetError, load_state, read_config
 
 NANO_FEATURE_NET_CONFIG = {"ladd_feature_net": "nano", "channels": [32, 64, 128, 128]}
+DINO_TAPS = 4  # DinoFeatures' default: four evenly spaced layers ending with the last
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
@@ -55,7 +56,7 @@ class DinoFeatures(nn.Module):
         super().__init__()
         self.model, self.size = model, size
         n = model.config.num_hidden_layers
-        self.layers = layers or [round((i + 1) * n / 4) for i in range(4)]
+        self.layers = layers or [round((i + 1) * n / DINO_TAPS) for i in range(DINO_TAPS)]
         self.channels = [model.config.hidden_size] * len(self.layers)
         self.skip = 1 + getattr(model.config, "num_register_tokens", 0)  # CLS (+ register) tokens
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)

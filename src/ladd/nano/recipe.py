@@ -50,6 +50,12 @@ def _load(ckpt_dir: Path, parts: dict) -> tuple[int, float]:
     return int(state["step"]), float(state["elapsed"])
 
 
+def warmup_decay(opt: torch.optim.Optimizer, steps: int, warmup: int = 100) -> torch.optim.lr_scheduler.LambdaLR:
+    """Linear warm-up over ``warmup`` steps, then linear decay to 0.1x at ``steps``."""
+    return torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda i: min(1.0, (i + 1) / warmup) * (0.1 + 0.9 * (1 - i / steps)))
+
+
 def run(
     step: Callable[[int], dict],
     modules: dict[str, object],

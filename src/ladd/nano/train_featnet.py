@@ -78,7 +78,7 @@ def train_featnet(cfg: FeatNetTrainConfig) -> Path:
     decoder = _Decoder(net.channels[-1])
     params = [*net.parameters(), *decoder.parameters()]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: min(1.0, (i + 1) / 100) * (0.1 + 0.9 * (1 - i / cfg.steps)))
+    sched = recipe.warmup_decay(opt, cfg.steps)
     rng = np.random.default_rng(cfg.seed)
     train = images[:-512]
 

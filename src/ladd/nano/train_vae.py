@@ -64,7 +64,7 @@ def train_vae(cfg: VAETrainConfig) -> Path:
     else:
         model = AutoencoderKL.from_config(NANO_VAE_CONFIG)
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr, weight_decay=0.0)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: min(1.0, (i + 1) / 100) * (0.1 + 0.9 * (1 - i / cfg.steps)))
+    sched = recipe.warmup_decay(opt, cfg.steps)
     rng = np.random.default_rng(cfg.seed)
 
     def step(i: int) -> dict:
