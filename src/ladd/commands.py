@@ -47,6 +47,9 @@ class SampleConfig:
     height: int = option("image height", default=64)
     width: int = option("image width", default=64)
     out: str = option("the PNG grid to write", default="samples.png")
+    device: str | None = option("cpu, cuda, cuda:N (default: the GPU when there is one)")
+    dtype: str = option("the weights when sampling (auto: bf16 on a GPU, fp32 on the CPU)", default="auto",
+                        choices=["auto", "fp32", "bf16", "fp16"])
 
     def __post_init__(self):
         from ladd.evaluation.evaluate import check_counts
@@ -73,7 +76,9 @@ def run_sample(args) -> None:
 
     world().check_size(args.height, args.width)
     check_output(args.out, "--out", kind="file")
-    gen = load_generator(args.model)
+    from ladd.runtime import pick_device
+
+    gen = load_generator(args.model, pick_device(args.device), args.dtype)
     steps = args.steps or gen.recommended["steps"]
     guidance = gen.recommended["guidance"] if args.guidance is None else args.guidance
     images, seconds = generate(gen, [args.prompt] * args.n, [image_seed(args.seed, 0, k) for k in range(args.n)],
@@ -81,7 +86,7 @@ def run_sample(args) -> None:
                                shift=args.shift)
     save_grid(images, args.out, ncols=min(args.n, 8))
     print(f"wrote {args.out}: {args.n} images, {steps} steps, guidance {guidance:g}, "
-          f"{seconds / args.n:.4f} s/image")
+          f"{seconds / args.n:.4f} s/image on {gen.device} ({str(gen.dtype).removeprefix('torch.')})")
 
 
 def add_bench(sub) -> None:

@@ -35,15 +35,22 @@ def generate(gen: Generator, prompts: list[str], seeds: list[int], steps: int, g
     times = flow.sampling_times(sampler, steps, gen.recommended.get("shift", 1.0) if shift is None else shift)
     cond_all = gen.text_encoder.encode(prompts)
     uncond_one = gen.text_encoder.encode([""])
+    device = torch.device(gen.device)
+    dtype = gen.dtype or torch.float32
     out, seconds = [], 0.0
     for s in range(0, len(prompts), batch_size):
-        gens = [torch.Generator().manual_seed(x) for x in seeds[s:s + batch_size]]
-        noise = torch.stack([torch.randn(c, height // down, width // down, generator=g) for g in gens])
-        cond = cond_all[s:s + batch_size]
-        uncond = TextEmbeddings(uncond_one.tokens.expand(len(noise), -1, -1), uncond_one.pooled.expand(len(noise), -1))
+        gens = [torch.Generator().manual_seed(x) for x in seeds[s:s + batch_size]]  # CPU: the same noise anywhere
+        noise = torch.stack([torch.randn(c, height // down, width // down, generator=g) for g in gens]).to(device)
+        cond = cond_all[s:s + batch_size].to(device)
+        uncond = TextEmbeddings(uncond_one.tokens.expand(len(noise), -1, -1),
+                                uncond_one.pooled.expand(len(noise), -1)).to(device)
         t0 = time.perf_counter()
-        x0 = sample(gen.model, noise, times, cond, uncond, guidance, gens)
-        images = gen.vae.decode(x0)
+        # the sampler's state stays float32; with bf16 / fp16 weights the networks run under autocast
+        with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
+            x0 = sample(gen.model, noise, times, cond, uncond, guidance, gens)
+            images = gen.vae.decode(x0)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)  # the clock counts the work, not its launch
         seconds += time.perf_counter() - t0
         out.append(to_uint8(images))
         if progress is not None:

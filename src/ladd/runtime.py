@@ -24,6 +24,45 @@ def process_state():
     return PartialState(cpu=cpu)
 
 
+DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
+
+
+def pick_device(name: str | None = None):
+    """``name`` ("cpu", "cuda", "cuda:1", ...) as a torch device; None or "auto": the GPU when there is one, else
+    the CPU. A GPU asked for on a machine without one is a clear error, before any model loads."""
+    import torch
+
+    from ladd.config import ConfigError
+
+    if name in (None, "", "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"--device {name!r} is not a device; use cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"--device {name}: this machine has no CUDA GPU (torch {torch.__version__}); use --device "
+                          "cpu")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise ConfigError(f"--device {name}: this machine has {torch.cuda.device_count()} GPU(s); use cuda:0 to "
+                          f"cuda:{torch.cuda.device_count() - 1}")
+    return device
+
+
+def pick_dtype(name: str | None, device):
+    """The weights' dtype for inference: "fp32", "bf16", "fp16", or None / "auto": bf16 on a GPU (what SD3-class
+    model cards run at), fp32 on the CPU (bf16 matmuls are slower there on most CPUs)."""
+    import torch
+
+    from ladd.config import ConfigError
+
+    if name in (None, "", "auto"):
+        return torch.bfloat16 if torch.device(device).type == "cuda" else torch.float32
+    if name not in DTYPES:
+        raise ConfigError(f"--dtype {name!r}: use auto, {', '.join(DTYPES)}")
+    return getattr(torch, DTYPES[name])
+
+
 @contextlib.contextmanager
 def deferred_interrupt():
     """Turn the first Ctrl-C or SIGTERM into a flag checked between iterations (a state cut mid-update would not

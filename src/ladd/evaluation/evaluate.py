@@ -58,6 +58,9 @@ class EvalConfig:
     evaluator: str = option("the evaluator (a name or a folder)", default="nano-evaluator")
     cache_dir: str = option("where FD reference statistics are cached", default="cache/eval")
     limit: int | None = option("use only the first N prompts")
+    device: str | None = option("where the model samples: cpu, cuda, cuda:N (default: the GPU when there is one)")
+    dtype: str = option("the model's weights when sampling (auto: bf16 on a GPU, fp32 on the CPU)", default="auto",
+                        choices=["auto", "fp32", "bf16", "fp16"])
 
     def __post_init__(self):
         check_counts(self, ("per_prompt", "batch_size", "steps", "limit"))
@@ -155,7 +158,7 @@ def produce(cfg: EvalConfig, prompts, index, generator=None):
             "steps": 0, "guidance": 0.0, "nfe_per_image": 0}
     if cfg.model.endswith("vae") or cfg.model.startswith("vae:"):
         return reconstruct_real(cfg, prompts, index)
-    gen = generator or load_generator(cfg.model)
+    gen = generator or load_generator(cfg.model, cfg.device, cfg.dtype)
     steps = cfg.steps or gen.recommended["steps"]
     guidance = gen.recommended["guidance"] if cfg.guidance is None else cfg.guidance
     sampler = cfg.sampler or gen.recommended["sampler"]
@@ -167,7 +170,8 @@ def produce(cfg: EvalConfig, prompts, index, generator=None):
                                    cfg.batch_size, progress=bar, shift=shift)
     nfe = steps * (2 if guidance != 1.0 else 1)
     return images, seconds, {"steps": steps, "guidance": guidance, "sampler": sampler, "shift": shift,
-                             "nfe_per_image": nfe}
+                             "nfe_per_image": nfe, "device": str(gen.device),
+                             "dtype": str(gen.dtype or torch.float32).removeprefix("torch.")}
 
 
 def evaluate(cfg: EvalConfig, generator=None) -> dict:
@@ -180,6 +184,10 @@ def evaluate(cfg: EvalConfig, generator=None) -> dict:
         raise ConfigError(f"--shift must be > 0 (1 = no shift, > 1 = more steps at high noise), got {cfg.shift}")
     world().check_size(cfg.height, cfg.width)
     check_output(cfg.out, "--out")
+    if generator is None:
+        from ladd.runtime import pick_device, pick_dtype
+
+        pick_dtype(cfg.dtype, pick_device(cfg.device))  # a bad --device / --dtype fails before anything loads
     evaluator, evaluator_path = load_evaluator(cfg.evaluator)
     index = [(i, k) for i in range(len(prompts)) for k in range(cfg.per_prompt)]
     images, seconds, settings = produce(cfg, prompts, index, generator)

@@ -77,14 +77,25 @@ class Generator:
     vae: object  # VAE
     text_encoder: object  # encode(prompts) -> TextEmbeddings
     recommended: dict = field(default_factory=dict)
+    device: object = "cpu"  # where model and VAE are (torch.device)
+    dtype: object = None  # their weights' dtype (torch.dtype; None: float32)
 
 
-def load_generator(name_or_path: str) -> Generator:
+def load_generator(name_or_path: str, device=None, dtype=None) -> Generator:
+    """The model ``name_or_path`` with its VAE and text encoder, ready to sample: denoiser and VAE on ``device``
+    (default: the GPU when there is one) in ``dtype`` (default: bf16 on a GPU, fp32 on the CPU; see
+    ladd.runtime.pick_device / pick_dtype)."""
     from ladd.models.teacher import load_teacher
     from ladd.models.text_encoder import load_text_encoder
     from ladd.models.vae import load_vae
+    from ladd.runtime import pick_device, pick_dtype
 
+    device = pick_device(device) if device is None or isinstance(device, str) else device
+    dtype = dtype if dtype is not None and not isinstance(dtype, str) else pick_dtype(dtype, device)
     path = resolve(name_or_path)
     recommended, text, vae_path = model_settings(path)
-    return Generator(name=name_or_path, path=path, model=load_teacher(path).eval().requires_grad_(False),
-                     vae=load_vae(vae_path), text_encoder=load_text_encoder(**text), recommended=recommended)
+    model = load_teacher(path).eval().requires_grad_(False).to(device, dtype)
+    vae = load_vae(vae_path).eval().requires_grad_(False).to(device, dtype)
+    return Generator(name=name_or_path, path=path, model=model, vae=vae,
+                     text_encoder=load_text_encoder(**text, device=device), recommended=recommended,
+                     device=device, dtype=dtype)

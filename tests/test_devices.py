@@ -1,0 +1,67 @@
+"""Where sampling runs: ``--device`` / ``--dtype`` of ``ladd sample`` and ``ladd eval`` (ladd.runtime.pick_device,
+pick_dtype). The GPU path itself needs a GPU; here: the choices, the errors, and bf16 weights under autocast on
+the CPU (the same code path a GPU takes)."""
+
+import numpy as np
+import pytest
+import torch
+
+from ladd.cli import main
+from ladd.config import ConfigError
+from ladd.runtime import pick_device, pick_dtype
+
+
+def test_defaults_follow_the_machine():
+    assert pick_device(None).type == ("cuda" if torch.cuda.is_available() else "cpu")
+    assert pick_device("cpu") == torch.device("cpu")
+    assert pick_dtype("auto", torch.device("cpu")) == torch.float32
+    assert pick_dtype("auto", torch.device("cuda")) == torch.bfloat16  # a device object needs no GPU
+    assert pick_dtype("fp16", "cpu") == torch.float16
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error of a machine without a GPU")
+def test_a_gpu_asked_for_without_one_is_one_line(tmp_path, capsys):
+    with pytest.raises(ConfigError, match="no CUDA GPU"):
+        pick_device("cuda")
+    out = tmp_path / "o"
+    code = main(["eval", "--model", "nano-teacher", "--device", "cuda", "--out", str(out)])
+    err = capsys.readouterr().err
+    assert code == 2 and "--device cuda" in err and "use --device cpu" in err
+    assert not out.exists()  # failed before anything was written
+
+
+def test_bad_device_and_dtype_names(tmp_path, capsys):
+    with pytest.raises(ConfigError, match="not a device"):
+        pick_device("gpu0")
+    with pytest.raises(ConfigError, match="--dtype 'int8'"):
+        pick_dtype("int8", "cpu")
+    code = main(["sample", "--prompt", "a circle", "--device", "tpu7", "--out", str(tmp_path / "x.png")])
+    assert code == 2 and "not a device" in capsys.readouterr().err
+
+
+def test_bf16_weights_sample_like_fp32():
+    """bf16 weights under autocast (the default on a GPU) give the fp32 images up to rounding: same noise, same
+    objects; the sampler's state stays float32."""
+    from ladd.generate import generate, image_seed
+    from ladd.models.registry import load_generator
+
+    prompts, seeds = ["a red circle", "two blue squares", "a yellow cross"], [image_seed(0, i, 0) for i in range(3)]
+    full = load_generator("nano-student", "cpu", "fp32")
+    half = load_generator("nano-student", "cpu", "bf16")
+    assert next(half.model.parameters()).dtype == torch.bfloat16
+    assert next(half.vae.parameters()).dtype == torch.bfloat16
+    a, _ = generate(full, prompts, seeds, steps=4, guidance=1.0, sampler="renoise")
+    b, _ = generate(half, prompts, seeds, steps=4, guidance=1.0, sampler="renoise")
+    assert a.shape == b.shape and a.dtype == b.dtype == np.uint8
+    diff = np.abs(a.astype(int) - b.astype(int))
+    assert 0 < diff.mean() < 4  # rounding, not another image
+
+
+def test_eval_records_where_it_ran(tmp_path):
+    import json
+
+    out = tmp_path / "e"
+    assert main(["eval", "--model", "nano-student", "--limit", "2", "--per-prompt", "1", "--device", "cpu",
+                 "--dtype", "bf16", "--out", str(out)]) == 0
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["device"] == "cpu" and m["dtype"] == "bfloat16"
