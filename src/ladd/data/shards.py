@@ -121,9 +121,11 @@ def read_manifest(data_dir: str | Path) -> dict | None:
 
 
 def check_manifest(data_dir: str | Path, generation: dict) -> None:
-    """Raise ``DataError`` if ``data_dir`` holds data made with other settings than ``generation``."""
+    """Raise ``DataError`` if ``data_dir`` holds data made with other settings than ``generation``. A manifest
+    without a shard beside it (a first ``ladd synth`` that failed before finishing one; shards appear only
+    complete, by rename) describes no data: it does not block the corrected command, which overwrites it."""
     old = read_manifest(data_dir)
-    if old is None:
+    if old is None or not any(Path(data_dir).glob("shard-*.safetensors")):
         return
     if old.get("format") != FORMAT or old.get("version") != VERSION:
         raise DataError(f"{data_dir} holds data in format {old.get('format')} v{old.get('version')}, not "

@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 
 from ladd import flow
 from ladd.data import shards
+from ladd.data.provenance import fingerprint, model_folder, upgrade_manifest
 from ladd.models.io import AssetError, read_config
 from ladd.models.registry import model_settings, world
 from ladd.models.text_encoder import TextEmbeddings
@@ -31,38 +32,13 @@ from ladd.models.text_encoder import TextEmbeddings
 log = logging.getLogger(__name__)
 
 
-def _model_folder(model_dir: str | Path) -> Path:
-    """The folder holding the weights: ``transformer/`` of a diffusers pipeline folder, else the folder itself."""
-    model_dir = Path(model_dir)
-    return model_dir / "transformer" if (model_dir / "transformer").is_dir() else model_dir
-
-
 def teacher_config(model_dir: str | Path) -> dict:
     """The teacher's config.json (no weights loaded), from a ladd asset, diffusers model or pipeline folder."""
-    config = read_config(_model_folder(model_dir))
+    config = read_config(model_folder(model_dir))
     if "num_layers" not in config or "in_channels" not in config:
         raise AssetError(f"{model_dir} is not a teacher (its config.json has no num_layers / in_channels: a VAE or "
                          f"evaluator folder?); give a ladd teacher folder or an SD3 pipeline folder")
     return config
-
-
-def weights_file(model_dir: str | Path) -> Path:
-    """The weights file of a ladd asset folder or a diffusers model or pipeline folder (the index file of sharded
-    weights, e.g. SD3.5-Large's transformer)."""
-    for name in ("model.safetensors", "diffusion_pytorch_model.safetensors",
-                 "diffusion_pytorch_model.safetensors.index.json"):
-        if (_model_folder(model_dir) / name).is_file():
-            return _model_folder(model_dir) / name
-    raise AssetError(f"{model_dir} holds no model.safetensors or diffusion_pytorch_model.safetensors")
-
-
-def file_hash(path: Path, head: int = 1 << 24) -> str:
-    """Identifies a weights file (so data made by an older teacher in the same folder is not reused): its size and
-    first 16 MB, enough to tell two trainings apart without reading a multi-GB file."""
-    h = hashlib.sha1(str(path.stat().st_size).encode())
-    with open(path, "rb") as f:
-        h.update(f.read(head))
-    return h.hexdigest()[:16]
 
 
 def teacher_recommended(model_dir: str | Path) -> dict:
@@ -98,9 +74,10 @@ def generation_settings(cfg) -> dict:
     if d.prompts is None:  # ShapeWorld scenes and their captions, which change with these versions
         gen["captions"] = world().data_version()
     if d.source == "real":
-        return {**gen, "vae": str(Path(cfg.paths.vae).resolve()), "vae_hash": file_hash(weights_file(cfg.paths.vae))}
+        return {**gen, "vae": str(Path(cfg.paths.vae).resolve()), "vae_fingerprint": fingerprint(cfg.paths.vae)}
     rec = teacher_recommended(cfg.paths.teacher)
-    gen.update(teacher=str(Path(cfg.paths.teacher).resolve()), teacher_hash=file_hash(weights_file(cfg.paths.teacher)),
+    gen.update(teacher=str(Path(cfg.paths.teacher).resolve()), 
+               teacher_fingerprint=fingerprint(cfg.paths.teacher),
                guidance=rec["guidance"] if d.guidance is None else d.guidance, steps=d.steps or rec["steps"],
                sampler=d.sampler or rec["sampler"])
     # recorded only when they differ from the nano world's, so that data made before these keys existed is reused
@@ -111,6 +88,14 @@ def generation_settings(cfg) -> dict:
     if d.precision != "fp32":
         gen["precision"] = d.precision
     return gen
+
+
+def check_data(cfg, gen: dict) -> None:
+    """Raise ``DataError`` if ``paths.data`` holds data made with other settings or another model than ``gen``
+    (a manifest of an older ladd is first brought to the fingerprint, ladd.data.provenance)."""
+    upgrade_manifest(cfg.paths.data, {"teacher_fingerprint": cfg.paths.teacher} if cfg.data.source != "real"
+                     else {"vae_fingerprint": cfg.paths.vae})
+    shards.check_manifest(cfg.paths.data, gen)
 
 
 def sample_record(seed: int, index: int, prompts: list[str] | None = None) -> dict:
@@ -216,7 +201,7 @@ def synthesize(cfg, text_encoder=None, rank: int | None = None, world_size: int 
         rank, world_size = state.process_index, state.num_processes
     data_dir = Path(cfg.paths.data)
     gen = generation_settings(cfg)
-    shards.check_manifest(data_dir, gen)
+    check_data(cfg, gen)
     own = shards.owned_shards(cfg.data.num_shards, rank, world_size)
     for k in own:  # leftovers of a killed run: never read, always redone
         shards.temp_path(shards.shard_path(data_dir, k)).unlink(missing_ok=True)

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ladd.data.synth import teacher_recommended, weights_file
+from ladd.data.provenance import weights_file
+from ladd.data.synth import teacher_recommended
 from ladd.distill.config import DistillConfig
 from ladd.methods import method_class
 

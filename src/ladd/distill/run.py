@@ -27,8 +27,9 @@ from ladd import flow
 from ladd.config import ConfigError
 from ladd.data import shards
 from ladd.data.shards import sample_seed
-from ladd.data.synth import (generation_settings, synthesize, teacher_config, teacher_recommended, teacher_text_encoder,
-                             weights_file)
+from ladd.data.provenance import weights_file
+from ladd.data.synth import (check_data, generation_settings, synthesize, teacher_config, teacher_recommended,
+                             teacher_text_encoder)
 from ladd.distill.compare import evaluate_models, write_comparison
 from ladd.distill.config import FSDP_EMA, DistillConfig, load_distill_config
 from ladd.methods import method_class
@@ -128,7 +129,7 @@ def check_config(cfg: DistillConfig, num_processes: int = 1) -> dict:
                           f"latents but the teacher at {cfg.paths.teacher} takes {teacher_cfg.get('in_channels')}; "
                           f"use the VAE the teacher was trained with")
     gen = generation_settings(cfg)
-    shards.check_manifest(cfg.paths.data, gen)
+    check_data(cfg, gen)
     if method_class(cfg.method).needs_pairs(cfg.section) and not shards.ShardDataset.pairs_known(gen):
         raise ConfigError(f"the regression term (ladd.loss.regression_weight) needs teacher samples made from a "
                           f"known noise by a deterministic sampler; the data are {gen['source']} with sampler "
