@@ -129,3 +129,19 @@ def test_yaml_errors_wrong_model_kind_and_flag_order(tmp_path, capsys):
     code, err = run(["distill", "paths.teacher=assets/nano/vae", "--no-eval", f"paths.run_dir={tmp_path / 'r'}",
                      f"paths.data={tmp_path / 'd'}"], capsys)  # overrides after a flag too
     assert code == 2 and "is not a teacher" in err and "assets/nano/vae" in err
+
+
+@pytest.mark.parametrize("rank, shown", [("0", True), ("1", False)])
+def test_only_process_zero_logs_progress(tmp_path, rank, shown):
+    """Under torchrun / accelerate launch (RANK set) each INFO line comes once, from process 0."""
+    import os
+    import subprocess
+    import sys
+
+    code = ("import logging; from ladd.cli import main; "
+            f"main(['nano', 'make-prompts', '--per-category', '1', '--out', {str(tmp_path / 'p.jsonl')!r}]); "
+            "logging.getLogger('ladd.distill.run').info('PROBE'); logging.getLogger('ladd').warning('WARN')")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "RANK": rank})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert ("PROBE" in proc.stderr) == shown and "WARN" in proc.stderr
