@@ -1,6 +1,7 @@
 """`ladd bench` on the tiny random assets: every method through the same pipeline, one report, resumable."""
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -43,6 +44,8 @@ def test_quick_bench_of_every_method_writes_one_report_and_resumes(tmp_path, fak
     runs = {r["method"]: r for r in report["runs"]}
     assert runs["few_step"]["iterations"] == 0 and runs["ladd"]["iterations"] == 3
     assert runs["dmd2"]["seconds_per_iteration"] > 0 and runs["lcm"]["train_seconds"] > 0
+    if Path("/proc/self/clear_refs").exists():  # Linux: the process's peak resident memory per method's run
+        assert all(0.1 < r["peak_host_gib"] < 64 for r in runs.values())
     md = (out / "bench.md").read_text()
     assert "## prompts/nano-unseen.jsonl" in md and "vs teacher" in md and "| dmd2 | 4 | 4 |" in md
     for png in ("bench_quality.png", "bench_grid.png"):

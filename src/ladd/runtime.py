@@ -63,6 +63,36 @@ def pick_dtype(name: str | None, device):
     return getattr(torch, DTYPES[name])
 
 
+def reset_peak_host_memory() -> bool:
+    """Start a new peak of this process's resident memory (Linux: ``clear_refs`` 5 resets ``VmHWM``). False where
+    the system cannot (the peak then counts from the process start)."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def peak_host_memory_gib() -> float | None:
+    """This process's peak resident memory in GiB since the last ``reset_peak_host_memory`` (Linux ``VmHWM``;
+    elsewhere the lifetime peak from ``getrusage``, or None)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 2**20  # kB
+    except OSError:
+        pass
+    try:
+        import resource
+        import sys
+
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # kB on Linux, bytes on macOS
+        return peak / (2**30 if sys.platform == "darwin" else 2**20)
+    except (ImportError, OSError):
+        return None
+
+
 @contextlib.contextmanager
 def deferred_interrupt():
     """Turn the first Ctrl-C or SIGTERM into a flag checked between iterations (a state cut mid-update would not

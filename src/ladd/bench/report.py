@@ -24,7 +24,8 @@ def table(rows: list[dict], runs: list[dict]) -> str:
     teacher = rows[0]
     cats = sorted(teacher["alignment_by_category"])
     head = ["method", "steps", "NFE", "align", "vs teacher"] + cats + [
-        "FD", "vs teacher", "diversity", "s/img", "iterations", "train s/it", "train s", "peak GiB"]
+        "FD", "vs teacher", "diversity", "s/img", "iterations", "train s/it", "train s", "peak GPU GiB",
+        "peak host GiB"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         run = by_method.get(r["method"], {})
@@ -36,7 +37,7 @@ def table(rows: list[dict], runs: list[dict]) -> str:
         vals += [_fmt(r["fd"], ".2f"), "-" if fd_ratio is None else f"{fd_ratio:.2f}x", _fmt(r["diversity"], ".2f"),
                  f"{r['seconds_per_image']:.4f}", str(run.get("iterations", "-")),
                  _fmt(run.get("seconds_per_iteration"), ".2f"), _fmt(run.get("train_seconds"), ".0f"),
-                 _fmt(run.get("peak_memory_gib"), ".1f")]
+                 _fmt(run.get("peak_memory_gib"), ".1f"), _fmt(run.get("peak_host_gib"), ".1f")]
         lines.append("| " + " | ".join(vals) + " |")
     return "\n".join(lines)
 
