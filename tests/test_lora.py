@@ -14,6 +14,7 @@ from ladd.distill.export import export_run, export_student
 from ladd.distill.run import check_config
 from ladd.methods.components.student import init_student
 from ladd.models.teacher import load_teacher
+from ladd.models.text_encoder import TextEmbeddings
 from ladd.training.checkpoint import latest_checkpoint, load_module
 from ladd.training.trainer import train
 from ladd.distill.run import build_method
@@ -105,6 +106,26 @@ def test_export_merged_and_lora_file_match_the_student(root, trained, tmp_path):
     pipe.load_lora_weights(out / "lora")
     assert (out / "lora" / lora.LORA_WEIGHTS).is_file()
     torch.testing.assert_close(_output(pipe.transformer), want, atol=1e-5, rtol=1e-5)
+
+    # the documented recipe: the teacher's pipeline (its own scheduler: shift 3, deterministic) + the LoRA + the
+    # student's scheduler from the export; the default 4-step call is then the student, sampler and grid included
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    from ladd import flow
+    from ladd.sampling import renoise
+
+    pipe.scheduler = FlowMatchEulerDiscreteScheduler(shift=3.0)
+    pipe.scheduler = FlowMatchEulerDiscreteScheduler.from_pretrained(out / "lora", subfolder="scheduler")
+    pipe.set_progress_bar_config(disable=True)
+    cond = TextEmbeddings(torch.randn(2, 6, 32, generator=torch.Generator().manual_seed(1)),
+                          torch.randn(2, 32, generator=torch.Generator().manual_seed(2)))
+    noise = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+    torch.manual_seed(7)
+    latents = pipe(prompt_embeds=cond.tokens, pooled_prompt_embeds=cond.pooled, num_inference_steps=4,
+                   guidance_scale=1.0, height=64, width=64, latents=noise.clone(), output_type="latent").images
+    ours = renoise(student.eval(), noise, torch.cat([flow.student_grid(4), torch.zeros(1)]), cond,
+                   generator=torch.Generator().manual_seed(7))
+    torch.testing.assert_close(latents, ours, atol=1e-4, rtol=1e-4)
 
 
 def test_checkpoint_reloads_into_a_rebuilt_student_and_ladd_export(root, trained, tmp_path):

@@ -43,3 +43,21 @@ def test_bad_slack_names_the_field():
 
     with pytest.raises(ConfigError, match="select_fd_slack"):
         load_distill_config("configs/tiny.yaml", ["eval.select_fd_slack=-1"])
+
+
+def test_validation_curves_of_several_runs_in_one_plot(tmp_path):
+    import json
+
+    import pytest
+
+    from ladd.distill.validate import plot_runs
+
+    for name, shift in (("a", 0.0), ("b", 0.05)):
+        (tmp_path / name).mkdir()
+        rows = [{"step": it, "steps": s, "alignment": 0.5 + shift + it / 1e4, "fd": 9 - it / 200}
+                for it in (100, 200, 300) for s in (1, 4)]
+        (tmp_path / name / "val.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    png = plot_runs({"a": tmp_path / "a", "b": tmp_path / "b" / "val.jsonl"}, tmp_path / "out" / "curves.png")
+    assert png.stat().st_size > 5000
+    with pytest.raises(FileNotFoundError, match="eval.val_every"):
+        plot_runs({"c": tmp_path / "missing"}, tmp_path / "x.png")

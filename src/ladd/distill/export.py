@@ -6,10 +6,13 @@
     export/scheduler/scheduler_config.json       FlowMatchEulerDiscreteScheduler with the student's shift
     export/card.md                               teacher, steps, data, time, figures
     export/lora/pytorch_lora_weights.safetensors only for a LoRA student (student.lora_rank > 0): the adapters alone
+    export/lora/scheduler/                       and the scheduler whose default call is the student's grid and sampler
 
 A LoRA student is exported twice (ladd.distill.lora): merged into plain weights as above, so everything that loads
 the export (``ladd eval``, ``ladd sample``, StableDiffusion3Pipeline) works unchanged, and as adapters in
-diffusers' format for the teacher (``pipe.load_lora_weights(<export>/lora)`` on a pipeline holding the teacher).
+diffusers' format for the teacher: on a pipeline holding the teacher, ``pipe.load_lora_weights(<export>/lora)``
+and ``pipe.scheduler = FlowMatchEulerDiscreteScheduler.from_pretrained(<export>/lora, subfolder="scheduler")``
+make ``pipe(prompt, num_inference_steps=N, guidance_scale=1.0)`` the student (docs/real-models.md).
 
 ``save_pretrained`` writes config.json and the weights; ladd.json holds the keys ladd.models.registry reads
 (``ladd.models.io.read_config`` merges the two): ``ladd_recommended``
@@ -63,7 +66,11 @@ def export_student(model: torch.nn.Module, out_dir: str | Path, *, steps: int, t
         # given (sigmas=student_grid(steps)) by this shift, as SD3.5-Large-Turbo's scheduler does
         FlowMatchEulerDiscreteScheduler(shift=shift).save_pretrained(tmp / "scheduler")
     if lora.is_lora(model):
+        from ladd.distill.pipeline import student_scheduler
+
         lora.save_lora(model.transformer, tmp / "lora")
+        # the teacher pipeline's own scheduler would sample another grid (SD3: shift 3): the student's beside it
+        student_scheduler(steps, shift).save_pretrained(tmp / "lora" / "scheduler")
     (tmp / "card.md").write_text(card)
     if run_dir is not None:
         marker = {"run_dir": str(Path(run_dir).resolve()), "trained_steps": trained_steps}

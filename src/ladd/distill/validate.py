@@ -138,3 +138,42 @@ def plot(jsonl: str | Path, png: str | Path) -> Path:
     plt.close(fig)
     os.replace(tmp, png)
     return Path(png)
+
+
+def plot_runs(runs: dict[str, str | Path], png: str | Path, steps=None) -> Path:
+    """Several runs' validation curves side by side: alignment (top) and FD (bottom) against training iterations,
+    one column per student step count, one line per run (``{label: run folder or its val.jsonl}``). Compare only
+    runs validated on the same prompt file with the same images per prompt (FD depends on the sample size)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    data = {}
+    for label, path in runs.items():
+        path = Path(path)
+        path = path / "val.jsonl" if path.is_dir() else path
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: no validation curve (run ladd distill with eval.val_every=N)")
+        data[label] = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    steps = sorted(steps or {r["steps"] for rows in data.values() for r in rows})
+    fig, axes = plt.subplots(2, len(steps), figsize=(4.2 * len(steps), 6.4), squeeze=False)
+    for col, s in enumerate(steps):
+        for label, rows in data.items():
+            mine = sorted((r for r in rows if r["steps"] == s), key=lambda r: r["step"])
+            for row, key in enumerate(("alignment", "fd")):
+                axes[row][col].plot([r["step"] for r in mine], [r[key] for r in mine], marker="o", label=label)
+        axes[0][col].set_title(f"{s} step(s): alignment (higher is better)", fontsize=9)
+        axes[1][col].set_title(f"{s} step(s): FD (lower is better)", fontsize=9)
+    for ax in axes.flat:
+        ax.set_xlabel("iteration")
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=8)
+    fig.tight_layout()
+    png = Path(png)
+    png.parent.mkdir(parents=True, exist_ok=True)
+    tmp = png.with_name(png.stem + ".tmp.png")
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    os.replace(tmp, png)
+    return png
