@@ -52,19 +52,19 @@ def json_prompt_lines(path: Path, error) -> list[tuple[str, dict]]:
     return out
 
 
-def read_prompt_texts(path: str | Path) -> list[str]:
-    """The prompts of ``path`` in file order (blank lines skipped); ``ConfigError`` naming ``data.prompts`` if the
-    file is missing, empty or malformed."""
+def read_prompt_texts(path: str | Path, name: str = "data.prompts") -> list[str]:
+    """The prompts of ``path`` in file order (blank lines skipped); ``ConfigError`` naming ``name`` (the option
+    that gave the file) if the file is missing, empty or malformed."""
     path = Path(path)
     fix = "give a .txt file with one prompt per line or a .jsonl file with a 'prompt' field per line"
     if not path.is_file():
-        raise ConfigError(f"data.prompts: {path} does not exist; {fix}")
+        raise ConfigError(f"{name}: {path} does not exist; {fix}")
     if path.suffix == ".jsonl":
         texts = [item["prompt"].strip()
-                 for _, item in json_prompt_lines(path, lambda problem: ConfigError(f"data.prompts: {problem}; {fix}"))]
+                 for _, item in json_prompt_lines(path, lambda problem: ConfigError(f"{name}: {problem}; {fix}"))]
     else:
-        texts = [line.strip() for _, line in prompt_lines(path, lambda problem: ConfigError(f"data.prompts: {problem}"))
+        texts = [line.strip() for _, line in prompt_lines(path, lambda problem: ConfigError(f"{name}: {problem}"))
                  if line.strip()]
     if not texts:
-        raise ConfigError(f"data.prompts: {path} holds no prompts; {fix}")
+        raise ConfigError(f"{name}: {path} holds no prompts; {fix}")
     return texts

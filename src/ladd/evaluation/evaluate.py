@@ -58,6 +58,11 @@ class EvalConfig:
     evaluator: str = option("the evaluator (a name or a folder)", default="nano-evaluator")
     cache_dir: str = option("where FD reference statistics are cached", default="cache/eval")
     limit: int | None = option("use only the first N prompts")
+    clip: str | None = option("a transformers CLIP model folder: adds clip_score (100 x cosine of image and prompt)")
+    fid_inception: str | None = option("the TorchScript Inception file (clean-fid's inception-2015-12-05.pt): adds "
+                                       "fid against --fid-reference")
+    fid_reference: str | None = option("a folder of reference images for --fid-inception, e.g. the teacher's "
+                                       "(ladd eval --model TEACHER --save-images: OUT/images)")
     device: str | None = option("where the model samples: cpu, cuda, cuda:N (default: the GPU when there is one)")
     dtype: str = option("the model's weights when sampling (auto: bf16 on a GPU, fp32 on the CPU)", default="auto",
                         choices=["auto", "fp32", "bf16", "fp16"])
@@ -174,9 +179,58 @@ def produce(cfg: EvalConfig, prompts, index, generator=None):
                              "dtype": str(gen.dtype or torch.float32).removeprefix("torch.")}
 
 
+def is_plain(prompts: str) -> bool:
+    """A file of plain prompts (``.txt``, one per line, or ``.jsonl`` lines without the nano world's ``objects``: a
+    real model's), which the nano evaluator cannot score: such an evaluation reports only what needs no world
+    (``--clip``, ``--fid-inception``, timing)."""
+    path = Path(prompts)
+    if path.suffix != ".jsonl":
+        return True
+    try:
+        first = next(line for line in path.read_text(encoding="utf-8").splitlines() if line.strip())
+        return "objects" not in json.loads(first)
+    except (OSError, UnicodeDecodeError, StopIteration, json.JSONDecodeError, TypeError):
+        return False  # the nano reader says what is wrong with the file
+
+
+def real_scorers(cfg: EvalConfig, device="cpu") -> dict:
+    """The CLIP scorer and the Inception network that ``cfg`` asks for, loaded (and checked) before generating."""
+    from ladd.evaluation import real_metrics
+
+    if cfg.fid_inception and not cfg.fid_reference:
+        raise ConfigError("--fid-inception needs --fid-reference, a folder of reference images (e.g. the teacher's: "
+                          "ladd eval --model TEACHER --prompts P --save-images, then OUT/images)")
+    if cfg.fid_reference and not cfg.fid_inception:
+        raise ConfigError("--fid-reference needs --fid-inception, the TorchScript Inception file")
+    scorers = {**({"clip": real_metrics.ClipScorer(cfg.clip, device)} if cfg.clip else {}),
+               **({"inception": real_metrics.InceptionFeatures(cfg.fid_inception, device)}
+                  if cfg.fid_inception else {})}
+    if cfg.fid_reference:
+        real_metrics.image_folder(cfg.fid_reference)
+    return scorers
+
+
+def real_scores(cfg: EvalConfig, scorers: dict, images: np.ndarray, texts: list[str]) -> dict:
+    from ladd.evaluation import real_metrics
+
+    out = {}
+    if "clip" in scorers:
+        out["clip_score"] = float(scorers["clip"].scores(images, texts).mean())
+    if "inception" in scorers:
+        ref = real_metrics.reference_features(scorers["inception"], cfg.fid_reference, cfg.cache_dir)
+        out["fid"] = real_metrics.fid(scorers["inception"](images), ref)
+        out["fid_reference"] = cfg.fid_reference
+        if out["fid"] is None:
+            out["fid_note"] = "not computed: no more images than Inception features (2048); use more"
+    return out
+
+
 def evaluate(cfg: EvalConfig, generator=None) -> dict:
     """Evaluate ``cfg.model`` (or the already loaded ``generator``, a ladd.models.registry.Generator: e.g. a
-    student during training) on ``cfg.prompts``; writes ``cfg.out`` and returns the metrics."""
+    student during training) on ``cfg.prompts``; writes ``cfg.out`` and returns the metrics. A plain prompt file
+    (``is_plain``) is scored by ``--clip`` / ``--fid-inception`` only (``evaluate_plain``)."""
+    if is_plain(cfg.prompts):
+        return evaluate_plain(cfg, generator)
     prompts = world().read_prompts(cfg.prompts)[: cfg.limit]
     if cfg.per_prompt < 1:
         raise ConfigError(f"--per-prompt must be >= 1, got {cfg.per_prompt}")
@@ -188,6 +242,7 @@ def evaluate(cfg: EvalConfig, generator=None) -> dict:
         from ladd.runtime import pick_device, pick_dtype
 
         pick_dtype(cfg.dtype, pick_device(cfg.device))  # a bad --device / --dtype fails before anything loads
+    scorers = real_scorers(cfg)
     evaluator, evaluator_path = load_evaluator(cfg.evaluator)
     index = [(i, k) for i in range(len(prompts)) for k in range(cfg.per_prompt)]
     images, seconds, settings = produce(cfg, prompts, index, generator)
@@ -210,10 +265,36 @@ def evaluate(cfg: EvalConfig, generator=None) -> dict:
         "n_prompts": len(prompts),
         "seconds_per_image": _finite_or_none(seconds / len(index)),  # None for real or given images
         **settings,
+        **real_scores(cfg, scorers, images, [prompts[i]["prompt"] for i, _ in index]),
         "prompts": cfg.prompts,
         "seed": cfg.seed,
     }
     write_outputs(cfg, result, images, index, prompts, readbacks)
+    return result
+
+
+def evaluate_plain(cfg: EvalConfig, generator=None) -> dict:
+    """A real model on plain prompts: images, CLIP score and FID when asked for, timing; no nano evaluator."""
+    from ladd.data.prompts import read_prompt_texts
+
+    texts = read_prompt_texts(cfg.prompts, "--prompts")[: cfg.limit]
+    if cfg.images or cfg.model == "real" or cfg.model.endswith("vae") or cfg.model.startswith("vae:"):
+        raise ConfigError(f"--prompts {cfg.prompts}: plain prompts (not a .jsonl file of the nano world) are for "
+                          f"evaluating a model; --images / real / VAE evaluations need a nano prompt file")
+    check_output(cfg.out, "--out")
+    if generator is None:
+        from ladd.runtime import pick_device, pick_dtype
+
+        pick_dtype(cfg.dtype, pick_device(cfg.device))
+    scorers = real_scorers(cfg)
+    prompts = [{"prompt": t} for t in texts]
+    index = [(i, k) for i in range(len(prompts)) for k in range(cfg.per_prompt)]
+    images, seconds, settings = produce(cfg, prompts, index, generator)
+    result = {"model": cfg.model, "n_images": len(index), "n_prompts": len(prompts),
+              "seconds_per_image": _finite_or_none(seconds / len(index)), **settings,
+              **real_scores(cfg, scorers, images, [prompts[i]["prompt"] for i, _ in index]),
+              "prompts": cfg.prompts, "seed": cfg.seed}
+    write_outputs(cfg, result, images, index, prompts, None)
     return result
 
 
@@ -223,12 +304,13 @@ def write_outputs(cfg: EvalConfig, result: dict, images, index, prompts, readbac
     tmp = out / "metrics.json.tmp"
     tmp.write_text(json.dumps({**result, "config": asdict(cfg)}, indent=2) + "\n")
     os.replace(tmp, out / "metrics.json")
-    with open(out / "readback.jsonl.tmp", "w") as f:
-        for (i, k), r in zip(index, readbacks):
-            why = metrics.failure(prompts[i]["objects"], r)
-            f.write(json.dumps({"prompt_index": i, "k": k, "prompt": prompts[i]["prompt"], "ok": why is None,
-                                "failure": why, "read": r}) + "\n")
-    os.replace(out / "readback.jsonl.tmp", out / "readback.jsonl")
+    if readbacks is not None:  # the nano evaluator's reading of each image (not for plain prompts)
+        with open(out / "readback.jsonl.tmp", "w") as f:
+            for (i, k), r in zip(index, readbacks):
+                why = metrics.failure(prompts[i]["objects"], r)
+                f.write(json.dumps({"prompt_index": i, "k": k, "prompt": prompts[i]["prompt"], "ok": why is None,
+                                    "failure": why, "read": r}) + "\n")
+        os.replace(out / "readback.jsonl.tmp", out / "readback.jsonl")
     # grid: one row per prompt for a spread of prompts over the file, per_prompt images each (at most 8)
     rows = np.linspace(0, len(prompts) - 1, min(16, len(prompts))).round().astype(int)
     k = min(cfg.per_prompt, 8)
@@ -251,6 +333,14 @@ def _fmt(x: float | None, spec: str) -> str:
 
 def format_table(rows: list[dict]) -> str:
     """A Markdown table of evaluation results (one row per result)."""
+    if any("alignment" not in r for r in rows):  # plain prompts: what was asked for
+        head = ["model", "steps", "cfg", "NFE", "CLIP score", "FID", "s/img"]
+        lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        for r in rows:
+            lines.append("| " + " | ".join([str(r.get("label", r["model"])), str(r["steps"]), f"{r['guidance']:g}",
+                                            str(r["nfe_per_image"]), _fmt(r.get("clip_score"), ".2f"),
+                                            _fmt(r.get("fid"), ".2f"), _fmt(r["seconds_per_image"], ".4f")]) + " |")
+        return "\n".join(lines)
     cats = sorted({c for r in rows for c in r["alignment_by_category"]})
     head = ["model", "steps", "cfg", "NFE", "align"] + cats + ["FD", "div", "s/img"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
