@@ -9,8 +9,18 @@ from ladd.config import ConfigError, option
 
 
 def preset_of(method: str) -> str:
-    """The nano preset of ``method``: configs/nano.yaml for LADD, configs/nano-<method>.yaml for the others."""
+    """The nano preset of a bench entry: configs/nano.yaml for LADD, configs/nano-<entry>.yaml for the others (a
+    method, e.g. ``lcm``, or a named recipe of one, e.g. ``ladd-hybrid``)."""
     return "configs/nano.yaml" if method == "ladd" else f"configs/nano-{method.replace('_', '-')}.yaml"
+
+
+def method_of(entry: str) -> str:
+    """The method (ladd.methods.METHODS) a bench entry's preset trains: the entry itself, or its preset's
+    ``method:`` for a named recipe."""
+    from ladd.distill.config import load_distill_config
+    from ladd.methods import METHODS
+
+    return entry if entry in METHODS else load_distill_config(preset_of(entry)).method
 
 
 def _ints(name: str, text: str) -> list[int]:
@@ -25,8 +35,8 @@ def _ints(name: str, text: str) -> list[int]:
 
 @dataclass
 class BenchConfig:
-    methods: str = option("comma-separated methods (ladd.methods.METHODS), each with its nano preset",
-                          default="few_step,ladd,lcm,dmd2,add")
+    methods: str = option("comma-separated methods (ladd.methods.METHODS) or named recipes (ladd-hybrid), each "
+                          "with its nano preset configs/nano-<name>.yaml", default="few_step,ladd,lcm,dmd2,add")
     budget: str = option("equal training 'seconds' (train_seconds, this machine) or equal 'iterations' per method",
                          default="seconds", choices=["seconds", "iterations"])
     seconds: float = option("training seconds per method with --budget seconds", default=900.0)
@@ -51,12 +61,12 @@ class BenchConfig:
         from ladd.methods import METHODS
 
         self.method_list = [m.strip() for m in self.methods.split(",") if m.strip()]
-        unknown = [m for m in self.method_list if m not in METHODS]
-        if unknown or not self.method_list:
+        if not self.method_list:
             raise ConfigError(f"--methods: got {self.methods!r}; use comma-separated names from {sorted(METHODS)}")
         missing = [preset_of(m) for m in self.method_list if not Path(preset_of(m)).is_file()]
         if missing:
-            raise ConfigError(f"--methods: no preset {missing[0]}; run ladd bench from the repository root")
+            raise ConfigError(f"--methods: no preset {missing[0]}; use methods from {sorted(METHODS)} or recipes "
+                              f"with a configs/nano-<name>.yaml, from the repository root")
         self.step_list = _ints("steps", self.steps)
         self.prompt_files = [p.strip() for p in self.prompts.split(",") if p.strip()]
         for name in ("iterations", "probe", "per_prompt"):

@@ -21,7 +21,7 @@ import logging
 import os
 from pathlib import Path
 
-from ladd.bench.config import BenchConfig, preset_of
+from ladd.bench.config import BenchConfig, method_of, preset_of
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +71,7 @@ def train_method(cfg: BenchConfig, method: str, overrides=(), text_encoder=None)
     from ladd.runtime import peak_host_memory_gib, reset_peak_host_memory
 
     run_dir = Path(cfg.out) / method
-    trains = method_class(method).trains
+    trains = method_class(method_of(method)).trains
     budget = _iterations(cfg, method, overrides, text_encoder) if trains else {"iterations": 0}
     n = budget["iterations"]
     val = ["eval.val_every=0"]
@@ -114,7 +114,7 @@ def evaluate_method(cfg: BenchConfig, method: str, prompts: str, teacher: str) -
     from ladd.methods import method_class
 
     export = Path(cfg.out) / method / "export"
-    sampler = "renoise" if method_class(method).trains else None
+    sampler = "renoise" if method_class(method_of(method)).trains else None
     rows = []
     for steps in cfg.step_list:
         ecfg = EvalConfig(model=str(export), prompts=str(_prompt_subset(cfg, prompts)), per_prompt=cfg.per_prompt,
