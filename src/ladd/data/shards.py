@@ -162,6 +162,39 @@ def missing_shards(data_dir: str | Path, num_samples: int, shard_size: int, shar
     return [k for k in ks if not shard_ok(shard_path(data_dir, k), len(shard_range(k, shard_size, num_samples)))]
 
 
+def complete_generation(data_dir: str | Path) -> dict:
+    """The ``generation`` of a complete data folder; ``DataError`` saying what to run if it is missing or
+    incomplete."""
+    manifest = read_manifest(data_dir)
+    if manifest is None:
+        raise DataError(f"{data_dir} holds no {MANIFEST}: make the data first with `ladd synth` "
+                        f"(or `ladd distill`, which makes it when missing)")
+    gen = manifest["generation"]
+    missing = missing_shards(data_dir, gen["num_samples"], gen["shard_size"])
+    if missing:
+        raise DataError(f"{data_dir} is incomplete: shards {missing[:5]}{'...' if len(missing) > 5 else ''} "
+                        f"are missing or broken; re-run `ladd synth` with the same config to finish them")
+    return gen
+
+
+def check_pairs(data_dir: str | Path, gen: dict) -> None:
+    """``DataError`` unless the data are deterministic teacher samples (regression pairs)."""
+    if not ShardDataset.pairs_known(gen):
+        raise DataError(f"{data_dir} holds {gen.get('source')} data made with sampler {gen.get('sampler')!r}: its "
+                        f"latents are not a deterministic function of a known noise; regression pairs need teacher "
+                        f"samples with data.sampler=euler")
+
+
+def load_data(data_dir: str | Path, pairs: bool = False, stream: bool = False):
+    """The training data of ``data_dir``: all in memory (``ShardDataset``), or read per batch from the files
+    (``stream``: ladd.data.stream.StreamingShards); the same interface."""
+    if stream:
+        from ladd.data.stream import StreamingShards
+
+        return StreamingShards.load(data_dir, pairs)
+    return ShardDataset.load(data_dir, pairs)
+
+
 class ShardDataset:
     """All shards of a data folder in memory (the nano data is small), with deterministic batches.
 
@@ -202,15 +235,7 @@ class ShardDataset:
     def load(cls, data_dir: str | Path, pairs: bool = False) -> "ShardDataset":
         """The data folder in memory; with ``pairs``, also each sample's starting noise (``paired``; an error
         for data that are not deterministic teacher samples)."""
-        manifest = read_manifest(data_dir)
-        if manifest is None:
-            raise DataError(f"{data_dir} holds no {MANIFEST}: make the data first with `ladd synth` "
-                            f"(or `ladd distill`, which makes it when missing)")
-        gen = manifest["generation"]
-        missing = missing_shards(data_dir, gen["num_samples"], gen["shard_size"])
-        if missing:
-            raise DataError(f"{data_dir} is incomplete: shards {missing[:5]}{'...' if len(missing) > 5 else ''} "
-                            f"are missing or broken; re-run `ladd synth` with the same config to finish them")
+        gen = complete_generation(data_dir)
         parts, records = [], []
         for k in range(-(-gen["num_samples"] // gen["shard_size"])):
             path = shard_path(data_dir, k)
@@ -219,10 +244,7 @@ class ShardDataset:
         cat = {key: torch.cat([p[key] for p in parts]) for key in ("latents", "tokens", "pooled")}
         noise = None
         if pairs:
-            if not cls.pairs_known(gen):
-                raise DataError(f"{data_dir} holds {gen.get('source')} data made with sampler "
-                                f"{gen.get('sampler')!r}: its latents are not a deterministic function of a known "
-                                f"noise; regression pairs need teacher samples with data.sampler=euler")
+            check_pairs(data_dir, gen)
             noise = teacher_noise(records, gen["latent_shape"])
         return cls(cat["latents"].float(), TextEmbeddings(cat["tokens"], cat["pooled"]), records, gen, noise)
 

@@ -50,6 +50,9 @@ class DataConfig:
     width: int = 64
     prompts: str | None = None       # prompt file (.txt, one per line, or .jsonl) replacing the ShapeWorld captions
     precision: str = "fp32"          # the teacher while sampling: "fp32", or "bf16" (bf16 weights + autocast: GPUs)
+    # training reads each batch from the shard files (ladd.data.stream) instead of holding the whole set in host
+    # and GPU memory: for sets larger than memory (100k+ SD3 samples at 3.7 MB each)
+    stream: bool = False
 
     def __post_init__(self):
         if self.source not in ("synthetic", "real"):
@@ -60,6 +63,8 @@ class DataConfig:
         if self.source == "real" and self.prompts is not None:
             fail("data.prompts", "replaces the captions of teacher samples; real data are ShapeWorld images with "
                   "their own captions", "use data.source=synthetic or data.prompts=null")
+        if not isinstance(self.stream, bool):
+            fail("data.stream", f"got {self.stream!r}", "use true (read batches from the files) or false")
         for name in ("num_samples", "shard_size", "batch_size"):
             if getattr(self, name) < 1:
                 fail(f"data.{name}", f"got {getattr(self, name)}", "give a positive integer")

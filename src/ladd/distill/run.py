@@ -197,7 +197,7 @@ def _run(cfg: DistillConfig, gen: dict, run_dir: Path, state, text_encoder, comm
         synthesize(cfg, text_encoder, state.process_index, state.num_processes)
     state.wait_for_everyone()
     pairs = method_class(cfg.method).needs_pairs(cfg.section)
-    data = shards.ShardDataset.load(cfg.paths.data, pairs) if trains else None
+    data = shards.load_data(cfg.paths.data, pairs, cfg.data.stream) if trains else None
     vae = load_vae(cfg.paths.vae).to(state.device)  # previews and validation decode where the student samples
     preview = text_encoder.encode(preview_prompts(cfg)) if previews else None
     uncond = text_encoder.encode([""]) if wants_uncond else None
