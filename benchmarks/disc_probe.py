@@ -60,7 +60,7 @@ def main() -> None:
         from ladd.data.shards import ShardDataset
 
         data = ShardDataset.load(args.data)
-        latents, cond = data.latents[:args.n].float(), data.text[:args.n]
+        latents, cond = data.latents[:args.n].float(), data.text_of(range(args.n))
         source = f"{args.data} ({len(latents)} latents)"
     else:
         latents, cond = teacher_samples(cfg.paths.teacher, args.n, args.gen_steps)

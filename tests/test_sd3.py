@@ -232,7 +232,9 @@ def test_distill_on_an_sd3_folder(sd3, tmp_path):
 
     data = shards.ShardDataset.load(tmp_path / "data")
     assert [r["prompt"] for r in data.records] == prompts + prompts[:1] and data.records[0]["spec"] == []
-    assert data.latent_shape == (16, 8, 8) and data.text.tokens.shape == (4, 16 + 256, T5_WIDTH)
+    # text states once per distinct prompt: 3 rows for 4 samples, the 4th sample's prompt is the 1st's
+    assert data.latent_shape == (16, 8, 8) and data.text.tokens.shape == (3, 16 + 256, T5_WIDTH)
+    assert data.text_index.tolist() == [0, 1, 2, 0] and data.text_of([3]).tokens.shape == (1, 16 + 256, T5_WIDTH)
     gen = data.generation
     assert (gen["steps"], gen["guidance"], gen["shift"], gen["prompts"]["count"]) == (2, 7.0, 3.0, 3)
     assert gen["text_encoder"] == {"name": "sd3", "path": str(folder.resolve()), "max_length": 256}

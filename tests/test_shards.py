@@ -42,7 +42,9 @@ def test_synth_writes_shards_with_metadata(assets):
     assert run_synth(assets) == [0, 1, 2]
     data = shards.ShardDataset.load(assets / "data")
     assert len(data) == 10 and data.latent_shape == (4, 8, 8)
-    assert data.text.tokens.shape == (10, 6, 32) and data.text.tokens.dtype == torch.float16
+    distinct = len({r['prompt'] for r in data.records})  # text states are kept once per distinct prompt
+    assert data.text.tokens.shape == (distinct, 6, 32) and data.text.tokens.dtype == torch.float16
+    assert data.text_of(range(10)).tokens.shape == (10, 6, 32)
     assert [r["index"] for r in data.records] == list(range(10))
     meta = shards.read_meta(shards.shard_path(assets / "data", 2))
     gen = meta["generation"]
