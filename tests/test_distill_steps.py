@@ -241,3 +241,32 @@ def test_backward_simulation_feeds_the_students_own_rollout():
     assert len(seen) > 1  # rollout forwards before the graded one (some t_s < 1 drawn with this seed)
     with pytest.raises(ConfigError, match="backward_simulation"):
         setup("ladd.backward_simulation=2")
+
+
+def test_misaligned_reals_on_a_fraction_of_the_batch():
+    """ladd.loss.misaligned_fraction=0.5: the misaligned branch runs the teacher on the first half of the batch
+    only (B + B/2 samples in the D step's forward instead of 2B)."""
+    cfg, teacher, student, disc, x0, cond = setup("ladd.loss.misaligned_weight=0.25",
+                                                  "ladd.loss.misaligned_fraction=0.5")
+    fake = generator_step(student, teacher, disc, x0, cond, cfg.ladd, cfg.student,
+                          torch.Generator().manual_seed(0)).fake
+    seen = []
+    counting = lambda x, t, c, blocks=None: seen.append(len(x)) or teacher(x, t, c, blocks)  # noqa: E731
+    counting.parameters = teacher.parameters
+    loss, metrics = discriminator_step(counting, disc, x0, cond, fake, cfg.ladd, torch.Generator().manual_seed(1))
+    assert seen == [len(x0) + len(x0) // 2] and torch.isfinite(metrics["d_misaligned"])
+    with pytest.raises(ConfigError, match="misaligned_fraction"):
+        setup("ladd.loss.misaligned_fraction=0")
+
+
+def test_the_heads_rest_between_their_updates():
+    """ladd.disc_every=2: iterations 0, 2, ... update student and heads, the others the student only."""
+    from ladd.methods.ladd import LADD
+
+    cfg = load_distill_config("configs/tiny.yaml", ["ladd.disc_every=2"])
+    method = LADD.__new__(LADD)
+    method.cfg = cfg.ladd
+    assert [u.phases for u in method.updates(0)] == [("generator", "discriminator")]
+    assert [(u.phases, u.optimizers) for u in method.updates(1)] == [(("generator",), ("student",))]
+    with pytest.raises(ConfigError, match="disc_every"):
+        load_distill_config("configs/tiny.yaml", ["ladd.disc_every=0"])

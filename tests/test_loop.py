@@ -233,3 +233,13 @@ def test_a_damaged_newest_checkpoint_falls_back_to_the_previous_one(root, straig
     assert result.step == 4
     assert (root / name / "checkpoints" / "step-000004.bad").is_dir() and "step-000004" in caplog.text
     assert_same(straight, result)
+
+
+def test_heads_updated_every_other_iteration(root):
+    """ladd.disc_every=2: the discriminator phase runs at iterations 0 and 2 of 4; each logged metric is the mean
+    over the iterations that produced it (no zeros for the iterations without a D step)."""
+    result = run(root, "d-every-2", "ladd.disc_every=2")
+    lines = [json.loads(s) for s in (root / "d-every-2" / "metrics.jsonl").read_text().splitlines()]
+    assert [("d_loss" in line) for line in lines] == [True, False, True, False]  # log_every 1
+    assert all(line["d_loss"] > 0.5 for line in lines if "d_loss" in line)  # hinge: ~2 at the start, not halved
+    assert result.step == 4

@@ -23,6 +23,7 @@ FSDP-wrapped teacher gathers its shards.
 from __future__ import annotations
 
 import copy
+import math
 from dataclasses import dataclass, field
 
 import torch
@@ -46,6 +47,9 @@ class LossConfig:
     kind: str = "hinge"              # "hinge" (docs/method.md) or "non_saturating" (softplus)
     r1_weight: float = 0.0           # R1 on the real head inputs; docs/method.md suggests about 1e-5 when on
     misaligned_weight: float = 0.0   # share w of D's fake side given to real latents with shuffled prompts (0 = off)
+    # the misaligned reals are the first ceil(f * B) of the batch: the same expected loss from a smaller extra
+    # teacher forward (f = 1: the whole batch, one more forward of B samples per D step)
+    misaligned_fraction: float = 1.0
     distill_weight: float = 0.0      # ADD-style MSE to the teacher's x0 at the re-noised fake (0 = off)
     # CFG scale of that target (ADD's distillation term uses the guided teacher): > 1 transfers guidance directly
     distill_guidance: float = 1.0
@@ -75,6 +79,9 @@ class LossConfig:
             if value < 0:
                 fail(f"ladd.loss.{name}", f"got {value}", "use 0 (off) or a positive weight")
             setattr(self, name, value)
+        self.misaligned_fraction = number("ladd.loss.misaligned_fraction", self.misaligned_fraction)
+        if not 0 < self.misaligned_fraction <= 1:
+            fail("ladd.loss.misaligned_fraction", f"got {self.misaligned_fraction}", "use a share in (0, 1], e.g. 0.25")
         if self.misaligned_weight >= 1:
             fail("ladd.loss.misaligned_weight", f"got {self.misaligned_weight}, the student's fakes would get "
                  "no weight", "use a share in [0, 1), e.g. 0.25")
@@ -89,10 +96,14 @@ class LADDConfig:
     # reaches from noise (no grad), what it meets when sampling, instead of the noised data latent. Not in the
     # paper; costs up to steps - 1 no-grad student forwards for the samples drawn below t_s = 1.
     backward_simulation: bool = False
+    # the heads' update (the discriminator phase) every N iterations, the student's every iteration: D:G = 1:N
+    disc_every: int = 1
 
     def __post_init__(self):
         if not isinstance(self.backward_simulation, bool):
             fail("ladd.backward_simulation", f"got {self.backward_simulation!r}", "use true or false")
+        if isinstance(self.disc_every, bool) or not isinstance(self.disc_every, int) or self.disc_every < 1:
+            fail("ladd.disc_every", f"got {self.disc_every!r}", "use 1 (every iteration) or a larger integer")
 
 
 def _heads_for_generator(disc: torch.nn.Module) -> torch.nn.Module:
@@ -178,12 +189,13 @@ def _shuffled(cond: TextEmbeddings, generator: torch.Generator | Draws | None) -
 
 
 def _real_features(teacher, real, t_real, cond, blocks, mis_cond):
-    """No-grad teacher features of the real batch, and of the same noisy reals with misaligned prompts when
-    ``mis_cond`` is given (one batched forward). Returns (real feats, misaligned feats or None)."""
+    """No-grad teacher features of the real batch, and of its first ``len(mis_cond)`` noisy reals with misaligned
+    prompts when ``mis_cond`` is given (one batched forward). Returns (real feats, misaligned feats or None)."""
     with torch.no_grad():
         if mis_cond is None:
             return teacher(real, t_real, cond, blocks), None
-        both = teacher(torch.cat([real, real]), torch.cat([t_real, t_real]),
+        m = len(mis_cond)
+        both = teacher(torch.cat([real, real[:m]]), torch.cat([t_real, t_real[:m]]),
                        TextEmbeddings.cat([cond, mis_cond]), blocks)
     b = real.shape[0]
     return [f[:b] for f in both], [f[b:] for f in both]
@@ -209,13 +221,16 @@ def discriminator_step(teacher, disc, x0: torch.Tensor, cond: TextEmbeddings, fa
     blocks = unwrap(disc).blocks
     t_real = fake.t_hat if cfg.disc.shared_t else None
     real, t_real = renoise(x0, cfg.disc.noise_m, cfg.disc.noise_s, generator, t=t_real)
-    mis_cond = _shuffled(cond, generator) if cfg.loss.misaligned_weight > 0 else None
+    mis_cond = None
+    if cfg.loss.misaligned_weight > 0:
+        m = max(1, math.ceil(cfg.loss.misaligned_fraction * len(cond)))
+        mis_cond = _shuffled(cond, generator)[:m]
     real_feats, mis_feats = _real_features(teacher, real, t_real, cond, blocks, mis_cond)
     if cfg.loss.r1_weight > 0:
         real_feats = [f.detach().requires_grad_(True) for f in real_feats]
     groups = [(real_feats, t_real, cond.pooled), (fake.features, fake.t_hat, cond.pooled)]
     if mis_feats is not None:
-        groups.append((mis_feats, t_real, mis_cond.pooled))
+        groups.append((mis_feats, t_real[:len(mis_cond)], mis_cond.pooled))
     real_logits, fake_logits, *mis_logits = _judge(disc, groups)
     d_real = losses.d_loss(cfg.loss.kind, real_logits, [])
     d_fake = losses.d_loss(cfg.loss.kind, [], fake_logits)
@@ -283,6 +298,8 @@ class LADD(Method):
         self.place_uncond(self.student)
 
     def updates(self, step: int) -> list[Update]:
+        if step % self.cfg.disc_every:  # ladd.disc_every: the heads rest this iteration
+            return [Update(("generator",), ("student",))]
         return [Update(("generator", "discriminator"), ("student", "heads"))]
 
     def loss(self, phase: str, batch, ctx: Context) -> PhaseOut:

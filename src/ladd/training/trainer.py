@@ -277,13 +277,13 @@ class _Meter:
     def __init__(self, acc, ckpt_dir: Path):
         self.acc, self.ckpt_dir = acc, ckpt_dir
         self.sums: dict[str, torch.Tensor] = {}
-        self.n = 0
+        self.counts: dict[str, int] = {}  # per metric: a phase that runs every N iterations is averaged over its own
         self.bad_step = torch.full((), -1, dtype=torch.long, device=acc.device)
 
     def add(self, metrics: dict, losses: list, step: int) -> None:
         for k, v in metrics.items():
             self.sums[k] = self.sums.get(k, 0) + v.detach().float()
-        self.n += 1
+            self.counts[k] = self.counts.get(k, 0) + 1
         finite = torch.stack([torch.isfinite(loss).all() for loss in losses]).all()
         self.bad_step = torch.where(~finite & (self.bad_step < 0), step, self.bad_step)
 
@@ -300,8 +300,10 @@ class _Meter:
 
     def means(self) -> dict[str, float]:
         keys = sorted(self.sums)
-        values = self.acc.reduce(torch.stack([self.sums[k] for k in keys]) / max(self.n, 1), "mean").tolist()
-        self.sums, self.n = {}, 0
+        if not keys:
+            return {}
+        values = self.acc.reduce(torch.stack([self.sums[k] / self.counts[k] for k in keys]), "mean").tolist()
+        self.sums, self.counts = {}, {}
         return dict(zip(keys, values))
 
 
