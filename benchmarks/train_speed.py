@@ -103,8 +103,13 @@ def main() -> None:
         with torch.no_grad():
             student_forward(run.modules[method.export], x0, cond, torch.tensor([1.0]), torch.tensor([1.0]), gen)
 
+    count = {"step": 0}
+    cycle = getattr(cfg.section, "disc_every", 1)  # a phase run every N iterations: time N, report 1/N of it
+
     def one_iteration():
-        iteration(acc, method, run, data, cfg, 0, b)
+        for _ in range(cycle):
+            iteration(acc, method, run, data, cfg, count["step"], b)
+            count["step"] += 1
 
     parts = {"teacher training step": teacher_step, f"{cfg.method} iteration": one_iteration,
              "  student forward (no grad)": student_alone,
@@ -112,7 +117,7 @@ def main() -> None:
     times = {k: [] for k in parts}
     for r in range(args.warmup + args.repeats):
         for name, fn in parts.items():
-            dt = _timed(fn)
+            dt = _timed(fn) / (cycle if fn is one_iteration else 1)
             if r >= args.warmup:
                 times[name].append(dt)
         for opt in run.optimizers.values():
