@@ -57,9 +57,10 @@ def make_data(folder: Path, n: int, shard_size: int) -> None:
     shards.write_manifest(folder, gen)
 
 
-def run(folder: Path, n: int, stream: bool, steps: int, out: Path) -> dict:
+def run(folder: Path, n: int, shard_size: int, stream: bool, steps: int, out: Path) -> dict:
     run_dir = out / f"run-{n}-{'stream' if stream else 'memory'}"
-    args = ["distill", f"paths.data={folder}", f"data.num_samples={n}", f"paths.run_dir={run_dir}",
+    args = ["distill", f"paths.data={folder}", f"data.num_samples={n}", f"data.shard_size={shard_size}",
+            f"paths.run_dir={run_dir}",
             f"data.stream={'true' if stream else 'false'}", f"train.steps={steps}", "train.sample_every=0",
             "train.ckpt_every=1000", "eval.val_every=0", "--no-eval"]
     t0 = time.perf_counter()
@@ -88,7 +89,7 @@ def main() -> None:
         folder = Path(args.data_root) / f"random-{n}"
         make_data(folder, n, args.shard_size)
         for stream in (False, True):
-            rows.append(run(folder, n, stream, args.steps, out))
+            rows.append(run(folder, n, args.shard_size, stream, args.steps, out))
             print(rows[-1], flush=True)
     lines = [f"`ladd distill` for {args.steps} iterations (configs/nano.yaml, batch 32) on random nano-format data; "
              f"peak resident memory of the process", "", "| samples | data on disk GiB | reader | peak host GiB | "
