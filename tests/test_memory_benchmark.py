@@ -19,7 +19,8 @@ def _run(tmp_path, *args):
 def test_sd3_medium_sizes_and_fsdp_sharding(tmp_path):
     ddp, out = _run(tmp_path / "a", "--preset", "configs/sd3-medium.yaml", "--fsdp", "no")
     (r,) = ddp.values()
-    assert 1.9e9 < r["params"]["teacher"] < 2.2e9 and r["params"]["student_trainable"] == r["params"]["teacher"]
+    assert 1.9e9 < r["params"]["teacher"] < 2.2e9  # SD3-medium's MMDiT: 2.03B parameters
+    assert r["params"]["student_trainable"] == r["params"]["teacher"] and r["params"]["student_frozen"] == 0
     g = r["gpu_gb"]
     # 16 bytes per trainable parameter (fp32 weights, grads, Adam m and v), 2 for the bf16 teacher
     assert abs(g["student weights + grads + Adam (trainable, fp32)"] - 8 * g["teacher (frozen)"]) < 0.01

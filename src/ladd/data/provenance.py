@@ -114,17 +114,11 @@ def upgrade_manifest(data_dir: str | Path, models: dict[str, str | Path]) -> Non
     manifest = shards.read_manifest(data_dir)
     if manifest is None:
         return
-    gen, changed = dict(manifest.get("generation", {})), False
-    for key, model_dir in models.items():
-        old_key = LEGACY[key]
-        if key in gen or old_key not in gen:
-            continue
-        if gen[old_key] == legacy_hash(weights_file(model_dir)):
-            gen[key] = fingerprint(model_dir)
-            del gen[old_key]
-            changed = True
-        else:
-            gen[key] = f"another model (legacy hash {gen.pop(old_key)})"
-            changed = True
-    if changed:
+    gen = dict(manifest.get("generation", {}))
+    todo = {key: d for key, d in models.items() if key not in gen and LEGACY[key] in gen}
+    for key, model_dir in todo.items():
+        old = gen.pop(LEGACY[key])
+        same = old == legacy_hash(weights_file(model_dir))
+        gen[key] = fingerprint(model_dir) if same else f"another model (legacy hash {old})"
+    if todo:
         shards.write_manifest(data_dir, gen)

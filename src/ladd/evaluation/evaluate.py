@@ -225,6 +225,17 @@ def real_scores(cfg: EvalConfig, scorers: dict, images: np.ndarray, texts: list[
     return out
 
 
+def _preflight(cfg: EvalConfig, generator) -> dict:
+    """Every check that needs no model, before anything loads: the output folder, --device / --dtype, and the
+    real-model scorers (loaded here, so a bad file fails before generating). Returns the scorers."""
+    check_output(cfg.out, "--out")
+    if generator is None:
+        from ladd.runtime import pick_device, pick_dtype
+
+        pick_dtype(cfg.dtype, pick_device(cfg.device))
+    return real_scorers(cfg)
+
+
 def evaluate(cfg: EvalConfig, generator=None) -> dict:
     """Evaluate ``cfg.model`` (or the already loaded ``generator``, a ladd.models.registry.Generator: e.g. a
     student during training) on ``cfg.prompts``; writes ``cfg.out`` and returns the metrics. A plain prompt file
@@ -237,12 +248,7 @@ def evaluate(cfg: EvalConfig, generator=None) -> dict:
     if cfg.shift is not None and cfg.shift <= 0:
         raise ConfigError(f"--shift must be > 0 (1 = no shift, > 1 = more steps at high noise), got {cfg.shift}")
     world().check_size(cfg.height, cfg.width)
-    check_output(cfg.out, "--out")
-    if generator is None:
-        from ladd.runtime import pick_device, pick_dtype
-
-        pick_dtype(cfg.dtype, pick_device(cfg.device))  # a bad --device / --dtype fails before anything loads
-    scorers = real_scorers(cfg)
+    scorers = _preflight(cfg, generator)
     evaluator, evaluator_path = load_evaluator(cfg.evaluator)
     index = [(i, k) for i in range(len(prompts)) for k in range(cfg.per_prompt)]
     images, seconds, settings = produce(cfg, prompts, index, generator)
@@ -281,12 +287,7 @@ def evaluate_plain(cfg: EvalConfig, generator=None) -> dict:
     if cfg.images or cfg.model == "real" or cfg.model.endswith("vae") or cfg.model.startswith("vae:"):
         raise ConfigError(f"--prompts {cfg.prompts}: plain prompts (not a .jsonl file of the nano world) are for "
                           f"evaluating a model; --images / real / VAE evaluations need a nano prompt file")
-    check_output(cfg.out, "--out")
-    if generator is None:
-        from ladd.runtime import pick_device, pick_dtype
-
-        pick_dtype(cfg.dtype, pick_device(cfg.device))
-    scorers = real_scorers(cfg)
+    scorers = _preflight(cfg, generator)
     prompts = [{"prompt": t} for t in texts]
     index = [(i, k) for i in range(len(prompts)) for k in range(cfg.per_prompt)]
     images, seconds, settings = produce(cfg, prompts, index, generator)
