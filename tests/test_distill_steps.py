@@ -243,6 +243,27 @@ def test_backward_simulation_feeds_the_students_own_rollout():
         setup("ladd.backward_simulation=2")
 
 
+def test_regression_along_rollouts_starts_every_chain_from_the_teachers_noise():
+    """ladd.loss.regression_on=rollout: the rollouts begin at each latent's own noise, and the regression term
+    averages over the whole batch (not only the t_s = 1 samples); it needs backward simulation."""
+    cfg, teacher, student, disc, x0, cond = setup("ladd.backward_simulation=true", "ladd.loss.regression_weight=1",
+                                                  "ladd.loss.regression_on=rollout")
+    cfg.student.probs = [0.0, 1.0, 0.0, 0.0]  # every sample one rollout step in: t_s = 0.75
+    noise = torch.randn_like(x0)
+    seen = []
+    hook = student.register_forward_pre_hook(lambda m, args: seen.append(args[0].clone()))
+    out = generator_step(student, teacher, disc, x0, cond, cfg.ladd, cfg.student, torch.Generator().manual_seed(0),
+                         noise=noise)
+    hook.remove()
+    assert torch.equal(seen[0], noise)  # the rollout's first forward is on the teacher's noise
+    expected = (out.fake.x0_hat - x0).pow(2).mean()  # all samples count, though none is at t_s = 1
+    assert torch.allclose(out.metrics["g_regression"], expected, rtol=1e-5)
+    with pytest.raises(ConfigError, match="backward_simulation"):
+        setup("ladd.loss.regression_on=rollout")
+    with pytest.raises(ConfigError, match="regression_on"):
+        setup("ladd.loss.regression_on=everywhere")
+
+
 def test_misaligned_reals_on_a_fraction_of_the_batch():
     """ladd.loss.misaligned_fraction=0.5: the misaligned branch runs the teacher on the first half of the batch
     only (B + B/2 samples in the D step's forward instead of 2B)."""

@@ -62,6 +62,11 @@ class LossConfig:
     # teacher's ODE; Luhman & Luhman 2021, Diffusion2GAN's regression term, here in latent space). Free: no extra
     # forward. Needs teacher samples made by a deterministic sampler (data.sampler euler). 0 = off.
     regression_weight: float = 0.0
+    # Where the regression term applies. "noise": only where the student starts from pure noise (t_s = 1).
+    # "rollout" (needs ladd.backward_simulation): at every grid time, the student's backward-simulation rollout
+    # starting from the teacher's own noise of that latent, so that later steps keep the first step's layout
+    # (a chain from z should end at the teacher's sample of z).
+    regression_on: str = "noise"
 
     def __post_init__(self):
         if self.kind not in ("hinge", "non_saturating"):
@@ -69,6 +74,8 @@ class LossConfig:
         self.distill_guidance = number("ladd.loss.distill_guidance", self.distill_guidance)
         if self.distill_guidance < 1:
             fail("ladd.loss.distill_guidance", f"got {self.distill_guidance}", "use 1 (no guidance) or more, e.g. 3")
+        if self.regression_on not in ("noise", "rollout"):
+            fail("ladd.loss.regression_on", f"got {self.regression_on!r}", "use 'noise' or 'rollout'")
         if self.distill_target not in ("x0", "guidance"):
             fail("ladd.loss.distill_target", f"got {self.distill_target!r}", "use 'x0' or 'guidance'")
         if self.distill_target == "guidance" and self.distill_guidance == 1:
@@ -102,6 +109,9 @@ class LADDConfig:
     def __post_init__(self):
         if not isinstance(self.backward_simulation, bool):
             fail("ladd.backward_simulation", f"got {self.backward_simulation!r}", "use true or false")
+        if self.loss.regression_on == "rollout" and not self.backward_simulation:
+            fail("ladd.loss.regression_on", "'rollout' regresses along the student's backward-simulation rollouts",
+                 "set ladd.backward_simulation=true, or use ladd.loss.regression_on=noise")
         if isinstance(self.disc_every, bool) or not isinstance(self.disc_every, int) or self.disc_every < 1:
             fail("ladd.disc_every", f"got {self.disc_every!r}", "use 1 (every iteration) or a larger integer")
 
@@ -150,8 +160,9 @@ def generator_step(student, teacher, disc, x0: torch.Tensor, cond: TextEmbedding
     probs = torch.tensor(student_cfg.probs_at(step))
     if cfg.loss.regression_weight > 0 and noise is None:
         raise ValueError("ladd.loss.regression_weight needs each latent's starting noise (paired data)")
+    along = cfg.loss.regression_on == "rollout"
     x0_hat, t_s = student_forward(student, x0, cond, grid, probs, generator,
-                                  noise if cfg.loss.regression_weight > 0 else None, cfg.backward_simulation)
+                                  noise if cfg.loss.regression_weight > 0 else None, cfg.backward_simulation, along)
     fake, t_hat = renoise(x0_hat, cfg.disc.noise_m, cfg.disc.noise_s, generator)
     feats = teacher(fake, t_hat, cond, disc.blocks)
     with param_grads_off(disc):
@@ -170,8 +181,9 @@ def generator_step(student, teacher, disc, x0: torch.Tensor, cond: TextEmbedding
         loss = loss + cfg.loss.distill_weight * distill
         metrics["g_distill"] = distill.detach()
     if cfg.loss.regression_weight > 0:
-        # mean over the samples that started from their own noise (t_s = 1); the others add nothing
-        paired = (t_s == 1).to(x0_hat.dtype)
+        # mean over the samples whose chain started from their own noise (t_s = 1, or every rollout); the others
+        # add nothing
+        paired = (torch.ones_like(t_s) if along else (t_s == 1)).to(x0_hat.dtype)
         per_sample = (x0_hat.float() - x0.float()).pow(2).flatten(1).mean(1)
         regression = (per_sample * paired).sum() / paired.sum().clamp(min=1)
         loss = loss + cfg.loss.regression_weight * regression

@@ -60,20 +60,23 @@ def init_student(teacher: torch.nn.Module, cfg=None) -> torch.nn.Module:
 
 def student_forward(student, x0: torch.Tensor, cond: TextEmbeddings, grid: torch.Tensor, probs: torch.Tensor,
                     generator: torch.Generator | Draws | None = None, noise: torch.Tensor | None = None,
-                    backward: bool = False):
+                    backward: bool = False, paired_rollouts: bool = False):
     """``(x0_hat [B, C, h, w], t_s [B])``: ``t_s ~ probs`` over ``grid`` (e.g. ``[1, .75, .5, .25]``),
     ``x_t = (1 - t_s) x0 + t_s eps``, ``x0_hat = x_t - t_s G(x_t, t_s)`` (docs/method.md, step 2). At ``t_s = 1``
     ``x_t`` is pure noise; below, it is the noised *data* latent, as in training with the sampler's inputs.
     ``noise`` (``[B, C, h, w]``, each latent's own starting noise) replaces ``eps`` where ``t_s = 1``: the
     student's input is then the noise from which the teacher made ``x0``. ``backward`` (backward simulation,
     DMD2): below ``t_s = 1`` the input is instead the state the student's own re-noising sampler reaches from
-    ``eps`` (``rollout``, no grad), what it meets when sampling."""
+    ``eps`` (``rollout``, no grad), what it meets when sampling. ``paired_rollouts`` (with ``backward`` and
+    ``noise``): the rollouts start from ``noise`` too, so that every prediction lies on a chain that began at the
+    teacher's own starting noise of ``x0``."""
     draws = as_draws(generator)
     idx = draws.choice(probs, x0.shape[0])
     t_s = grid.to(idx.device)[idx].to(x0.device, x0.dtype)
     eps = draws.randn(x0)  # drawn in any case: the same random stream with and without ``noise``
     if noise is not None:
-        eps = torch.where((t_s == 1).view(-1, *[1] * (x0.dim() - 1)), noise.to(eps), eps)
+        own = torch.ones_like(t_s, dtype=torch.bool) if backward and paired_rollouts else t_s == 1
+        eps = torch.where(own.view(-1, *[1] * (x0.dim() - 1)), noise.to(eps), eps)
     if backward:
         x_t = rollout(student, eps, cond, grid.to(x0.device, x0.dtype), idx.to(x0.device), draws)
     else:
