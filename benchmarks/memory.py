@@ -13,10 +13,11 @@ What is counted (bytes per parameter from the modules' exact sizes; the formulas
 - the synthetic data on each GPU (``ShardDataset.to``: the whole set, latents fp32, text states fp16);
 - activations by formula, not measured: with gradient checkpointing the block inputs of student and teacher
   (tokens x width x 2 bytes per block and network) plus one recomputed block, per sample of the micro-batch;
-- today's transient peaks, which the steady state hides: ``method.modules`` puts the fp32 teacher on the GPU and
-  copies the student there before FSDP shards either (fp32 teacher + fp32 student on every GPU), and every process
-  loads the whole teacher and builds the student in host memory; resuming loads the full student and optimizer
-  on every process.
+- the transient peaks at start, which the steady state hides: without FSDP ``method.modules`` puts the fp32
+  teacher on the GPU and copies the student there (the teacher is cast to bf16 afterwards); under FSDP both are
+  built in host memory and FSDP moves one unit at a time to the GPU as it shards it (ladd.training.trainer.prepare),
+  so the GPU holds the shards plus one full unit; every process loads the whole teacher and builds the student in
+  host memory; resuming loads the full student and optimizer on every process.
 """
 
 from __future__ import annotations
@@ -80,7 +81,10 @@ def account(cfg, teacher, student, heads, gpus: int, fsdp: bool, micro_batch: in
         "activations (formula, checkpointing)": micro_batch * (tokens * width * 2 * layers * 2 + tokens * width * 34),
     }
     steady = sum(gpu.values())
-    start = p_teacher * 4 + (p_train + p_frozen) * 4  # method.modules: fp32 teacher + fp32 student copy, unsharded
+    if fsdp:  # built on the CPU; FSDP moves unit by unit: the shards so far + one full block in fp32
+        start = (p_teacher * teacher_bytes + (p_train + p_frozen) * 4) / shard + p_teacher / layers * 4
+    else:  # method.modules: fp32 teacher + fp32 student copy on the GPU
+        start = p_teacher * 4 + (p_train + p_frozen) * 4
     host = {
         "start: teacher loaded (fp32) + student built (fp32)": p_teacher * 4 + (p_train + p_frozen) * 4,
         "resume: full student + optimizer read": (p_train + p_frozen) * 4 + p_train * 8,
@@ -102,7 +106,8 @@ def table(name: str, r: dict) -> str:
              "| per GPU | GB |", "|---|---|"]
     lines += [f"| {k} | {v:.1f} |" for k, v in r["gpu_gb"].items() if v]
     lines += [f"| **steady state** | **{r['gpu_steady_gb']:.1f}** |",
-              f"| at start today (fp32 teacher + student on the GPU before any sharding, + data) | "
+              f"| at start ({'shards + one full block while FSDP wraps' if r['fsdp'] else 'fp32 teacher + student'}"
+              f", + data) | "
               f"{r['gpu_start_peak_gb']:.1f} |",
               f"| **peak per GPU** | **{max(r['gpu_steady_gb'], r['gpu_start_peak_gb']):.1f}** |",
               "", f"| host memory | per process | {r['gpus']} processes on one machine |", "|---|---|---|"]

@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 SCRIPT = """
 import copy, functools, sys
@@ -105,3 +106,44 @@ def test_fsdp_sharded_teacher_and_student_checkpoints(tmp_path):
                           cwd=Path(__file__).parents[1])
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.count("OK") == 2
+
+
+class _FSDPLaunch:
+    """The parts of an accelerate FSDP ``Accelerator`` that ``trainer.prepare`` uses, recording where each module
+    is when it is handed over for wrapping. Its device is ``meta``: a module moved there by anything but FSDP
+    would lose its values, and shows up in the record."""
+    mixed_precision = "bf16"
+    device = torch.device("meta")
+
+    def __init__(self):
+        from accelerate.utils import DistributedType
+
+        self.distributed_type, self.handed = DistributedType.FSDP, []
+
+    def _record(self, obj):
+        if isinstance(obj, torch.nn.Module):
+            self.handed.append({p.device.type for p in obj.parameters()})
+        return obj
+
+    def prepare(self, *objs):
+        return tuple(self._record(o) for o in objs)
+
+    def prepare_model(self, module):
+        return self._record(module)
+
+
+def test_under_fsdp_modules_reach_the_wrapper_in_host_memory():
+    """An FSDP launch builds the student, the heads and the frozen teacher on the CPU and leaves their placement
+    to FSDP, which moves one unit at a time to its GPU as it shards it: no full-size copy on a GPU at start
+    (docs/real-models.md, "FSDP")."""
+    from helpers import TINY_TEACHER
+    from ladd.distill.config import load_distill_config
+    from ladd.distill.run import build_method
+    from ladd.models.teacher import build_nano_teacher
+    from ladd.training.trainer import prepare
+
+    cfg = load_distill_config("configs/tiny.yaml", ["train.ema_decay=0"])
+    launch = _FSDPLaunch()
+    prepare(launch, cfg, build_method(cfg, build_nano_teacher(**TINY_TEACHER)))
+    assert len(launch.handed) == 3  # student, heads (with their optimizers), the frozen teacher
+    assert all(devices == {"cpu"} for devices in launch.handed), launch.handed

@@ -170,7 +170,10 @@ def prepare(acc, cfg, method) -> _Run:
         for m in method.frozen().values():
             if hasattr(m, "enable_gradient_checkpointing"):  # the teacher; not a VAE or a feature network
                 m.enable_gradient_checkpointing()
-    modules = method.modules(acc.device)
+    # Under FSDP the modules are built in host memory and FSDP moves each unit to the GPU as it shards it, so no
+    # full-size teacher or student ever reaches a GPU (docs/real-models.md, "FSDP")
+    fsdp = acc.distributed_type == DistributedType.FSDP
+    modules = method.modules(torch.device("cpu") if fsdp else acc.device)
     owners = method.optimizers()
     optimizers = {name: build_optimizer([modules[m] for m in mods], cfg.optim[name]) for name, mods in owners.items()}
     schedules = {name: build_schedule(opt, cfg.optim[name], cfg.train.steps) for name, opt in optimizers.items()}
@@ -186,17 +189,17 @@ def prepare(acc, cfg, method) -> _Run:
 
 def _prepare_frozen(acc, module: torch.nn.Module) -> torch.nn.Module:
     """A frozen module (the teacher) as it runs in training: on the device; in bf16 under bf16 mixed precision
-    (it has no optimizer, so needs no fp32 master weights: half the memory), and sharded like the student under
-    FSDP (accelerate wraps it per the launch config; methods call it through ``__call__`` so the shards are
-    gathered). DDP needs nothing: a frozen module has no gradients to sync."""
+    (it has no optimizer, so needs no fp32 master weights: half the memory; cast before it moves), and sharded like
+    the student under FSDP (accelerate wraps it per the launch config and FSDP moves only its shards to the GPU;
+    methods call it through ``__call__`` so the shards are gathered). DDP needs nothing: a frozen module has no
+    gradients to sync."""
     from accelerate.utils import DistributedType
 
-    module = module.to(acc.device)
     if acc.mixed_precision == "bf16":
         module = module.to(torch.bfloat16)
     if acc.distributed_type == DistributedType.FSDP:
-        module = acc.prepare_model(module)
-    return module
+        return acc.prepare_model(module)  # FSDP places each unit's shard (device_id), from host memory
+    return module.to(acc.device)
 
 
 class _Overhead:
