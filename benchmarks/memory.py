@@ -17,7 +17,8 @@ What is counted (bytes per parameter from the modules' exact sizes; the formulas
   teacher on the GPU and copies the student there (the teacher is cast to bf16 afterwards); under FSDP both are
   built in host memory and FSDP moves one unit at a time to the GPU as it shards it (ladd.training.trainer.prepare),
   so the GPU holds the shards plus one full unit; every process loads the whole teacher and builds the student in
-  host memory; resuming loads the full student and optimizer on every process.
+  host memory; resuming reads the student and optimizer on every process (under FSDP only its shards: the
+  checkpoints are sharded, ladd.training.checkpoint).
 """
 
 from __future__ import annotations
@@ -87,7 +88,8 @@ def account(cfg, teacher, student, heads, gpus: int, fsdp: bool, micro_batch: in
         start = p_teacher * 4 + (p_train + p_frozen) * 4
     host = {
         "start: teacher loaded (fp32) + student built (fp32)": p_teacher * 4 + (p_train + p_frozen) * 4,
-        "resume: full student + optimizer read": (p_train + p_frozen) * 4 + p_train * 8,
+        # a sharded checkpoint (FSDP) is read by each process for its own shards only
+        "resume: student + optimizer read": ((p_train + p_frozen) * 4 + p_train * 8) / shard,
     }
     return {"params": {"teacher": p_teacher, "student_trainable": p_train, "student_frozen": p_frozen,
                        "heads": p_heads},

@@ -5,8 +5,9 @@ accelerate runs FSDP only on GPUs, so this test wraps the models with torch's FS
 discriminator step give the same losses and student gradients as unsharded ones, and the generator step leaves
 the heads without gradients (the steps call the teacher through ``__call__``, ``teacher(x, t, cond, blocks)``: an
 FSDP wrapper gathers its shards only there). (2) A sharded student
-and its optimizer: a checkpoint holds the full weights, and a sharded copy resumed from it trains on exactly as
-an unsharded student and optimizer do.
+and its optimizer: a sharded checkpoint (torch.distributed.checkpoint, each process its part), from which a sharded
+copy resumes and trains on exactly as an unsharded student and optimizer do, and from which one process (export,
+a resume on another process count) reads the full student and optimizer.
 """
 
 import os
@@ -16,12 +17,16 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import load_file
+
+from helpers import setup
+from ladd.training.checkpoint import load_checkpoint, restore_module
 
 SCRIPT = """
 import copy, functools, sys
 from pathlib import Path
 sys.path.insert(0, {tests!r})
-from safetensors.torch import load_file
+from safetensors.torch import save_file
 import torch, torch.distributed as dist
 from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
 from torch.distributed.fsdp.wrap import transformer_auto_wrap_policy
@@ -80,9 +85,8 @@ for m, o in ((plain, plain_opt), (shard, shard_opt)):
 ckpt = Path({root!r}) / "ckpt"
 save_checkpoint(ckpt, 1, {{"student": shard}}, {{"g": (shard, shard_opt)}}, {{}}, write=dist.get_rank() == 0)
 dist.barrier()
-saved = load_file(ckpt / "step-000001" / "student.safetensors")
-for k, v in plain.state_dict().items():
-    torch.testing.assert_close(saved[k], v, atol=1e-6, rtol=1e-5)
+written = sorted(p.name for p in (ckpt / "step-000001").iterdir())
+assert written == ["optim-g.dcp", "optim.safetensors", "rng.safetensors", "state.json", "student.dcp"], written
 fresh = FSDP(copy.deepcopy(setup()[2]), auto_wrap_policy=policy, device_id=torch.device("cpu"), use_orig_params=True)
 fresh_opt = make(fresh)
 load_checkpoint(ckpt / "step-000001", {{"student": fresh}}, {{"g": (fresh, fresh_opt)}}, restore_rng=False)
@@ -92,6 +96,7 @@ full_fresh = module_state(fresh)
 if dist.get_rank() == 0:
     for k, v in plain.state_dict().items():
         torch.testing.assert_close(full_fresh[k], v, atol=1e-6, rtol=1e-5)
+    save_file(plain.state_dict(), Path({root!r}) / "after-two-steps.safetensors")
 print("OK", dist.get_rank(), local, full, flush=True)
 """
 
@@ -106,6 +111,17 @@ def test_fsdp_sharded_teacher_and_student_checkpoints(tmp_path):
                           cwd=Path(__file__).parents[1])
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.count("OK") == 2
+    # the sharded checkpoint in one process, as `ladd export` and a resume on another process count read it
+    ckpt = tmp_path / "ckpt" / "step-000001"
+    cfg, teacher, student, disc, x0, cond = setup()
+    restore_module(student, ckpt, "student")
+    opt = torch.optim.AdamW(student.parameters(), lr=1e-3, betas=(0.0, 0.99))
+    load_checkpoint(ckpt, {"student": student}, {"g": (student, opt)}, restore_rng=False)
+    student(x0, torch.full((4,), 0.5), cond).square().mean().backward()
+    opt.step()
+    expected = load_file(tmp_path / "after-two-steps.safetensors")
+    for k, v in student.state_dict().items():
+        torch.testing.assert_close(v, expected[k], atol=1e-6, rtol=1e-5)
 
 
 class _FSDPLaunch:

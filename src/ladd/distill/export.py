@@ -124,7 +124,7 @@ def load_run_student(run_dir: str | Path, use_ema: bool = True):
     from ladd.distill.config import load_distill_config
     from ladd.methods.components.student import init_student
     from ladd.models.teacher import load_teacher
-    from ladd.training.checkpoint import load_module, newest_good
+    from ladd.training.checkpoint import newest_good, restore_module
     from ladd.training.ema import EMA
 
     run_dir = Path(run_dir)
@@ -140,10 +140,10 @@ def load_run_student(run_dir: str | Path, use_ema: bool = True):
     model = init_student(load_teacher(cfg.paths.teacher), cfg.student).eval()  # the checkpoint's own layout
     if ema:
         ema = EMA(model)  # the checkpoint's own layout (shadow.* and the update counter), checked key by key
-        load_module(ema, ckpt / "ema.safetensors")
+        restore_module(ema, ckpt, "ema")
         model = ema.shadow
     else:
-        load_module(model, ckpt / "student.safetensors")
+        restore_module(model, ckpt, "student")
     return model, step, cfg, ckpt
 
 

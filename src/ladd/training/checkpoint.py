@@ -5,11 +5,18 @@
     optim.safetensors     every optimizer's tensors, keys ``<optimizer>/<param index>/<name>`` (e.g. exp_avg)
     rng.safetensors       torch's CPU (and CUDA) RNG states
 
-FSDP-sharded modules (an accelerate FSDP launch) are gathered to their full state dicts with torch's
-``torch.distributed.checkpoint.state_dict`` API on every process and written by the main one, so the files are
-the same as a single-process run's but for the optimizer keys (parameter names instead of indices).
+FSDP-sharded modules (an accelerate FSDP launch) are written *sharded*, each process its own part, with
+``torch.distributed.checkpoint`` (DCP), so that neither saving nor resuming ever holds a full student or optimizer
+in one process:
 
-Tensors are safetensors, the rest JSON: nothing is pickled, so loading runs no code. A checkpoint is written to
+    <module>.dcp/         a sharded module's state (DCP: one ``.distcp`` file per process, ``.metadata``)
+    optim-<name>.dcp/     the optimizer ``<name>`` of a sharded module, keyed by parameter name
+
+DCP reshards on load: a run resumes on another process count, and ``ladd export`` reads the full student in one
+process. The folder must be on a file system that every process sees.
+
+Tensors are safetensors, the rest JSON: nothing is pickled, so loading runs no code; the exception is DCP's
+``.metadata`` file (a pickle written by torch): resume only from checkpoints you wrote. A checkpoint is written to
 ``step-XXXXXX.tmp`` and renamed; only complete folders are ever named ``step-*``, so the newest one is always
 loadable. Loading checks the format and every key and shape. (k-diffusion / edm keep the same two kinds apart:
 this full state for resuming, and a slim export for using the model: ladd.distill.export.)
@@ -21,6 +28,7 @@ import json
 import logging
 import os
 import shutil
+import warnings
 from pathlib import Path
 
 import torch
@@ -71,12 +79,33 @@ def module_state(module: torch.nn.Module) -> dict:
     return get_model_state_dict(module, options=_full_options(module))
 
 
-def _optimizer_state(module: torch.nn.Module, opt: torch.optim.Optimizer) -> dict:
-    if not is_sharded(module):
-        return opt.state_dict()
-    from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
+SHARDED = ".dcp"  # the suffix of a DCP folder in a checkpoint
 
-    return get_optimizer_state_dict(module, opt, options=_full_options(module))
+
+def _barrier() -> None:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+
+
+def _dcp_save(state: dict, folder: Path) -> None:
+    """Each process writes its part of ``state`` (collective); the coordinator writes ``.metadata`` last, once
+    every part is written."""
+    import torch.distributed.checkpoint as dcp
+
+    dcp.save(state, checkpoint_id=folder)
+
+
+def _dcp_load(state: dict, folder: Path) -> None:
+    """Fill ``state`` (its keys and shapes, sharded or not) in place from a DCP folder; every key must be there."""
+    import torch.distributed as dist
+    import torch.distributed.checkpoint as dcp
+
+    single = not (dist.is_available() and dist.is_initialized())
+    with warnings.catch_warnings():  # one process reading a sharded checkpoint is intended here (export, resume)
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+        dcp.load(state, checkpoint_id=folder, no_dist=single)
 
 
 def _flatten_optimizer(name: str, state_dict: dict) -> tuple[dict, dict]:
@@ -126,31 +155,60 @@ def save_checkpoint(ckpt_dir: str | Path, step: int, modules: dict[str, torch.nn
     name to ``(the module it steps, the optimizer)``; ``extra`` (JSON-able: config, elapsed seconds, ...) goes
     into state.json. With FSDP-sharded modules every process must call this (the states are gathered) and only
     the one with ``write`` writes."""
-    states = {name: module_state(module) for name, module in modules.items()}
-    opt_states = {name: _optimizer_state(module, opt) for name, (module, opt) in optimizers.items()}
+    from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_optimizer_state_dict
+
     ckpt_dir = Path(ckpt_dir)
     final = ckpt_dir / f"step-{step:06d}"
+    tmp = final.with_name(final.name + ".tmp")
+    sharded = sorted(name for name, module in modules.items() if is_sharded(module))
+    sharded_opts = sorted(name for name, (module, _) in optimizers.items() if is_sharded(module))
+    if write:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+    if sharded or sharded_opts:
+        _barrier()  # the folder exists for every process
+    for name in sharded:
+        _dcp_save(get_model_state_dict(modules[name]), tmp / f"{name}{SHARDED}")
+    for name in sharded_opts:
+        _dcp_save(get_optimizer_state_dict(*optimizers[name]), tmp / f"optim-{name}{SHARDED}")
     if not write:
         return final
-    tmp = final.with_name(final.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    for name, state in states.items():
-        save_file({k: v.detach().contiguous().cpu() for k, v in state.items()}, tmp / f"{name}.safetensors")
+    for name, module in modules.items():
+        if name not in sharded:
+            save_file({k: v.detach().contiguous().cpu() for k, v in module.state_dict().items()},
+                      tmp / f"{name}.safetensors")
     opt_tensors, opt_meta = {}, {}
-    for name, opt_state in opt_states.items():
-        tensors, opt_meta[name] = _flatten_optimizer(name, opt_state)
-        opt_tensors.update(tensors)
+    for name, (module, opt) in optimizers.items():
+        if name not in sharded_opts:
+            tensors, opt_meta[name] = _flatten_optimizer(name, opt.state_dict())
+            opt_tensors.update(tensors)
     save_file(opt_tensors, tmp / "optim.safetensors")
     save_file(_rng_state(), tmp / "rng.safetensors")
     state = {"format": FORMAT, "version": VERSION, "step": step, "modules": sorted(modules),
-             "optimizers": opt_meta, **extra}
+             "optimizers": opt_meta, "sharded_optimizers": sharded_opts, **extra}
     (tmp / "state.json").write_text(json.dumps(state, indent=1) + "\n")
     shutil.rmtree(final, ignore_errors=True)  # only after a crash right after a rename of the same step
     os.replace(tmp, final)
     for old in checkpoint_dirs(ckpt_dir)[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
     return final
+
+
+def restore_module(module: torch.nn.Module, ckpt: Path, name: str) -> None:
+    """Module ``name`` of checkpoint folder ``ckpt`` into ``module`` (sharded or not), from whichever form the
+    checkpoint holds it in: ``<name>.dcp`` (written sharded) or ``<name>.safetensors``."""
+    folder = Path(ckpt) / f"{name}{SHARDED}"
+    if not folder.is_dir():
+        return load_module(module, Path(ckpt) / f"{name}.safetensors")
+    from torch.distributed.checkpoint.state_dict import get_model_state_dict, set_model_state_dict
+
+    state = get_model_state_dict(module)  # this process's shards (or the whole module), filled in place
+    try:
+        _dcp_load(state, folder)
+    except Exception as e:  # DCP names the missing keys or the shapes that differ
+        raise CheckpointError(f"{folder} does not match the model ({str(e)[:300]}); the run folder holds a "
+                              f"checkpoint of another model or config: use a new paths.run_dir") from None
+    set_model_state_dict(module, state)
 
 
 def load_module(module: torch.nn.Module, path: Path) -> None:
@@ -183,14 +241,22 @@ def load_checkpoint(path: str | Path, modules: dict[str, torch.nn.Module],
     if state.get("format") != FORMAT or state.get("version") != VERSION:
         raise CheckpointError(f"{path} is a {state.get('format')} v{state.get('version')} checkpoint, not "
                               f"{FORMAT} v{VERSION}; use a new paths.run_dir")
-    if sorted(modules) != state["modules"] or sorted(optimizers) != sorted(state["optimizers"]):
+    saved_optimizers = sorted([*state["optimizers"], *state.get("sharded_optimizers", [])])
+    if sorted(modules) != state["modules"] or sorted(optimizers) != saved_optimizers:
         raise CheckpointError(f"{path} holds modules {state['modules']} and optimizers {sorted(state['optimizers'])}"
                               f", the run has {sorted(modules)} and {sorted(optimizers)} (e.g. EMA switched on or "
                               f"off); use a new paths.run_dir or restore the old setting")
     for name, module in modules.items():
-        load_module(module, path / f"{name}.safetensors")
+        restore_module(module, path, name)
     opt_tensors = load_file(path / "optim.safetensors")
     for name, (module, opt) in optimizers.items():
+        if name in state.get("sharded_optimizers", []):
+            from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict, set_optimizer_state_dict
+
+            opt_state = get_optimizer_state_dict(module, opt)  # initialises the moments' shapes, filled in place
+            _dcp_load(opt_state, path / f"optim-{name}{SHARDED}")
+            set_optimizer_state_dict(module, opt, opt_state)
+            continue
         opt_state = _unflatten_optimizer(name, opt_tensors, state["optimizers"][name])
         if is_sharded(module):
             from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
@@ -211,15 +277,21 @@ def load_checkpoint(path: str | Path, modules: dict[str, torch.nn.Module],
 def verify(path: str | Path, names) -> None:
     """Check a checkpoint folder without loading it: state.json parses, and ``<name>.safetensors`` for each of
     ``names`` (modules, "optim", "rng") is there, with a header whose tensors end exactly at the end of the file
-    (a truncated file fails). Raises ``CheckpointError`` naming the file."""
+    (a truncated file fails), or, for a module written sharded, ``<name>.dcp/.metadata``, and likewise the sharded
+    optimizers' folders. Raises ``CheckpointError`` naming the file."""
     import struct
 
     path = Path(path)
     try:
-        json.loads((path / "state.json").read_text())
+        state = json.loads((path / "state.json").read_text())
     except (OSError, ValueError) as e:
         raise CheckpointError(f"{path / 'state.json'} is unreadable ({e})") from None
-    for name in names:
+    folders = [f"optim-{name}" for name in state.get("sharded_optimizers", [])] * ("optim" in names)
+    folders += [name for name in names if (path / f"{name}{SHARDED}").is_dir()]
+    for name in folders:
+        if not (path / f"{name}{SHARDED}" / ".metadata").is_file():
+            raise CheckpointError(f"{path / (name + SHARDED)} is damaged or missing (no .metadata)")
+    for name in (n for n in names if n not in folders):
         f = path / f"{name}.safetensors"
         try:
             with open(f, "rb") as fh:
