@@ -264,6 +264,33 @@ def test_regression_along_rollouts_starts_every_chain_from_the_teachers_noise():
         setup("ladd.loss.regression_on=everywhere")
 
 
+def test_distribution_matching_term_and_its_fake_score():
+    """ladd.loss.dm_weight: with the fake score equal to the teacher and no guidance, the real and fake scores
+    agree and the term is exactly 0; with the guided real score it pulls the student. The critic step trains the
+    fake score on the G step's outputs and nothing else."""
+    from ladd.methods.components.student import init_student
+    from ladd.methods.ladd import critic_step
+
+    cfg, teacher, student, disc, x0, cond = setup("ladd.loss.dm_weight=1")
+    fake_score = init_student(teacher)
+    g = torch.Generator().manual_seed(0)
+    with pytest.raises(ValueError, match="fake score"):
+        generator_step(student, teacher, disc, x0, cond, cfg.ladd, cfg.student, g)
+    out = generator_step(student, teacher, disc, x0, cond, cfg.ladd, cfg.student, g, fake_score=fake_score)
+    assert out.metrics["g_dm"] == 0
+    cfg.ladd.loss.distill_guidance = 3.0
+    uncond = TextEmbeddings(torch.randn(1, 5, 32), torch.randn(1, 32))
+    out = generator_step(student, teacher, disc, x0, cond, cfg.ladd, cfg.student, torch.Generator().manual_seed(0),
+                         uncond=uncond, fake_score=fake_score)
+    assert out.metrics["g_dm"] > 0
+    before_s, before_f = snapshot(student), snapshot(fake_score)
+    loss, metrics = critic_step(fake_score, cond, out.fake, cfg.ladd, torch.Generator().manual_seed(1))
+    loss.backward()
+    assert metrics["critic_flow"] > 0 and all(p.grad is None for p in student.parameters())
+    build_optimizer([fake_score], cfg.optim["critic"]).step()
+    assert changed(fake_score, before_f) and not changed(student, before_s)
+
+
 def test_misaligned_reals_on_a_fraction_of_the_batch():
     """ladd.loss.misaligned_fraction=0.5: the misaligned branch runs the teacher on the first half of the batch
     only (B + B/2 samples in the D step's forward instead of 2B)."""

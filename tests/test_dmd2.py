@@ -104,3 +104,19 @@ def test_dmd2_through_the_pipeline(tmp_path, monkeypatch):
     assert {p.name for p in (run / "checkpoints" / "step-000004").glob("*.safetensors")} >= \
         {"student.safetensors", "fake_score.safetensors", "heads.safetensors", "ema.safetensors"}
     assert (run / "export" / "diffusion_pytorch_model.safetensors").is_file()
+
+
+def test_ladd_with_a_distribution_matching_term_through_the_pipeline(tmp_path, monkeypatch):
+    """ladd.loss.dm_weight: LADD's run gains the fake score (module and optimizer 'critic'), trained every
+    iteration beside the heads, and checkpointed."""
+    from ladd.distill.run import distill
+    from ladd.models import text_encoder as te
+    from helpers import FakeEncoder
+
+    monkeypatch.setattr(te, "load_text_encoder", lambda name="minilm", max_length=32, **_: FakeEncoder(max_length))
+    make_assets(tmp_path)
+    distill("configs/tiny.yaml", tiny_overrides(tmp_path, "ladd.loss.dm_weight=1", "ladd.loss.distill_guidance=2"))
+    run = tmp_path / "run"
+    lines = [json.loads(s) for s in (run / "metrics.jsonl").read_text().splitlines()]
+    assert all(x["critic_flow"] > 0 and x["g_dm"] > 0 and "d_loss" in x for x in lines)
+    assert (run / "checkpoints" / "step-000004" / "fake_score.safetensors").is_file()

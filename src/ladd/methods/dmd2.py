@@ -26,13 +26,13 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from ladd import flow
 from ladd.config import fail, number
 from ladd.draws import Draws, as_draws
 from ladd.methods.base import Context, Method, PhaseOut, StudentConfig, Update, teacher_guidance
 from ladd.methods.components import gan_losses as losses
+from ladd.methods.components.distribution_matching import dm_loss, fake_score_loss
 from ladd.methods.components.heads import DiscriminatorConfig, build_discriminator
 from ladd.methods.components.student import (init_student, param_grads_off, student_forward, teacher_x0)
 from ladd.models.text_encoder import TextEmbeddings
@@ -105,9 +105,7 @@ def generator_step(student, teacher, fake_score, heads, x0: torch.Tensor, cond: 
     x_t = flow.add_noise(x0_g, draws.randn(x0_g), t)
     real = teacher_x0(teacher, x_t, t, cond, uncond, cfg.guidance or 1.0)
     fake = teacher_x0(fake_score, x_t, t, cond)
-    p_real = x0_g.detach() - real
-    grad = (p_real - (x0_g.detach() - fake)) / p_real.abs().mean(dim=(1, 2, 3), keepdim=True).clamp(min=1e-8)
-    dm = 0.5 * F.mse_loss(x0_g.float(), (x0_g - grad).detach().float())
+    dm = dm_loss(x0_g, real, fake)
     loss, metrics = dm, {"g_dm": dm.detach(), "t_s": t_s.float().mean()}
     if cfg.gan_weight_g > 0:
         with param_grads_off(fake_score), param_grads_off(heads):
@@ -127,8 +125,8 @@ def critic_step(student, fake_score, heads, x0: torch.Tensor, cond: TextEmbeddin
         x0_g = student_sample(student, x0, cond, cfg, student_cfg, step, draws)[0]
     t = _uniform_t(cfg, x0.shape[0], draws, x0_g)
     eps = draws.randn(x0_g)
-    x_t = flow.add_noise(x0_g, eps, t)
-    flow_loss = F.mse_loss(fake_score(x_t, t, cond).float(), flow.velocity(x0_g, eps).float())
+    x_t = flow.add_noise(x0_g, eps, t)  # also the GAN's fake input
+    flow_loss = fake_score_loss(fake_score, x0_g, eps, t, cond)
     loss, metrics = flow_loss, {"critic_flow": flow_loss.detach()}
     if cfg.gan_weight_d > 0:
         t_real = _uniform_t(cfg, x0.shape[0], draws, x0)

@@ -5,6 +5,7 @@ every micro-batch before the student's and the heads' optimizers step:
 
     generator       the student's loss through the frozen teacher's features (``generator_step``)
     discriminator   heads on re-noised real latents vs the generator phase's fakes (``discriminator_step``)
+    critic          only with ``ladd.loss.dm_weight``: the fake score's flow loss on the fakes (``critic_step``)
 
 Both steps are plain functions a test can call without the trainer; neither calls ``backward``.
 
@@ -34,9 +35,10 @@ from ladd.config import fail, number
 from ladd.draws import Draws, as_draws
 from ladd.methods.base import Context, Method, PhaseOut, StudentConfig, Update
 from ladd.methods.components import gan_losses as losses
+from ladd.methods.components.distribution_matching import dm_loss, fake_score_loss
 from ladd.methods.components.heads import DiscriminatorConfig, build_discriminator
 from ladd.methods.components.student import (check_frozen, init_student, param_grads_off, renoise,
-                                             shuffled_prompts, student_forward, teacher_x0_pair)
+                                             shuffled_prompts, student_forward, teacher_x0, teacher_x0_pair)
 from ladd.models.text_encoder import TextEmbeddings
 from ladd.models.wrap import is_sharded, unwrap
 from ladd.training.config import OptimizerConfig
@@ -67,6 +69,12 @@ class LossConfig:
     # starting from the teacher's own noise of that latent, so that later steps keep the first step's layout
     # (a chain from z should end at the teacher's sample of z).
     regression_on: str = "noise"
+    # DMD2's distribution-matching term (not in the paper; 0 = off): at the re-noised fake, the gradient
+    # (x0_fake - x0_real) / mean|x0_hat - x0_real| with the teacher guided at distill_guidance as the real score and
+    # a *fake score*, a trainable copy of the teacher (optimizer optim.critic), trained beside the heads with the
+    # flow loss on the student's outputs re-noised like the fakes. Costs one fake-score forward in the G step
+    # and one forward + backward in the D step (ladd.methods.components.distribution_matching).
+    dm_weight: float = 0.0
 
     def __post_init__(self):
         if self.kind not in ("hinge", "non_saturating"):
@@ -81,7 +89,7 @@ class LossConfig:
         if self.distill_target == "guidance" and self.distill_guidance == 1:
             fail("ladd.loss.distill_target", "'guidance' with ladd.loss.distill_guidance=1 has no gradient",
                  "set ladd.loss.distill_guidance above 1, e.g. 3")
-        for name in ("r1_weight", "misaligned_weight", "distill_weight", "regression_weight"):
+        for name in ("r1_weight", "misaligned_weight", "distill_weight", "regression_weight", "dm_weight"):
             value = number(f"ladd.loss.{name}", getattr(self, name))
             if value < 0:
                 fail(f"ladd.loss.{name}", f"got {value}", "use 0 (off) or a positive weight")
@@ -146,20 +154,23 @@ class GeneratorOut:
 def generator_step(student, teacher, disc, x0: torch.Tensor, cond: TextEmbeddings, cfg: LADDConfig,
                    student_cfg: StudentConfig, generator: torch.Generator | Draws | None = None,
                    step: int = 0, uncond: TextEmbeddings | None = None,
-                   noise: torch.Tensor | None = None) -> GeneratorOut:
+                   noise: torch.Tensor | None = None, fake_score=None) -> GeneratorOut:
     """The student's loss on data latents ``x0`` ``[B, C, h, w]`` with their prompts ``cond``.
 
     The teacher is frozen but not under ``no_grad``: the adversarial gradient flows through its features into
     ``x0_hat`` and the student. The heads' parameters get no gradient here (pass ``disc`` unwrapped from DDP,
     since it takes no part in this step's gradient sync). ``step`` selects the warm-up grid probabilities;
     ``uncond`` (the empty prompt's embedding) is needed by a guided distillation target, ``noise`` (each
-    latent's starting noise) by the regression term."""
+    latent's starting noise) by the regression term, ``fake_score`` (unwrapped; it gets no gradient here) by the
+    distribution-matching term."""
     check_frozen(teacher)
     disc = _heads_for_generator(disc)
     grid = flow.student_grid(student_cfg.steps, student_cfg.shift)
     probs = torch.tensor(student_cfg.probs_at(step))
     if cfg.loss.regression_weight > 0 and noise is None:
         raise ValueError("ladd.loss.regression_weight needs each latent's starting noise (paired data)")
+    if cfg.loss.dm_weight > 0 and fake_score is None:
+        raise ValueError("ladd.loss.dm_weight needs the fake score (the method's 'fake_score' module)")
     along = cfg.loss.regression_on == "rollout"
     x0_hat, t_s = student_forward(student, x0, cond, grid, probs, generator,
                                   noise if cfg.loss.regression_weight > 0 else None, cfg.backward_simulation, along)
@@ -169,11 +180,17 @@ def generator_step(student, teacher, disc, x0: torch.Tensor, cond: TextEmbedding
         logits = disc(feats, t_hat, cond.pooled)
     adv = losses.g_loss(cfg.loss.kind, logits)
     loss, metrics = adv, {"g_adv": adv.detach()}
+    if cfg.loss.distill_weight > 0 or cfg.loss.dm_weight > 0:
+        # one (batched) no-grad teacher forward for both terms
+        x0_cond, x0_cfg = teacher_x0_pair(teacher, fake, t_hat, cond, uncond, cfg.loss.distill_guidance)
+    if cfg.loss.dm_weight > 0:
+        dm = dm_loss(x0_hat, x0_cfg, teacher_x0(fake_score, fake, t_hat, cond))
+        loss = loss + cfg.loss.dm_weight * dm
+        metrics["g_dm"] = dm.detach()
     if cfg.loss.distill_weight > 0:
         # ADD-style term, unweighted MSE at the same t_hat (ADD weights it by a c(t); an ablation knob at most).
         # Costs one more no-grad teacher forward (two with guidance); off by default (docs/method.md: unnecessary
         # with synthetic data).
-        x0_cond, x0_cfg = teacher_x0_pair(teacher, fake, t_hat, cond, uncond, cfg.loss.distill_guidance)
         if cfg.loss.distill_target == "guidance":
             # target x0_hat + (x0_cfg - x0_cond): the MSE's gradient is only the guidance direction
             x0_cfg = x0_hat.detach() + (x0_cfg - x0_cond)
@@ -268,6 +285,17 @@ def discriminator_step(teacher, disc, x0: torch.Tensor, cond: TextEmbeddings, fa
     return loss, metrics
 
 
+def critic_step(fake_score, cond: TextEmbeddings, fake: FakeBatch, cfg: LADDConfig,
+                generator: torch.Generator | Draws | None = None):
+    """``(loss, metrics)`` of the fake score (``ladd.loss.dm_weight``): its flow loss on the G step's student
+    outputs (detached), re-noised like the heads' fakes (t ~ LogitNormal(noise_m, noise_s)), where the G step
+    queries it."""
+    draws = as_draws(generator)
+    t = draws.logit_normal(fake.x0_hat.shape[0], cfg.disc.noise_m, cfg.disc.noise_s, device=fake.x0_hat.device)
+    loss = fake_score_loss(fake_score, fake.x0_hat, draws.randn(fake.x0_hat), t.to(fake.x0_hat.dtype), cond)
+    return loss, {"critic_flow": loss.detach()}
+
+
 class LADD(Method):
     """The student (a copy of the teacher, or LoRA on it) and the heads, two optimizers, one update of two phases
     per iteration."""
@@ -278,11 +306,13 @@ class LADD(Method):
     @classmethod
     def optimizer_defaults(cls) -> dict:
         # the heads at 10x the student (two time-scale rule); docs/method.md, step 8: separate optimizers
-        return {"student": OptimizerConfig(lr=1.0e-5), "heads": OptimizerConfig(lr=1.0e-4)}
+        # critic: the fake score of ladd.loss.dm_weight (DMD2 trains it at the student's rate)
+        return {"student": OptimizerConfig(lr=1.0e-5), "heads": OptimizerConfig(lr=1.0e-4),
+                "critic": OptimizerConfig(lr=1.0e-5)}
 
     @classmethod
     def needs_uncond(cls, cfg: LADDConfig) -> bool:
-        return cfg.loss.distill_weight > 0 and cfg.loss.distill_guidance != 1.0
+        return (cfg.loss.distill_weight > 0 or cfg.loss.dm_weight > 0) and cfg.loss.distill_guidance != 1.0
 
     @classmethod
     def needs_pairs(cls, cfg: LADDConfig) -> bool:
@@ -300,29 +330,38 @@ class LADD(Method):
                 torch.manual_seed(self.seed)
                 heads = build_discriminator(self.teacher, self.cfg.disc).to(device)
             self._modules = {"student": student, "heads": heads}
+            if self.cfg.loss.dm_weight > 0:
+                self._modules["fake_score"] = init_student(self.teacher)  # a full copy: it follows the student
         return self._modules
 
     def optimizers(self) -> dict:
-        return {"student": ["student"], "heads": ["heads"]}
+        critic = {"critic": ["fake_score"]} if self.cfg.loss.dm_weight > 0 else {}
+        return {"student": ["student"], "heads": ["heads"], **critic}
 
     def attach(self, modules: dict, frozen: dict) -> None:
         self.student, self.heads, self.teacher = modules["student"], modules["heads"], frozen["teacher"]
+        self.fake_score = modules.get("fake_score")
         self.place_uncond(self.student)
 
     def updates(self, step: int) -> list[Update]:
-        if step % self.cfg.disc_every:  # ladd.disc_every: the heads rest this iteration
+        if step % self.cfg.disc_every:  # ladd.disc_every: the heads (and the fake score) rest this iteration
             return [Update(("generator",), ("student",))]
+        if self.fake_score is not None:
+            return [Update(("generator", "discriminator", "critic"), ("student", "heads", "critic"))]
         return [Update(("generator", "discriminator"), ("student", "heads"))]
 
     def loss(self, phase: str, batch, ctx: Context) -> PhaseOut:
         x0, cond, *paired = batch  # (x0, cond) or, from paired data, (x0, cond, noise)
         if phase == "generator":
+            fake_score = None if self.fake_score is None else unwrap(self.fake_score)  # no gradient sync here
             g = generator_step(self.student, self.teacher, self.heads, x0, cond, self.cfg, self.student_cfg,
-                               ctx.draws, ctx.step, self.uncond, paired[0] if paired else None)
+                               ctx.draws, ctx.step, self.uncond, paired[0] if paired else None, fake_score)
             ctx.store["fake"] = g.fake
             return PhaseOut(g.loss, g.metrics)
         if phase == "discriminator":
             loss, metrics = discriminator_step(self.teacher, self.heads, x0, cond, ctx.store["fake"], self.cfg,
                                                ctx.draws)
             return PhaseOut(loss, metrics)
+        if phase == "critic":
+            return PhaseOut(*critic_step(self.fake_score, cond, ctx.store["fake"], self.cfg, ctx.draws))
         return super().loss(phase, batch, ctx)
