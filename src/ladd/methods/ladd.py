@@ -353,7 +353,9 @@ class LADD(Method):
     def loss(self, phase: str, batch, ctx: Context) -> PhaseOut:
         x0, cond, *paired = batch  # (x0, cond) or, from paired data, (x0, cond, noise)
         if phase == "generator":
-            fake_score = None if self.fake_score is None else unwrap(self.fake_score)  # no gradient sync here
+            # no gradient sync in this no-grad use: DDP's wrapper is bypassed, FSDP's kept (it gathers the shards)
+            fake_score = self.fake_score if self.fake_score is None or is_sharded(self.fake_score) \
+                else unwrap(self.fake_score)
             g = generator_step(self.student, self.teacher, self.heads, x0, cond, self.cfg, self.student_cfg,
                                ctx.draws, ctx.step, self.uncond, paired[0] if paired else None, fake_score)
             ctx.store["fake"] = g.fake
