@@ -159,7 +159,8 @@ def test_yaml_1_1_words_stay_strings():
 
 def test_method_selects_its_section_and_optimizers():
     cfg = load_distill_config("configs/nano.yaml")
-    assert cfg.method == "ladd" and set(cfg.optim) == {"student", "heads"}
+    # critic: the fake score of the optional distribution-matching term (ladd.loss.dm_weight)
+    assert cfg.method == "ladd" and set(cfg.optim) == {"student", "heads", "critic"}
     assert cfg.optim["student"].lr == pytest.approx(5e-5) and cfg.optim["heads"].lr == pytest.approx(2e-4)
     assert cfg.optim["student"].schedule == "constant"  # fields a preset leaves out keep the method's defaults
     few = load_distill_config("configs/nano.yaml", ["method=few_step", "few_step.guidance=2"])

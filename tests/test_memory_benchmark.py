@@ -30,8 +30,10 @@ def test_sd3_medium_sizes_and_fsdp_sharding(tmp_path):
     (f,) = fsdp.values()
     assert abs(f["gpu_gb"]["student weights + grads + Adam (trainable, fp32)"] * 8
                - g["student weights + grads + Adam (trainable, fp32)"]) < 0.01
-    # today's start: the full fp32 teacher and student reach every GPU before sharding (issue: memory at scale)
-    assert f["gpu_start_peak_gb"] > f["gpu_steady_gb"]
+    # at start: without FSDP the fp32 teacher and student on the GPU; under FSDP the shards and one full block
+    # (the modules are built in host memory and FSDP moves one unit at a time)
+    assert r["gpu_start_peak_gb"] > 2 * 4 * r["params"]["teacher"] / 1e9
+    assert f["gpu_start_peak_gb"] < f["gpu_steady_gb"] and f["gpu_start_peak_gb"] < r["gpu_start_peak_gb"]
 
 
 def test_lora_student_trains_few_parameters(tmp_path):

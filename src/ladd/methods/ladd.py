@@ -346,7 +346,7 @@ class LADD(Method):
     def updates(self, step: int) -> list[Update]:
         if step % self.cfg.disc_every:  # ladd.disc_every: the heads (and the fake score) rest this iteration
             return [Update(("generator",), ("student",))]
-        if self.fake_score is not None:
+        if self.cfg.loss.dm_weight > 0:
             return [Update(("generator", "discriminator", "critic"), ("student", "heads", "critic"))]
         return [Update(("generator", "discriminator"), ("student", "heads"))]
 
