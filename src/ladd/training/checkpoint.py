@@ -153,8 +153,8 @@ def save_checkpoint(ckpt_dir: str | Path, step: int, modules: dict[str, torch.nn
                     keep: int = 2, write: bool = True) -> Path:
     """Write ``ckpt_dir/step-{step:06d}`` atomically; keep the newest ``keep`` checkpoints. ``optimizers`` map a
     name to ``(the module it steps, the optimizer)``; ``extra`` (JSON-able: config, elapsed seconds, ...) goes
-    into state.json. With FSDP-sharded modules every process must call this (the states are gathered) and only
-    the one with ``write`` writes."""
+    into state.json. With FSDP-sharded modules every process must call this: each writes its part of the sharded
+    modules and optimizers (DCP), and the one with ``write`` writes the rest and names the folder."""
     from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_optimizer_state_dict
 
     ckpt_dir = Path(ckpt_dir)
