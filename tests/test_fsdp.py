@@ -33,7 +33,8 @@ from torch.distributed.fsdp.wrap import transformer_auto_wrap_policy
 from diffusers.models.attention import JointTransformerBlock
 from helpers import setup
 from ladd.methods.ladd import discriminator_step, generator_step
-from ladd.training.checkpoint import load_checkpoint, module_state, save_checkpoint
+from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+from ladd.training.checkpoint import load_checkpoint, save_checkpoint
 
 dist.init_process_group("gloo")
 torch.set_num_threads(1)
@@ -92,7 +93,7 @@ fresh_opt = make(fresh)
 load_checkpoint(ckpt / "step-000001", {{"student": fresh}}, {{"g": (fresh, fresh_opt)}}, restore_rng=False)
 for m, o in ((plain, plain_opt), (fresh, fresh_opt)):
     train_step(m, o)
-full_fresh = module_state(fresh)
+full_fresh = get_model_state_dict(fresh, options=StateDictOptions(full_state_dict=True))  # gathered
 if dist.get_rank() == 0:
     for k, v in plain.state_dict().items():
         torch.testing.assert_close(full_fresh[k], v, atol=1e-6, rtol=1e-5)

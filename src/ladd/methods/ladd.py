@@ -40,7 +40,7 @@ from ladd.methods.components.heads import DiscriminatorConfig, build_discriminat
 from ladd.methods.components.student import (check_frozen, init_student, param_grads_off, renoise,
                                              shuffled_prompts, student_forward, teacher_x0, teacher_x0_pair)
 from ladd.models.text_encoder import TextEmbeddings
-from ladd.models.wrap import is_sharded, unwrap
+from ladd.models.wrap import is_sharded, unwrap, without_ddp
 from ladd.training.config import OptimizerConfig
 
 
@@ -161,8 +161,8 @@ def generator_step(student, teacher, disc, x0: torch.Tensor, cond: TextEmbedding
     ``x0_hat`` and the student. The heads' parameters get no gradient here (pass ``disc`` unwrapped from DDP,
     since it takes no part in this step's gradient sync). ``step`` selects the warm-up grid probabilities;
     ``uncond`` (the empty prompt's embedding) is needed by a guided distillation target, ``noise`` (each
-    latent's starting noise) by the regression term, ``fake_score`` (unwrapped; it gets no gradient here) by the
-    distribution-matching term."""
+    latent's starting noise) by the regression term, ``fake_score`` (without its DDP wrapper; it gets no gradient
+    here) by the distribution-matching term."""
     check_frozen(teacher)
     disc = _heads_for_generator(disc)
     grid = flow.student_grid(student_cfg.steps, student_cfg.shift)
@@ -297,8 +297,8 @@ def critic_step(fake_score, cond: TextEmbeddings, fake: FakeBatch, cfg: LADDConf
 
 
 class LADD(Method):
-    """The student (a copy of the teacher, or LoRA on it) and the heads, two optimizers, one update of two phases
-    per iteration."""
+    """The student (a copy of the teacher, or LoRA on it) and the heads (and, with ``ladd.loss.dm_weight``, the
+    fake score), an optimizer each, one update of their phases per iteration."""
     Config = LADDConfig
     progress = ("g_loss", "d_loss", "acc_real", "acc_fake")
 
@@ -341,6 +341,8 @@ class LADD(Method):
     def attach(self, modules: dict, frozen: dict) -> None:
         self.student, self.heads, self.teacher = modules["student"], modules["heads"], frozen["teacher"]
         self.fake_score = modules.get("fake_score")
+        # the G step's no-grad use takes no part in the gradient sync: DDP's wrapper off, FSDP's kept (it gathers)
+        self.fake_score_g = None if self.fake_score is None else without_ddp(self.fake_score)
         self.place_uncond(self.student)
 
     def updates(self, step: int) -> list[Update]:
@@ -353,11 +355,8 @@ class LADD(Method):
     def loss(self, phase: str, batch, ctx: Context) -> PhaseOut:
         x0, cond, *paired = batch  # (x0, cond) or, from paired data, (x0, cond, noise)
         if phase == "generator":
-            # no gradient sync in this no-grad use: DDP's wrapper is bypassed, FSDP's kept (it gathers the shards)
-            fake_score = self.fake_score if self.fake_score is None or is_sharded(self.fake_score) \
-                else unwrap(self.fake_score)
             g = generator_step(self.student, self.teacher, self.heads, x0, cond, self.cfg, self.student_cfg,
-                               ctx.draws, ctx.step, self.uncond, paired[0] if paired else None, fake_score)
+                               ctx.draws, ctx.step, self.uncond, paired[0] if paired else None, self.fake_score_g)
             ctx.store["fake"] = g.fake
             return PhaseOut(g.loss, g.metrics)
         if phase == "discriminator":

@@ -15,6 +15,12 @@ def unwrap(model):
         model = inner
 
 
+def without_ddp(module: torch.nn.Module) -> torch.nn.Module:
+    """``module`` without its DDP / compile wrappers, but an FSDP-sharded one as it is: its wrapper is what
+    gathers the shards (for a checkpoint, or a forward that takes no part in the gradient sync)."""
+    return module if is_sharded(module) else unwrap(module)
+
+
 def is_sharded(module: torch.nn.Module) -> bool:
     """Whether ``module`` holds FSDP-sharded parameters (its full state must then be gathered collectively)."""
     from torch.distributed import fsdp

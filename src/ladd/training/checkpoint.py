@@ -60,25 +60,6 @@ def latest_checkpoint(ckpt_dir: str | Path) -> Path | None:
     return dirs[-1] if dirs else None
 
 
-def _full_options(module: torch.nn.Module):
-    """Full state dicts; from GPUs gathered to the main process's CPU memory (torch's ``cpu_offload``, which
-    crashes on CPU-only processes; there every process gets the full state)."""
-    from torch.distributed.checkpoint.state_dict import StateDictOptions
-
-    on_cpu = all(p.device.type == "cpu" for p in module.parameters())
-    return StateDictOptions(full_state_dict=True, cpu_offload=not on_cpu)
-
-
-def module_state(module: torch.nn.Module) -> dict:
-    """``module.state_dict()``; for an FSDP-sharded module the gathered full state (collective: every process
-    calls it; the main process gets the tensors, on CPU)."""
-    if not is_sharded(module):
-        return module.state_dict()
-    from torch.distributed.checkpoint.state_dict import get_model_state_dict
-
-    return get_model_state_dict(module, options=_full_options(module))
-
-
 SHARDED = ".dcp"  # the suffix of a DCP folder in a checkpoint
 
 
@@ -286,8 +267,9 @@ def verify(path: str | Path, names) -> None:
         state = json.loads((path / "state.json").read_text())
     except (OSError, ValueError) as e:
         raise CheckpointError(f"{path / 'state.json'} is unreadable ({e})") from None
-    folders = [f"optim-{name}" for name in state.get("sharded_optimizers", [])] * ("optim" in names)
-    folders += [name for name in names if (path / f"{name}{SHARDED}").is_dir()]
+    folders = [name for name in names if (path / f"{name}{SHARDED}").is_dir()]
+    if "optim" in names:
+        folders += [f"optim-{name}" for name in state.get("sharded_optimizers", [])]
     for name in folders:
         if not (path / f"{name}{SHARDED}" / ".metadata").is_file():
             raise CheckpointError(f"{path / (name + SHARDED)} is damaged or missing (no .metadata)")

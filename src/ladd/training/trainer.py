@@ -32,7 +32,7 @@ from tqdm.auto import tqdm
 from ladd import config as C
 from ladd.data.shards import sample_seed
 from ladd.draws import Draws
-from ladd.models.wrap import is_sharded, unwrap
+from ladd.models.wrap import is_sharded, unwrap, without_ddp
 from ladd.runtime import deferred_interrupt, process_state
 from ladd.training.checkpoint import latest_checkpoint, load_latest_good, save_checkpoint
 from ladd.training.config import FSDP_EMA
@@ -71,19 +71,15 @@ class _Run:
     sharded: bool = field(default=False)
 
     def checkpoint_modules(self) -> dict:
-        mods = {name: _for_checkpoint(m) for name, m in self.modules.items()}
+        mods = {name: without_ddp(m) for name, m in self.modules.items()}
         return mods if self.ema is None else {**mods, "ema": self.ema}
 
     def checkpoint_optimizers(self) -> dict:
-        return {name: (_for_checkpoint(self.modules[self.owners[name][0]]), opt)
+        return {name: (without_ddp(self.modules[self.owners[name][0]]), opt)
                 for name, opt in self.optimizers.items()}
 
     def unwrapped(self) -> dict:
         return {name: unwrap(m) for name, m in self.modules.items()}
-
-
-def _for_checkpoint(module: torch.nn.Module) -> torch.nn.Module:
-    return module if is_sharded(module) else unwrap(module)
 
 
 Hook = tuple[int, Callable[[torch.nn.Module, int], object]]
