@@ -16,9 +16,10 @@ What is counted (bytes per parameter from the modules' exact sizes; the formulas
 - the transient peaks at start, which the steady state hides: without FSDP ``method.modules`` puts the fp32
   teacher on the GPU and copies the student there (the teacher is cast to bf16 afterwards); under FSDP both are
   built in host memory and FSDP moves one unit at a time to the GPU as it shards it (ladd.training.trainer.prepare),
-  so the GPU holds the shards plus one full unit; every process loads the whole teacher and builds the student in
-  host memory; resuming reads the student and optimizer on every process (under FSDP only its shards: the
-  checkpoints are sharded, ladd.training.checkpoint).
+  so the GPU holds the shards plus one full unit; host memory at load: under FSDP only the first process reads
+  the weights (``fsdp_cpu_ram_efficient_loading``, the others build the models empty and FSDP fills them from it),
+  without FSDP every process loads the whole teacher and builds the student; resuming reads the student and
+  optimizer on every process (under FSDP only its shards: the checkpoints are sharded, ladd.training.checkpoint).
 """
 
 from __future__ import annotations
@@ -86,17 +87,20 @@ def account(cfg, teacher, student, heads, gpus: int, fsdp: bool, micro_batch: in
         start = (p_teacher * teacher_bytes + (p_train + p_frozen) * 4) / shard + p_teacher / layers * 4
     else:  # method.modules: fp32 teacher + fp32 student copy on the GPU
         start = p_teacher * 4 + (p_train + p_frozen) * 4
-    host = {
-        "start: teacher loaded (fp32) + student built (fp32)": p_teacher * 4 + (p_train + p_frozen) * 4,
-        # a sharded checkpoint (FSDP) is read by each process for its own shards only
-        "resume: student + optimizer read": ((p_train + p_frozen) * 4 + p_train * 8) / shard,
+    load = p_teacher * 4 + (p_train + p_frozen) * 4
+    resume = ((p_train + p_frozen) * 4 + p_train * 8) / shard  # a sharded checkpoint: each process its shards
+    host = {  # (the first process, all processes of one machine)
+        # FSDP (configs/accelerate/fsdp.yaml: fsdp_cpu_ram_efficient_loading): only the first process reads the
+        # weights, the others build the models empty (ladd.runtime.loads_on_rank0_only); DDP: every process
+        "start: teacher loaded (fp32) + student built (fp32)": (load, load if fsdp else load * gpus),
+        "resume: student + optimizer read": (resume, resume * gpus),
     }
     return {"params": {"teacher": p_teacher, "student_trainable": p_train, "student_frozen": p_frozen,
                        "heads": p_heads},
             "gpus": gpus, "fsdp": fsdp, "micro_batch": micro_batch, "resolution": resolution, "tokens": tokens,
             "gpu_gb": {k: v / GB for k, v in gpu.items()}, "gpu_steady_gb": steady / GB,
             "gpu_start_peak_gb": (start + gpu["synthetic data on the GPU"]) / GB,
-            "host_gb": {k: v / GB for k, v in host.items()}}
+            "host_gb": {k: {"first_process": a / GB, "machine": b / GB} for k, (a, b) in host.items()}}
 
 
 def table(name: str, r: dict) -> str:
@@ -112,8 +116,8 @@ def table(name: str, r: dict) -> str:
               f", + data) | "
               f"{r['gpu_start_peak_gb']:.1f} |",
               f"| **peak per GPU** | **{max(r['gpu_steady_gb'], r['gpu_start_peak_gb']):.1f}** |",
-              "", f"| host memory | per process | {r['gpus']} processes on one machine |", "|---|---|---|"]
-    lines += [f"| {k} | {v:.1f} | {v * r['gpus']:.0f} |" for k, v in r["host_gb"].items()]
+              "", f"| host memory | first process | all {r['gpus']} processes of one machine |", "|---|---|---|"]
+    lines += [f"| {k} | {v['first_process']:.1f} | {v['machine']:.1f} |" for k, v in r["host_gb"].items()]
     return "\n".join(lines)
 
 

@@ -164,3 +164,34 @@ def test_under_fsdp_modules_reach_the_wrapper_in_host_memory():
     prepare(launch, cfg, build_method(cfg, build_nano_teacher(**TINY_TEACHER)))
     assert len(launch.handed) == 3  # student, heads (with their optimizers), the frozen teacher
     assert all(devices == {"cpu"} for devices in launch.handed), launch.handed
+
+
+def test_rank0_loading_reads_the_weights_on_the_first_process_only(tmp_path, monkeypatch):
+    """``fsdp_cpu_ram_efficient_loading``: every process but the first builds the teacher from its config alone,
+    on the meta device, reading no weight file, and hands student and teacher to FSDP still empty (FSDP fills them
+    from the first process, ``sync_module_states``): host memory holds one teacher, not one per GPU."""
+    from types import SimpleNamespace
+
+    from helpers import make_assets
+    from ladd.distill.config import load_distill_config
+    from ladd.distill.run import build_method
+    from ladd.models.teacher import load_teacher
+    from ladd.runtime import loads_on_rank0_only
+    from ladd.training.trainer import prepare
+
+    paths = make_assets(tmp_path)
+    (paths["teacher"] / "model.safetensors").write_bytes(b"not weights")  # reading it would fail
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
+    monkeypatch.setenv("FSDP_CPU_RAM_EFFICIENT_LOADING", "true")
+    first, other = SimpleNamespace(process_index=0), SimpleNamespace(process_index=3)
+    assert not loads_on_rank0_only(first) and loads_on_rank0_only(other)
+    with pytest.raises(Exception, match="model.safetensors"):
+        load_teacher(paths["teacher"], weights=not loads_on_rank0_only(first))
+    teacher = load_teacher(paths["teacher"], weights=not loads_on_rank0_only(other))
+    assert {p.device.type for p in teacher.parameters()} == {"meta"}
+    cfg = load_distill_config("configs/tiny.yaml", ["train.ema_decay=0"])
+    launch = _FSDPLaunch()
+    prepare(launch, cfg, build_method(cfg, teacher))
+    assert launch.handed == [{"meta"}, {"cpu"}, {"meta"}], launch.handed  # student, heads (seeded, small), teacher
+    monkeypatch.setenv("FSDP_CPU_RAM_EFFICIENT_LOADING", "false")
+    assert not loads_on_rank0_only(other)

@@ -40,6 +40,11 @@ def test_sd3_medium_sizes_and_fsdp_sharding(tmp_path):
     # (the modules are built in host memory and FSDP moves one unit at a time)
     assert r["gpu_start_peak_gb"] > 2 * 4 * r["params"]["teacher"] / 1e9
     assert f["gpu_start_peak_gb"] < f["gpu_steady_gb"] and f["gpu_start_peak_gb"] < r["gpu_start_peak_gb"]
+    # host memory at load: DDP (8 GPUs by default), every process loads the teacher and builds the student; FSDP
+    # (fsdp_cpu_ram_efficient_loading), the first process only
+    start = "start: teacher loaded (fp32) + student built (fp32)"
+    assert abs(r["host_gb"][start]["machine"] - 8 * r["host_gb"][start]["first_process"]) < 0.01
+    assert abs(f["host_gb"][start]["machine"] - f["host_gb"][start]["first_process"]) < 0.01
 
 
 def test_lora_student_trains_few_parameters(tmp_path):

@@ -203,7 +203,10 @@ def _run(cfg: DistillConfig, gen: dict, run_dir: Path, state, text_encoder, comm
     uncond = text_encoder.encode([""]) if wants_uncond else None
     if hasattr(text_encoder, "release"):  # SD3's text encoders (T5-XXL: ~10 GB) leave the GPU before training
         text_encoder.release()
-    method = build_method(cfg, load_teacher(cfg.paths.teacher), uncond)
+    from ladd.runtime import loads_on_rank0_only
+
+    # an FSDP launch with fsdp_cpu_ram_efficient_loading: the first process reads the weights, FSDP copies them out
+    method = build_method(cfg, load_teacher(cfg.paths.teacher, weights=not loads_on_rank0_only(state)), uncond)
     hooks = []
     if preview is not None:
         hooks.append((cfg.train.sample_every, lambda model, step: save_preview(

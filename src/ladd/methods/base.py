@@ -159,7 +159,8 @@ class Method:
         """Checks of the method's section against the teacher's config.json, before any weight loads."""
 
     def modules(self, device) -> dict[str, torch.nn.Module]:
-        """Build (once) and return the trainable modules on ``device``."""
+        """Build (once) and return the trainable modules on ``device`` (``None``: where the teacher is, for FSDP
+        to place)."""
         return {}
 
     def optimizers(self) -> dict[str, list[str]]:

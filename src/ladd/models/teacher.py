@@ -102,12 +102,20 @@ def build_nano_teacher(**overrides) -> SD3Adapter:
     return SD3Adapter(SD3Transformer2DModel.from_config({**NANO_TEACHER_CONFIG, **overrides}))
 
 
-def load_teacher(path: str | Path) -> SD3Adapter:
-    """An SD3-architecture transformer from a ladd asset folder or a diffusers transformer folder."""
+def load_teacher(path: str | Path, weights: bool = True) -> SD3Adapter:
+    """An SD3-architecture transformer from a ladd asset folder or a diffusers transformer folder. ``weights=False``
+    builds it from its config alone with parameters on the meta device (no weight file is read, no memory taken):
+    the other processes of an FSDP launch that loads on rank 0 only (ladd.runtime.loads_on_rank0_only)."""
     path = Path(path)
-    if (path / "diffusion_pytorch_model.safetensors").exists() or (path / "transformer").is_dir():
-        sub = "transformer" if (path / "transformer").is_dir() else None
+    diffusers_folder = (path / "diffusion_pytorch_model.safetensors").exists() or (path / "transformer").is_dir()
+    sub = "transformer" if (path / "transformer").is_dir() else None
+    if diffusers_folder and weights:
         return SD3Adapter(from_pretrained(SD3Transformer2DModel, path, "transformer", subfolder=sub))
-    config = read_config(path)
-    model = SD3Transformer2DModel.from_config({k: v for k, v in config.items() if not k.startswith("ladd_")})
-    return SD3Adapter(load_state(model, path).eval())
+    config = SD3Transformer2DModel.load_config(path, subfolder=sub) if diffusers_folder else read_config(path)
+    config = {k: v for k, v in config.items() if not k.startswith("ladd_") and not k.startswith("_")}
+    if not weights:
+        from accelerate import init_empty_weights
+
+        with init_empty_weights():  # parameters on meta; buffers (the position embedding) computed as usual
+            return SD3Adapter(SD3Transformer2DModel.from_config(config).eval())
+    return SD3Adapter(load_state(SD3Transformer2DModel.from_config(config), path).eval())

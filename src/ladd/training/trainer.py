@@ -166,10 +166,11 @@ def prepare(acc, cfg, method) -> _Run:
         for m in method.frozen().values():
             if hasattr(m, "enable_gradient_checkpointing"):  # the teacher; not a VAE or a feature network
                 m.enable_gradient_checkpointing()
-    # Under FSDP the modules are built in host memory and FSDP moves each unit to the GPU as it shards it, so no
-    # full-size teacher or student ever reaches a GPU (docs/real-models.md, "FSDP")
+    # Under FSDP the modules stay where they are built (host memory; meta on the processes that load no weights)
+    # and FSDP moves each unit to the GPU as it shards it, so no full-size teacher or student ever reaches a GPU
+    # (docs/real-models.md, "FSDP")
     fsdp = acc.distributed_type == DistributedType.FSDP
-    modules = method.modules(torch.device("cpu") if fsdp else acc.device)
+    modules = method.modules(None if fsdp else acc.device)
     owners = method.optimizers()
     optimizers = {name: build_optimizer([modules[m] for m in mods], cfg.optim[name]) for name, mods in owners.items()}
     schedules = {name: build_schedule(opt, cfg.optim[name], cfg.train.steps) for name, opt in optimizers.items()}
