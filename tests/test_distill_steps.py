@@ -85,6 +85,7 @@ def test_discriminator_learns_to_separate_real_from_fake():
 @pytest.mark.parametrize("overrides", [
     ("ladd.loss.r1_weight=1e-2", "ladd.loss.misaligned_weight=0.5", "ladd.loss.kind=non_saturating"),
     ("ladd.loss.distill_weight=1.0", "ladd.disc.shared_t=true", "ladd.disc.norm=spectral", "ladd.disc.blocks=[1]"),
+    ("ladd.disc.global_logit=true",),
 ])
 def test_optional_terms(overrides):
     cfg, teacher, student, disc, x0, cond = setup(*overrides)
@@ -144,6 +145,24 @@ def test_discriminator_shapes_on_non_square_latents():
     heads = Discriminator([16, 24], pooled_dim=32, blocks=[0, 3], width=16, t_embed_dim=16)
     out = heads([torch.randn(2, 16, 3, 5), torch.randn(2, 24, 3, 5)], torch.rand(2), torch.randn(2, 32))
     assert [tuple(o.shape) for o in out] == [(2, 1, 3, 5)] * 2
+
+
+def test_global_logit_sees_the_whole_grid():
+    """Without the global term a head's logit at one patch is blind to a patch far away (its convolutions see ~5x5
+    patches; spectral norm here: GroupNorm would pass the grid's mean and variance); with it, a change anywhere
+    moves every patch's logit, and the term trains with the rest."""
+    torch.manual_seed(0)
+    feat = torch.randn(2, 16, 8, 8)
+    far = feat.clone()
+    far[:, :, 0, 0] += 3.0  # a change in one corner
+    for global_logit, moves in ((False, False), (True, True)):
+        heads = Discriminator([16], pooled_dim=32, blocks=[0], width=16, norm="spectral", t_embed_dim=16,
+                              global_logit=global_logit).eval()  # eval: spectral norm's power step rests
+        t, pooled = torch.rand(2), torch.randn(2, 32)
+        a, b = heads([feat], t, pooled)[0], heads([far], t, pooled)[0]
+        assert (not torch.allclose(a[..., 7, 7], b[..., 7, 7])) == moves  # the opposite corner
+    b.mean().backward()
+    assert heads.heads[0].pool_out.weight.grad.abs().sum() > 0
 
 
 def test_unknown_block_and_unfrozen_teacher_are_errors():

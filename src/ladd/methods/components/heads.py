@@ -43,6 +43,10 @@ class DiscriminatorConfig:
     noise_m: float = 1.0       # t_hat ~ LogitNormal(m, s) (docs/method.md: m = 1, s = 1; median t_hat 0.73)
     noise_s: float = 1.0
     shared_t: bool = False     # real and fake share t_hat (docs/method.md unconfirmed; default: independent draws)
+    # A global term in each head's logit (pooled over the patch grid, conditioned like the map): the map's 3x3
+    # convolutions see ~5x5 patches (GroupNorm adds only the grid's mean and variance), too little to count objects
+    # or to notice a second one far away.
+    global_logit: bool = False
 
     def __post_init__(self):
         self._check_blocks()
@@ -131,18 +135,28 @@ class _Residual(nn.Module):
 class DiscriminatorHead(nn.Module):
     """One head on one block's features: ``[B, C, h, w]`` and condition ``[B, W]`` -> logit map ``[B, 1, h, w]``."""
 
-    def __init__(self, in_channels: int, width: int = 64, depth: int = 2, norm: str = "group"):
+    def __init__(self, in_channels: int, width: int = 64, depth: int = 2, norm: str = "group",
+                 global_logit: bool = False):
         super().__init__()
         self.main = nn.Sequential(_ConvBlock(in_channels, width, 1, norm),
                                   *[_Residual(_ConvBlock(width, width, 3, norm)) for _ in range(depth)])
         self.out = _conv(width, 1, 1, norm)
         self.cond = nn.Linear(width, width)  # e_k: the shared condition code -> this head's projection vector
         self.width = width
+        # the global term: mean over the grid -> linear + LeakyReLU -> a scalar and its own projection on c
+        self.pool = nn.Sequential(nn.Linear(width, width), nn.LeakyReLU(0.2)) if global_logit else None
+        self.pool_out = nn.Linear(width, 1) if global_logit else None
+        self.pool_cond = nn.Linear(width, width) if global_logit else None
 
     def forward(self, feat: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
         h = self.main(feat)                                             # [B, W, h, w]
         proj = self.cond(c).to(h.dtype)[:, :, None, None]               # [B, W, 1, 1]
-        return self.out(h) + (h * proj).sum(1, keepdim=True) / math.sqrt(self.width)  # [B, 1, h, w]
+        logits = self.out(h) + (h * proj).sum(1, keepdim=True) / math.sqrt(self.width)  # [B, 1, h, w]
+        if self.pool is None:
+            return logits
+        g = self.pool(h.mean((2, 3)))                                   # [B, W]
+        whole = self.pool_out(g) + (g * self.pool_cond(c).to(g.dtype)).sum(1, keepdim=True) / math.sqrt(self.width)
+        return logits + whole[:, :, None, None]                         # the same global logit at every patch
 
 
 class Discriminator(nn.Module):
@@ -153,14 +167,14 @@ class Discriminator(nn.Module):
     """
 
     def __init__(self, channels: list[int], pooled_dim: int, blocks: list[int], width: int = 64, depth: int = 2,
-                 norm: str = "group", t_embed_dim: int = 128):
+                 norm: str = "group", t_embed_dim: int = 128, global_logit: bool = False):
         super().__init__()
         if len(channels) != len(blocks):
             raise ValueError(f"{len(channels)} channel counts for {len(blocks)} blocks")
         self.blocks = list(blocks)  # the teacher blocks these heads read, in order
         self.t_embed_dim = t_embed_dim
         self.cond_mlp = nn.Sequential(nn.Linear(t_embed_dim + pooled_dim, width), nn.SiLU(), nn.Linear(width, width))
-        self.heads = nn.ModuleList(DiscriminatorHead(c, width, depth, norm) for c in channels)
+        self.heads = nn.ModuleList(DiscriminatorHead(c, width, depth, norm, global_logit) for c in channels)
 
     def condition(self, t_hat: torch.Tensor, pooled: torch.Tensor) -> torch.Tensor:
         """The shared condition code ``[B, W]`` from ``t_hat`` ``[B]`` and ``pooled`` ``[B, P]``."""
@@ -190,5 +204,5 @@ def build_discriminator(teacher, cfg: DiscriminatorConfig) -> Discriminator:
     """Heads for ``teacher`` per ``cfg``; raises ConfigError for block indices the teacher does not have."""
     blocks = cfg.resolve_blocks(teacher.num_blocks)
     return Discriminator([feature_channels(teacher)] * len(blocks), teacher.config.pooled_projection_dim, blocks,
-                         cfg.head_width, cfg.head_depth, cfg.norm, cfg.t_embed_dim)
+                         cfg.head_width, cfg.head_depth, cfg.norm, cfg.t_embed_dim, cfg.global_logit)
 
