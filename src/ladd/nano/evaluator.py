@@ -47,22 +47,30 @@ class Evaluator(nn.Module):
 
     @staticmethod
     def resize(images: torch.Tensor, side: int) -> torch.Tensor:
-        """Images in [-1, 1] ``[B, 3, H, W]`` of any size -> ``[B, 3, side, side]``."""
-        if images.shape[-2:] != (side, side):
-            images = F.interpolate(images, size=(side, side), mode="bilinear", antialias=True, align_corners=False)
+        """Images in [-1, 1] ``[B, 3, H, W]`` of any size, resized so that the shorter side is ``side`` (aspect
+        kept: ShapeWorld sizes objects by the shorter cell side, so a non-square scene reads at the square's scale)."""
+        h, w = images.shape[-2:]
+        size = (round(h * side / min(h, w)), round(w * side / min(h, w)))
+        if (h, w) != size:
+            images = F.interpolate(images, size=size, mode="bilinear", antialias=True, align_corners=False)
         return images
 
     def cells(self, images: torch.Tensor) -> torch.Tensor:
-        """``[B, 3, side, side]`` -> cell crops ``[B * 9, 3, c + 2m, c + 2m]`` in CELLS order."""
+        """``[B, 3, H, W]`` (shorter side ``side``) -> cell crops ``[B * 9, 3, c + 2m, c + 2m]`` in CELLS order:
+        squares of the shorter cell side ``c`` plus a margin ``m``, centred on the 3x3 grid's cells."""
+        h, w = images.shape[-2:]
         c, m = self.side // 3, self.margin
+        k = c + 2 * m
         padded = F.pad(images, (m, m, m, m), mode="replicate")
-        crops = padded.unfold(2, c + 2 * m, c).unfold(3, c + 2 * m, c)  # [B, 3, 3, 3, k, k]
-        return crops.permute(0, 2, 3, 1, 4, 5).reshape(-1, 3, c + 2 * m, c + 2 * m)
+        tops = [round((r + 0.5) * h / 3 - c / 2) for r in range(3)]  # in the padded image: centre - k/2 + m
+        lefts = [round((q + 0.5) * w / 3 - c / 2) for q in range(3)]
+        crops = [padded[:, :, y:y + k, x:x + k] for y in tops for x in lefts]  # CELLS order: row-major
+        return torch.stack(crops, 1).reshape(-1, 3, k, k)
 
     def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         b = images.shape[0]
         emb = self.reader(self.cells(self.resize(images, self.side)))  # [B*9, embed]
-        tex = self.texture(self.resize(images, TEXTURE_SIDE))  # [B, texture_embed]
+        tex = self.texture(self.resize(images, TEXTURE_SIDE))  # [B, texture_embed] (pooled: any aspect)
         return {
             "shape": self.shape_head(emb).view(b, 9, -1),
             "color": self.color_head(emb).view(b, 9, -1),
