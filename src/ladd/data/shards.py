@@ -63,6 +63,42 @@ def shard_range(k: int, shard_size: int, num_samples: int) -> range:
     return range(k * shard_size, min((k + 1) * shard_size, num_samples))
 
 
+def shard_generation(gen: dict, k: int) -> dict:
+    """``gen`` with the image size and latent shape of shard ``k``: with aspect buckets (``gen["buckets"]``,
+    ``[[height, width], ...]``) shard ``k`` holds bucket ``k % len(buckets)``, every sample of a shard one size."""
+    buckets = gen.get("buckets")
+    if not buckets:
+        return gen
+    h, w = buckets[k % len(buckets)]
+    c, lh, lw = gen["latent_shape"]
+    down = gen["height"] // lh
+    return {**gen, "height": h, "width": w, "latent_shape": [c, h // down, w // down]}
+
+
+def bucket_members(gen: dict) -> list[torch.Tensor]:
+    """Per aspect bucket, the global indices of its samples (one bucket, all samples, without buckets)."""
+    n, size = gen["num_samples"], gen["shard_size"]
+    count = len(gen.get("buckets") or [None])
+    members = [[] for _ in range(count)]
+    for k in range(-(-n // size)):
+        members[k % count].extend(shard_range(k, size, n))
+    return [torch.tensor(m, dtype=torch.long) for m in members]
+
+
+def draw_batch(members: list[torch.Tensor], size: int, seed: int, step: int, micro: int, rank: int, world: int,
+               device) -> tuple[int, torch.Tensor]:
+    """``(bucket, rows [size])``: rank's slice of the ``size * world`` samples of the global micro-batch, as rows of
+    one aspect bucket (its global indices: ``members[bucket][rows]``), drawn from a generator seeded by ``(seed,
+    step, micro)`` only, so a resumed run or another process count sees the same data. The bucket is drawn by its
+    share of the samples: one latent size per batch."""
+    g = torch.Generator(device).manual_seed(sample_seed(seed, 0, step, micro, 0xDA7A))
+    b = 0
+    if len(members) > 1:  # one bucket: the same numbers as before buckets existed
+        b = int(torch.multinomial(torch.tensor([float(len(m)) for m in members], device=device), 1, generator=g))
+    rows = torch.randint(len(members[b]), (size * world,), generator=g, device=device)
+    return b, rows[rank * size:(rank + 1) * size]
+
+
 def owned_shards(num_shards: int, rank: int = 0, world_size: int = 1) -> list[int]:
     """Shard ``k`` belongs to process ``k % world_size``: processes never write the same file."""
     return [k for k in range(num_shards) if k % world_size == rank]
@@ -204,14 +240,34 @@ class ShardDataset:
     W processes the same data as on one, and processes see different samples.
     """
 
-    def __init__(self, latents: torch.Tensor, text: TextEmbeddings, records: list[dict], generation: dict,
-                 noise: torch.Tensor | None = None, text_index: torch.Tensor | None = None):
-        self.latents = latents      # [N, C, h, w] float32
+    def __init__(self, latents: list[torch.Tensor], text: TextEmbeddings, records: list[dict], generation: dict,
+                 noise: list[torch.Tensor] | None = None, text_index: torch.Tensor | None = None):
+        # per aspect bucket (one without buckets): latents [N_b, C, h_b, w_b] float32 of the samples
+        # bucket_members(generation)[b], in that order
+        self.bucket_latents = latents
+        self.members = bucket_members(generation)
         self.text = text            # tokens [U, L, D], pooled [U, P]: once per distinct prompt (float16)
-        self.text_index = torch.arange(len(latents)) if text_index is None else text_index  # [N] sample -> row
+        n = sum(len(m) for m in self.members)
+        self.text_index = torch.arange(n) if text_index is None else text_index  # [N] sample -> text row
         self.records = records
         self.generation = generation
-        self.noise = noise          # [N, C, h, w] the teacher's starting noise per sample (``paired``), or None
+        self.bucket_noise = noise   # per bucket: the teacher's starting noise per sample (``paired``), or None
+
+    @property
+    def latents(self) -> torch.Tensor:
+        """All latents ``[N, C, h, w]`` (data of one size; with aspect buckets see ``bucket_latents``)."""
+        return self._one(self.bucket_latents)
+
+    @property
+    def noise(self) -> torch.Tensor | None:
+        """Each sample's starting noise ``[N, C, h, w]`` (``paired`` data of one size), or None."""
+        return None if self.bucket_noise is None else self._one(self.bucket_noise)
+
+    def _one(self, parts: list[torch.Tensor]) -> torch.Tensor:
+        if len(parts) > 1:
+            raise ValueError(f"the data hold {len(parts)} aspect buckets of different sizes; use bucket_latents / "
+                             "bucket_noise, per bucket")
+        return parts[0]
 
     def text_of(self, idx) -> TextEmbeddings:
         """The text states of samples ``idx`` (float16, as stored)."""
@@ -222,7 +278,7 @@ class ShardDataset:
     def paired(self) -> bool:
         """Whether each latent is the teacher's deterministic (Euler ODE) sample from a known noise: the
         regression pairs of ``ladd.loss.regression_weight``."""
-        return self.noise is not None
+        return self.bucket_noise is not None
 
     @staticmethod
     def pairs_known(generation: dict) -> bool:
@@ -231,11 +287,12 @@ class ShardDataset:
         return generation.get("source") == "synthetic" and generation.get("sampler") == "euler"
 
     def __len__(self) -> int:
-        return self.latents.shape[0]
+        return len(self.records)
 
     @property
     def latent_shape(self) -> tuple[int, ...]:
-        return tuple(self.latents.shape[1:])
+        """The latent shape at ``data.height x data.width`` (previews and validation sample it)."""
+        return tuple(self.generation["latent_shape"])
 
     @classmethod
     def load(cls, data_dir: str | Path, pairs: bool = False) -> "ShardDataset":
@@ -258,32 +315,34 @@ class ShardDataset:
         keep = torch.tensor(first)
         text = TextEmbeddings(torch.cat([p["tokens"] for p in parts])[keep],
                               torch.cat([p["pooled"] for p in parts])[keep])
-        latents = torch.cat([p["latents"] for p in parts]).float()
+        count = len(gen.get("buckets") or [None])  # shard k holds bucket k % count
+        latents = [torch.cat([p["latents"] for p in parts[b::count]]).float() for b in range(count)]
         noise = None
         if pairs:
             check_pairs(data_dir, gen)
-            noise = teacher_noise(records, gen["latent_shape"])
+            noise = [teacher_noise([records[i] for i in m.tolist()], shard_generation(gen, b)["latent_shape"])
+                     for b, m in enumerate(bucket_members(gen))]
         return cls(latents, text, records, gen, noise, torch.tensor(index))
 
     def to(self, device) -> "ShardDataset":
         """The data on ``device`` (the training loop keeps it on the accelerator: no copy per batch)."""
-        noise = None if self.noise is None else self.noise.to(device)
-        return ShardDataset(self.latents.to(device), self.text.to(device), self.records, self.generation, noise,
-                            self.text_index.to(device))
+        noise = None if self.bucket_noise is None else [n.to(device) for n in self.bucket_noise]
+        out = ShardDataset([x.to(device) for x in self.bucket_latents], self.text.to(device), self.records,
+                           self.generation, noise, self.text_index.to(device))
+        out.members = [m.to(device) for m in self.members]
+        return out
 
     def indices(self, size: int, seed: int, step: int, micro: int = 0, rank: int = 0, world: int = 1) -> torch.Tensor:
-        """``size`` sample indices ``[size]`` on the data's device (drawn there: no host-device copy): rank's
-        slice of the ``size * world`` indices of the global micro-batch, so the global batch does not depend on
-        the number of processes."""
-        device = self.latents.device
-        g = torch.Generator(device).manual_seed(sample_seed(seed, 0, step, micro, 0xDA7A))
-        return torch.randint(len(self), (size * world,), generator=g, device=device)[rank * size:(rank + 1) * size]
+        """``size`` sample indices ``[size]`` on the data's device (drawn there: no host-device copy), all of one
+        aspect bucket (``draw_batch``)."""
+        b, rows = draw_batch(self.members, size, seed, step, micro, rank, world, self.bucket_latents[0].device)
+        return self.members[b][rows]
 
     def batch(self, size: int, seed: int, step: int, micro: int = 0, rank: int = 0, world: int = 1):
         """``(latents [size, C, h, w], TextEmbeddings)`` in float32 on the data's device, and the latents'
         starting noise ``[size, C, h, w]`` as a third item when the data are ``paired``."""
-        idx = self.indices(size, seed, step, micro, rank, world)
-        text = self.text_of(idx).to(torch.float32)
-        if self.noise is not None:
-            return self.latents[idx], text, self.noise[idx]
-        return self.latents[idx], text
+        b, rows = draw_batch(self.members, size, seed, step, micro, rank, world, self.bucket_latents[0].device)
+        text = self.text_of(self.members[b][rows]).to(torch.float32)
+        if self.bucket_noise is not None:
+            return self.bucket_latents[b][rows], text, self.bucket_noise[b][rows]
+        return self.bucket_latents[b][rows], text

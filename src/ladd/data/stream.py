@@ -66,6 +66,7 @@ class StreamingShards:
         self.data_dir, self.generation, self.seeds = Path(data_dir), generation, seeds
         self.device = torch.device(device)
         self.shard_size, self.num_samples = generation["shard_size"], generation["num_samples"]
+        self.members = shards.bucket_members(generation)  # per aspect bucket, its samples
         self._open: dict[int, _Shard] = {}
 
     @classmethod
@@ -86,6 +87,7 @@ class StreamingShards:
 
     @property
     def latent_shape(self) -> tuple[int, ...]:
+        """The latent shape at ``data.height x data.width`` (previews and validation sample it)."""
         return tuple(self.generation["latent_shape"])
 
     @property
@@ -97,8 +99,9 @@ class StreamingShards:
         return StreamingShards(self.data_dir, self.generation, self.seeds, device)
 
     def indices(self, size: int, seed: int, step: int, micro: int = 0, rank: int = 0, world: int = 1):
-        g = torch.Generator().manual_seed(shards.sample_seed(seed, 0, step, micro, 0xDA7A))
-        return torch.randint(len(self), (size * world,), generator=g)[rank * size:(rank + 1) * size]
+        """The same samples as ``ShardDataset.indices`` (``shards.draw_batch``), all of one aspect bucket."""
+        b, rows = shards.draw_batch(self.members, size, seed, step, micro, rank, world, torch.device("cpu"))
+        return self.members[b][rows]
 
     def _shard(self, k: int) -> _Shard:
         if k not in self._open:
@@ -130,7 +133,8 @@ class StreamingShards:
         text = TextEmbeddings(rows["tokens"].float(), rows["pooled"].float()).to(self.device)
         if self.seeds is None:
             return latents, text
-        noise = shards.teacher_noise([{"seed": int(s)} for s in self.seeds[idx.numpy()]], self.latent_shape)
+        shape = shards.shard_generation(self.generation, int(idx[0]) // self.shard_size)["latent_shape"]  # its bucket's
+        noise = shards.teacher_noise([{"seed": int(s)} for s in self.seeds[idx.numpy()]], shape)
         return latents, text, noise.to(self.device)
 
     def close(self) -> None:

@@ -71,6 +71,8 @@ def generation_settings(cfg) -> dict:
            "height": d.height, "width": d.width,
            "latent_shape": [teacher_cfg["in_channels"], d.height // down, d.width // down],
            "text_encoder": teacher_text_encoder(cfg.paths.teacher)}
+    if d.buckets:  # recorded only when set, so that data made before buckets existed is reused
+        gen["buckets"] = [list(b) for b in d.buckets]
     if d.prompts is None:  # ShapeWorld scenes and their captions, which change with these versions
         gen["captions"] = world().data_version()
     if d.source == "real":
@@ -112,7 +114,8 @@ def sample_record(seed: int, index: int, prompts: list[str] | None = None) -> di
 @torch.no_grad()
 def teacher_latents(teacher, records: list[dict], cond: TextEmbeddings, uncond: TextEmbeddings, gen: dict,
                     batch_size: int, device) -> torch.Tensor:
-    """Teacher samples ``[n, C, h, w]`` for ``records`` with CFG (``gen``: guidance, steps, sampler, shift)."""
+    """Teacher samples ``[n, C, h, w]`` for ``records`` with CFG (``gen``, the shard's generation settings:
+    guidance, steps, sampler, shift, latent shape)."""
     from ladd.sampling import get_sampler
 
     sample = get_sampler(gen["sampler"])
@@ -122,7 +125,7 @@ def teacher_latents(teacher, records: list[dict], cond: TextEmbeddings, uncond: 
         gens = [torch.Generator().manual_seed(r["seed"]) for r in records[s:s + batch_size]]
         # the first draw of each sample's generator (ladd.data.shards.teacher_noise repeats it); the sampler
         # goes on drawing from the same generators
-        noise = torch.stack([torch.randn(gen["latent_shape"], generator=g) for g in gens]).to(device)
+        noise = torch.stack([torch.randn(gen["latent_shape"], generator=g) for g in gens]).to(device)  # the shard's
         c = cond[s:s + batch_size].to(device)
         u = TextEmbeddings(uncond.tokens.expand(len(gens), -1, -1), uncond.pooled.expand(len(gens), -1)).to(device)
         out.append(sample(teacher, noise, times, c, u, gen["guidance"], gens).float().cpu())
@@ -153,16 +156,16 @@ def load_models(cfg, gen: dict, text_encoder=None, device="cpu"):
         from ladd.models.vae import load_vae
 
         vae = load_vae(cfg.paths.vae).to(device)
-        return lambda records, cond, uncond: real_latents(vae, records, gen, bs, device), text_encoder
+        return lambda records, cond, uncond, shard_gen: real_latents(vae, records, shard_gen, bs, device), text_encoder
     from ladd.models.teacher import load_teacher
 
     teacher = load_teacher(cfg.paths.teacher).eval().requires_grad_(False).to(device)
     if gen.get("precision") == "bf16":  # bf16 weights, matmuls under autocast; the Euler updates stay in fp32
         teacher = teacher.to(torch.bfloat16)
 
-    def make(records, cond, uncond):
+    def make(records, cond, uncond, shard_gen):
         with torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=gen.get("precision") == "bf16"):
-            return teacher_latents(teacher, records, cond, uncond, gen, bs, device)
+            return teacher_latents(teacher, records, cond, uncond, shard_gen, bs, device)
     return make, text_encoder
 
 
@@ -177,10 +180,11 @@ def write_shards(data_dir: Path, gen: dict, todo: list[int], make_latents, text_
     for k in todo:
         records = [sample_record(gen["seed"], i, prompts) for i in shards.shard_range(k, size, n)]
         cond = text_encoder.encode([r["prompt"] for r in records])
-        latents = make_latents(records, cond, uncond)
-        if list(latents.shape[1:]) != gen["latent_shape"]:
-            raise ValueError(f"latents {tuple(latents.shape[1:])} but the config expects {gen['latent_shape']}: "
-                             f"the teacher's in_channels and the VAE disagree")
+        shard_gen = shards.shard_generation(gen, k)  # its aspect bucket's size
+        latents = make_latents(records, cond, uncond, shard_gen)
+        if list(latents.shape[1:]) != shard_gen["latent_shape"]:
+            raise ValueError(f"latents {tuple(latents.shape[1:])} but the config expects {shard_gen['latent_shape']}:"
+                             f" the teacher's in_channels and the VAE disagree")
         shards.write_shard(shards.shard_path(data_dir, k), {"latents": latents, "tokens": cond.tokens.half(),
                                                            "pooled": cond.pooled.half()}, records, gen)
         log.info("wrote %s (%d samples)", shards.shard_path(data_dir, k), len(records))

@@ -46,8 +46,11 @@ class DataConfig:
     steps: int | None = None         # teacher sampling steps (None: recommended)
     sampler: str | None = None       # "euler" or "renoise" (None: recommended)
     batch_size: int = 128            # teacher batch while sampling (CFG doubles it)
-    height: int = 64
+    height: int = 64                 # the size previews and validation sample
     width: int = 64
+    # aspect buckets, [[height, width], ...] (e.g. [[64, 64], [64, 96], [96, 64]]): shard k holds bucket
+    # k % len(buckets), each training batch one bucket (by its share of the samples); null: data.height x width only
+    buckets: list | None = None
     prompts: str | None = None       # prompt file (.txt, one per line, or .jsonl) replacing the ShapeWorld captions
     precision: str = "fp32"          # the teacher while sampling: "fp32", or "bf16" (bf16 weights + autocast: GPUs)
     # training reads each batch from the shard files (ladd.data.stream) instead of holding the whole set in host
@@ -78,6 +81,24 @@ class DataConfig:
             fail("data.sampler", f"got {self.sampler!r}", f"use one of {SAMPLERS} or null for the default")
         _check_size("data.height", self.height)
         _check_size("data.width", self.width)
+        if self.buckets is not None:
+            self._check_buckets()
+
+    def _check_buckets(self) -> None:
+        how = "give [[height, width], ...], e.g. [[64, 64], [64, 96], [96, 64]], or null"
+        if not isinstance(self.buckets, (list, tuple)) or not self.buckets or not all(
+                isinstance(b, (list, tuple)) and len(b) == 2 and all(isinstance(v, int) for v in b)
+                for b in self.buckets):
+            fail("data.buckets", f"got {self.buckets!r}", how)
+        for h, w in self.buckets:
+            _check_size("data.buckets height", h)
+            _check_size("data.buckets width", w)
+        if len({tuple(b) for b in self.buckets}) != len(self.buckets):
+            fail("data.buckets", f"{self.buckets} lists a size twice", "list each size once")
+        self.buckets = [list(b) for b in self.buckets]
+        if self.num_shards < len(self.buckets):
+            fail("data.buckets", f"{len(self.buckets)} buckets but {self.num_shards} shard(s) (each shard holds one "
+                  "bucket)", f"lower data.shard_size to at most {self.num_samples // len(self.buckets)}")
 
     @property
     def num_shards(self) -> int:

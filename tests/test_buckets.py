@@ -1,0 +1,70 @@
+"""Aspect buckets (data.buckets): `ladd synth` writes each shard at one bucket's size, every training batch comes
+from one bucket (the same batches in memory and streamed, at any process count), and LADD trains on non-square
+latents."""
+
+import pytest
+import torch
+
+from helpers import FakeEncoder, make_assets, tiny_overrides
+from ladd.config import ConfigError
+from ladd.data import shards
+from ladd.data.synth import synthesize
+from ladd.distill.config import load_distill_config
+from ladd.distill.run import build_method
+from ladd.training.trainer import train
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+BUCKETS = ["data.buckets=[[32,48],[48,32],[32,32]]", "data.num_samples=10", "data.shard_size=2"]
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("buckets")
+    make_assets(root)
+    synthesize(load_distill_config("configs/tiny.yaml", tiny_overrides(root, *BUCKETS)), FakeEncoder(), 0, 1)
+    return root
+
+
+def test_each_shard_holds_one_bucket(root):
+    from safetensors.torch import load_file
+
+    sizes = [tuple(load_file(shards.shard_path(root / "data", k))["latents"].shape[2:]) for k in range(5)]
+    assert sizes == [(4, 6), (6, 4), (4, 4), (4, 6), (6, 4)]  # the tiny VAE downsamples 8x; shard k: bucket k % 3
+    data = shards.ShardDataset.load(root / "data", pairs=True)
+    assert [len(m) for m in data.members] == [4, 4, 2] and data.latent_shape == (4, 8, 8)  # data.height x width (64)
+    with pytest.raises(ValueError, match="aspect buckets"):
+        data.latents
+
+
+def test_batches_come_from_one_bucket_and_match_the_stream(root):
+    memory = shards.ShardDataset.load(root / "data", pairs=True)
+    stream = shards.load_data(root / "data", pairs=True, stream=True)
+    seen = set()
+    for step in range(12):
+        x, text, noise = memory.batch(6, 3, step)
+        seen.add(tuple(x.shape[2:]))
+        assert noise.shape == x.shape and text.tokens.shape[0] == 6
+        for a, b in zip((x, text.tokens, noise), (lambda y: (y[0], y[1].tokens, y[2]))(stream.batch(6, 3, step))):
+            torch.testing.assert_close(a, b, atol=0, rtol=0)
+        halves = [memory.batch(3, 3, step, 0, r, 2)[0] for r in range(2)]  # two processes: the same global batch
+        torch.testing.assert_close(torch.cat(halves), x, atol=0, rtol=0)
+    assert seen == {(4, 6), (6, 4), (4, 4)}
+    stream.close()
+
+
+def test_ladd_trains_on_bucketed_data(root):
+    cfg = load_distill_config("configs/tiny.yaml", tiny_overrides(root, *BUCKETS, "train.steps=3",
+                                                                  f"paths.run_dir={root / 'run'}"))
+    result = train(cfg, build_method(cfg), shards.load_data(cfg.paths.data, pairs=False), root / "run")
+    student = result.modules["student"]
+    x = torch.randn(2, 4, 4, 6)
+    cond = FakeEncoder().encode(["a", "b"])
+    assert student(x, torch.full((2,), 1.0), cond).shape == x.shape  # it samples a non-square latent
+
+
+def test_bad_buckets_are_config_errors():
+    for bad, says in ((["data.buckets=[[32,40]]"], "multiple of 16"), (["data.buckets=[32,48]"], "height, width"),
+                      (["data.buckets=[[32,48],[32,48]]"], "twice"),
+                      (["data.buckets=[[32,48],[48,32]]", "data.num_samples=4", "data.shard_size=4"], "shard_size")):
+        with pytest.raises(ConfigError, match=says):
+            load_distill_config("configs/tiny.yaml", bad)
