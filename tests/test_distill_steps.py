@@ -162,7 +162,7 @@ def test_global_logit_sees_the_whole_grid():
         a, b = heads([feat], t, pooled)[0], heads([far], t, pooled)[0]
         assert (not torch.allclose(a[..., 7, 7], b[..., 7, 7])) == moves  # the opposite corner
     b.mean().backward()
-    assert heads.heads[0].pool_out.weight.grad.abs().sum() > 0
+    assert heads.heads[0].whole.out.weight.grad.abs().sum() > 0
 
 
 def test_unknown_block_and_unfrozen_teacher_are_errors():

@@ -24,14 +24,18 @@ def process_state():
     return PartialState(cpu=cpu)
 
 
+def fsdp_launch() -> bool:
+    """Whether this process was started by an accelerate FSDP launch (known before any model is built)."""
+    return os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true"
+
+
 def loads_on_rank0_only(state) -> bool:
     """Whether this process of an FSDP launch skips reading the model weights: accelerate's
     ``fsdp_cpu_ram_efficient_loading`` asks that only the first process load them, the others build the models
     empty (meta) and FSDP fills them from it as it shards (``sync_module_states``; FSDP2 broadcasts the state
     dict), so that host memory holds one copy of the teacher instead of one per GPU (docs/real-models.md)."""
-    env = os.environ
-    return (env.get("ACCELERATE_USE_FSDP", "").lower() == "true" and state.process_index != 0
-            and env.get("FSDP_CPU_RAM_EFFICIENT_LOADING", "").lower() in ("1", "true"))
+    return (fsdp_launch() and state.process_index != 0
+            and os.environ.get("FSDP_CPU_RAM_EFFICIENT_LOADING", "").lower() in ("1", "true"))
 
 
 DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}

@@ -90,11 +90,13 @@ def draw_batch(members: list[torch.Tensor], size: int, seed: int, step: int, mic
     """``(bucket, rows [size])``: rank's slice of the ``size * world`` samples of the global micro-batch, as rows of
     one aspect bucket (its global indices: ``members[bucket][rows]``), drawn from a generator seeded by ``(seed,
     step, micro)`` only, so a resumed run or another process count sees the same data. The bucket is drawn by its
-    share of the samples: one latent size per batch."""
-    g = torch.Generator(device).manual_seed(sample_seed(seed, 0, step, micro, 0xDA7A))
+    share of the samples (on the CPU, from a stream of its own: no device sync; one bucket draws nothing, so
+    single-size data get the same rows as before buckets existed): one latent size per batch."""
     b = 0
-    if len(members) > 1:  # one bucket: the same numbers as before buckets existed
-        b = int(torch.multinomial(torch.tensor([float(len(m)) for m in members], device=device), 1, generator=g))
+    if len(members) > 1:
+        pick = torch.Generator().manual_seed(sample_seed(seed, 0, step, micro, 0xB0C7))
+        b = int(torch.multinomial(torch.tensor([float(len(m)) for m in members]), 1, generator=pick))
+    g = torch.Generator(device).manual_seed(sample_seed(seed, 0, step, micro, 0xDA7A))
     rows = torch.randint(len(members[b]), (size * world,), generator=g, device=device)
     return b, rows[rank * size:(rank + 1) * size]
 
@@ -247,8 +249,7 @@ class ShardDataset:
         self.bucket_latents = latents
         self.members = bucket_members(generation)
         self.text = text            # tokens [U, L, D], pooled [U, P]: once per distinct prompt (float16)
-        n = sum(len(m) for m in self.members)
-        self.text_index = torch.arange(n) if text_index is None else text_index  # [N] sample -> text row
+        self.text_index = torch.arange(len(records)) if text_index is None else text_index  # [N] sample -> text row
         self.records = records
         self.generation = generation
         self.bucket_noise = noise   # per bucket: the teacher's starting noise per sample (``paired``), or None

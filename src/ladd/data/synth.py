@@ -125,7 +125,7 @@ def teacher_latents(teacher, records: list[dict], cond: TextEmbeddings, uncond: 
         gens = [torch.Generator().manual_seed(r["seed"]) for r in records[s:s + batch_size]]
         # the first draw of each sample's generator (ladd.data.shards.teacher_noise repeats it); the sampler
         # goes on drawing from the same generators
-        noise = torch.stack([torch.randn(gen["latent_shape"], generator=g) for g in gens]).to(device)  # the shard's
+        noise = torch.stack([torch.randn(gen["latent_shape"], generator=g) for g in gens]).to(device)
         c = cond[s:s + batch_size].to(device)
         u = TextEmbeddings(uncond.tokens.expand(len(gens), -1, -1), uncond.pooled.expand(len(gens), -1)).to(device)
         out.append(sample(teacher, noise, times, c, u, gen["guidance"], gens).float().cpu())

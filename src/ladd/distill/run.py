@@ -16,7 +16,6 @@ training; export and evaluation run on the main process.
 from __future__ import annotations
 
 import logging
-import os
 import platform
 from dataclasses import replace
 from pathlib import Path
@@ -110,11 +109,11 @@ def check_config(cfg: DistillConfig, num_processes: int = 1) -> dict:
     channels, existing data made with other settings, the evaluation prompts and evaluator. The model folders
     first (``check_model_paths``). Returns the data's generation settings."""
     cfg.train.micro_batch(num_processes)
-    from ladd.runtime import check_output
+    from ladd.runtime import check_output, fsdp_launch
 
     check_output(cfg.paths.run_dir, "paths.run_dir")
     check_output(cfg.paths.data, "paths.data")
-    if os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true" and cfg.train.ema_decay > 0:
+    if fsdp_launch() and cfg.train.ema_decay > 0:
         raise ConfigError(FSDP_EMA)
     check_model_paths(cfg)
     teacher_cfg = teacher_config(cfg.paths.teacher)

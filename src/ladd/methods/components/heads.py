@@ -143,20 +143,30 @@ class DiscriminatorHead(nn.Module):
         self.out = _conv(width, 1, 1, norm)
         self.cond = nn.Linear(width, width)  # e_k: the shared condition code -> this head's projection vector
         self.width = width
-        # the global term: mean over the grid -> linear + LeakyReLU -> a scalar and its own projection on c
-        self.pool = nn.Sequential(nn.Linear(width, width), nn.LeakyReLU(0.2)) if global_logit else None
-        self.pool_out = nn.Linear(width, 1) if global_logit else None
-        self.pool_cond = nn.Linear(width, width) if global_logit else None
+        self.whole = _GlobalLogit(width) if global_logit else None
 
     def forward(self, feat: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
         h = self.main(feat)                                             # [B, W, h, w]
         proj = self.cond(c).to(h.dtype)[:, :, None, None]               # [B, W, 1, 1]
         logits = self.out(h) + (h * proj).sum(1, keepdim=True) / math.sqrt(self.width)  # [B, 1, h, w]
-        if self.pool is None:
+        if self.whole is None:
             return logits
+        return logits + self.whole(h, c)[:, :, None, None]              # the same global logit at every patch
+
+
+class _GlobalLogit(nn.Module):
+    """``ladd.disc.global_logit``: a head's features averaged over the grid -> linear + LeakyReLU -> one logit
+    ``[B, 1]``, conditioned by its own projection of the condition code, as the map is."""
+
+    def __init__(self, width: int):
+        super().__init__()
+        self.pool = nn.Sequential(nn.Linear(width, width), nn.LeakyReLU(0.2))
+        self.out = nn.Linear(width, 1)
+        self.cond = nn.Linear(width, width)
+
+    def forward(self, h: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
         g = self.pool(h.mean((2, 3)))                                   # [B, W]
-        whole = self.pool_out(g) + (g * self.pool_cond(c).to(g.dtype)).sum(1, keepdim=True) / math.sqrt(self.width)
-        return logits + whole[:, :, None, None]                         # the same global logit at every patch
+        return self.out(g) + (g * self.cond(c).to(g.dtype)).sum(1, keepdim=True) / math.sqrt(g.shape[1])
 
 
 class Discriminator(nn.Module):
