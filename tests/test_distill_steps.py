@@ -337,3 +337,31 @@ def test_the_heads_rest_between_their_updates():
     assert [(u.phases, u.optimizers) for u in method.updates(1)] == [(("generator",), ("student",))]
     with pytest.raises(ConfigError, match="disc_every"):
         load_distill_config("configs/tiny.yaml", ["ladd.disc_every=0"])
+
+
+@pytest.mark.parametrize("checkpointing", [False, True])
+def test_features_stop_after_the_last_tapped_block(checkpointing):
+    """Heads on early blocks: the forward ends at the last tapped block (a hook counts the blocks that ran), with
+    the same features and the same gradient to the input as a forward that runs to the end."""
+    _, teacher, *_ = setup()
+    if checkpointing:
+        teacher.enable_gradient_checkpointing()
+        teacher.transformer.train()  # diffusers checkpoints only in training mode
+    n = teacher.num_blocks
+    ran = []
+    handles = [blk.register_forward_hook(lambda *_, i=i: ran.append(i))
+               for i, blk in enumerate(teacher.transformer.transformer_blocks)]
+    x, t = torch.randn(2, 4, 8, 8), torch.rand(2)
+    cond = TextEmbeddings(torch.randn(2, 5, 32), torch.randn(2, 32))
+    grads = []
+    for blocks in ([0], [0, n - 1]):  # the second taps the last block too: the whole forward runs
+        ran.clear()
+        xg = x.clone().requires_grad_(True)
+        feats = teacher.features(xg, t, cond, blocks)
+        assert ran == list(range(max(blocks) + 1))
+        feats[0].square().sum().backward()
+        grads.append((feats[0].detach(), xg.grad))
+    for h in handles:
+        h.remove()
+    assert torch.equal(grads[0][0], grads[1][0]) and torch.allclose(grads[0][1], grads[1][1], atol=1e-6)
+    assert grads[0][1].abs().sum() > 0

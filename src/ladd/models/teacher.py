@@ -20,6 +20,7 @@ from diffusers import SD3Transformer2DModel
 
 from ladd.models.io import from_pretrained, load_state, read_config
 from ladd.models.text_encoder import TextEmbeddings
+from ladd.models.wrap import is_sharded
 
 TIMESTEP_SCALE = 1000.0
 
@@ -76,26 +77,38 @@ class SD3Adapter(torch.nn.Module):
     def features(self, x: torch.Tensor, t: torch.Tensor, cond: TextEmbeddings, blocks: list[int]):
         """Image-token outputs of ``blocks`` as ``[B, inner_dim, h/p, w/p]`` maps (forward hooks).
 
-        The forward stops after the last tapped block would be ideal; diffusers has no such switch, so the rest
-        of the network runs too (cheap next to the backward pass through it in the generator step)."""
-        bad = [b for b in blocks if not -self.num_blocks <= b < self.num_blocks]
+        The forward stops after the last tapped block (diffusers has no such switch: its hook raises, and the
+        exception ends the forward here), so heads on the first k of n blocks cost k/n of a teacher pass, forward
+        and backward. Not under FSDP, whose forward must run to its end to reshard; there the rest runs too."""
+        n = self.num_blocks
+        bad = [b for b in blocks if not -n <= b < n]
         if bad:
-            raise ValueError(f"feature blocks {bad} out of range: the model has {self.num_blocks} blocks")
+            raise ValueError(f"feature blocks {bad} out of range: the model has {n} blocks")
         p = self.config.patch_size
         h, w = x.shape[-2] // p, x.shape[-1] // p
+        last = max(b % n for b in blocks)
+        stop = last < n - 1 and not is_sharded(self)
         taps: dict[int, torch.Tensor] = {}
         handles = []
         for b in blocks:
             def hook(_module, _inputs, output, b=b):
                 image_tokens = output[1]  # JointTransformerBlock returns (text tokens, image tokens)
                 taps[b] = image_tokens.transpose(1, 2).reshape(x.shape[0], -1, h, w)
+                if stop and b % n == last:
+                    raise _Tapped
             handles.append(self.transformer.transformer_blocks[b].register_forward_hook(hook))
         try:
             self.velocity(x, t, cond)
+        except _Tapped:
+            pass
         finally:
             for handle in handles:
                 handle.remove()
         return [taps[b] for b in blocks]
+
+
+class _Tapped(Exception):
+    """Raised by the last tapped block's hook: the features are all taken, the rest of the forward is skipped."""
 
 
 def build_nano_teacher(**overrides) -> SD3Adapter:

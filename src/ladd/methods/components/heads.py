@@ -31,6 +31,7 @@ from ladd.config import fail, number
 class DiscriminatorConfig:
     # Tapped teacher blocks: "all" (docs/method.md's default for small teachers), "spaced:K" (K evenly spaced blocks
     # ending with the last, docs/method.md's choice for large teachers; SANA uses 4 of 20) or a list of block indices.
+    # The teacher's passes stop after the last tapped block: heads on the first k of n blocks cost k/n of them.
     # Typed Any because ladd.config coerces only one branch of a Union; checked here instead.
     blocks: Any = "all"
     # Heads: width 64, two residual 3x3 blocks (StyleGAN-T has one; a previous attempt's heads were too weak).
