@@ -29,6 +29,7 @@ from ladd.distill.run import build_method
 from ladd.draws import Draws
 from ladd.methods.components.student import freeze, init_student, student_forward
 from ladd.models.text_encoder import TextEmbeddings
+from ladd.models.wrap import unwrap
 from ladd.training.contract import Context
 from ladd.training.trainer import iteration, make_accelerator, prepare
 
@@ -114,6 +115,16 @@ def main() -> None:
     parts = {"teacher training step": teacher_step, f"{cfg.method} iteration": one_iteration,
              "  student forward (no grad)": student_alone,
              **{f"  {name} phase + backward": phase(name) for name in update.phases}}
+    heads = run.modules.get("heads")
+    if heads is not None:  # LADD's heads alone, forward + backward on a D step's batch (real, fake, misaligned)
+        n = 3 * b
+        feats = [torch.randn(n, teacher.feature_dim, c.sample_size, c.sample_size, requires_grad=True)
+                 for _ in unwrap(heads).blocks]
+        t_hat, pooled = torch.rand(n), torch.randn(n, c.pooled_projection_dim)
+
+        def heads_alone():
+            sum(lg.mean() for lg in heads(feats, t_hat, pooled)).backward()
+        parts[f"  heads alone, batch {n}, + backward"] = heads_alone
     times = {k: [] for k in parts}
     for r in range(args.warmup + args.repeats):
         for name, fn in parts.items():
