@@ -108,6 +108,28 @@ def test_check_sd3_folder(sd3, tmp_path):
         check_sd3_folder(tmp_path / "nowhere")
 
 
+def test_sample_and_eval_default_to_the_models_own_size(sd3, tmp_path):
+    """Without --height / --width, `ladd sample` and `ladd eval` make images at the size the model was trained at
+    (the transformer's sample_size x the VAE's downsampling), not the nano world's 64."""
+    from PIL import Image
+
+    from ladd.cli import main
+    from ladd.evaluation.evaluate import EvalConfig, with_size
+    from ladd.models.registry import native_size
+
+    folder, _ = sd3
+    assert native_size("nano-teacher") == (64, 64) and native_size(str(folder)) == (64, 64)
+    wide = copy_without(folder, tmp_path / "sd3-96")
+    config = json.loads((wide / "transformer" / "config.json").read_text())
+    (wide / "transformer" / "config.json").write_text(json.dumps({**config, "sample_size": 12}))
+    assert native_size(str(wide)) == (96, 96)
+    assert (with_size(EvalConfig(model=str(wide))).height, with_size(EvalConfig(model="real")).width) == (96, 64)
+    assert with_size(EvalConfig(model=str(wide), height=32)).height == 32
+    assert main(["sample", "--model", str(wide), "--prompt", PROMPTS[0], "--n", "1", "--steps", "1",
+                 "--out", str(tmp_path / "s.png")]) == 0
+    assert Image.open(tmp_path / "s.png").size == ((96 + 4) * 2,) * 2  # one image in a 2-pixel frame, upscaled 2x
+
+
 # ------------------------------------------------------------------------------------------ (b) the prompt encoder
 def test_prompt_encoder_equals_encode_prompt_and_caches(sd3, tmp_path, monkeypatch):
     from ladd.models.sd3 import SD3PromptEncoder

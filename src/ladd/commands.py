@@ -44,8 +44,8 @@ class SampleConfig:
     shift: float | None = option("time-grid shift (default: the model card's)")
     n: int = option("number of images", default=8)
     seed: int = option("noise seed", default=0)
-    height: int = option("image height", default=64)
-    width: int = option("image width", default=64)
+    height: int | None = option("image height (default: the model's, 64 for the nano models)")
+    width: int | None = option("image width (default: the model's)")
     out: str = option("the PNG grid to write", default="samples.png")
     device: str | None = option("cpu, cuda, cuda:N (default: the GPU when there is one)")
     dtype: str = option("the weights when sampling (auto: bf16 on a GPU, fp32 on the CPU)", default="auto",
@@ -71,9 +71,11 @@ def run_sample(args) -> None:
     args = from_args(SampleConfig, args)
     from ladd.images import save_grid
     from ladd.generate import generate, image_seed
-    from ladd.models.registry import load_generator, world
+    from ladd.models.registry import load_generator, native_size, world
     from ladd.runtime import check_output
 
+    size = native_size(args.model)
+    args.height, args.width = args.height or size[0], args.width or size[1]
     world().check_size(args.height, args.width)
     check_output(args.out, "--out", kind="file")
     from ladd.runtime import pick_device

@@ -11,7 +11,7 @@ import hashlib
 import json
 import logging
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 from ladd.config import ConfigError, option
 from ladd.evaluation import metrics
 from ladd.images import save_grid
-from ladd.models.registry import world
+from ladd.models.registry import native_size, world
 from ladd.runtime import check_output
 
 log = logging.getLogger(__name__)
@@ -53,8 +53,8 @@ class EvalConfig:
     images: str | None = option("evaluate images from this folder instead of generating")
     save_images: bool = option("also write OUT/images/{i:05d}_{k:02d}.png", default=False)
     batch_size: int = option("images per batch", default=64)
-    height: int = option("image height", default=64)
-    width: int = option("image width", default=64)
+    height: int | None = option("image height (default: the model's, 64 for the nano world)")
+    width: int | None = option("image width (default: the model's)")
     evaluator: str = option("the evaluator (a name or a folder)", default="nano-evaluator")
     cache_dir: str = option("where FD reference statistics are cached", default="cache/eval")
     limit: int | None = option("use only the first N prompts")
@@ -161,7 +161,7 @@ def produce(cfg: EvalConfig, prompts, index, generator=None):
     if cfg.model == "real":
         return render_real(prompts, index, cfg.seed, cfg.height, cfg.width), float("nan"), {
             "steps": 0, "guidance": 0.0, "nfe_per_image": 0}
-    if cfg.model.endswith("vae") or cfg.model.startswith("vae:"):
+    if is_vae(cfg.model):
         return reconstruct_real(cfg, prompts, index)
     gen = generator or load_generator(cfg.model, cfg.device, cfg.dtype)
     steps = cfg.steps or gen.recommended["steps"]
@@ -177,6 +177,29 @@ def produce(cfg: EvalConfig, prompts, index, generator=None):
     return images, seconds, {"steps": steps, "guidance": guidance, "sampler": sampler, "shift": shift,
                              "nfe_per_image": nfe, "device": str(gen.device),
                              "dtype": str(gen.dtype or torch.float32).removeprefix("torch.")}
+
+
+def is_vae(model: str) -> bool:
+    return model.endswith("vae") or model.startswith("vae:")
+
+
+def generates(cfg: EvalConfig) -> bool:
+    """Whether ``cfg`` evaluates a generative model (not real images, a VAE's reconstructions or a folder)."""
+    return not (cfg.images or cfg.model == "real" or is_vae(cfg.model))
+
+
+def with_size(cfg: EvalConfig, generator=None) -> EvalConfig:
+    """``cfg`` with ``--height`` / ``--width`` filled in where not given: the model's own size (a loaded
+    ``generator``'s or, from its JSON files, the model folder's: ladd.models.registry.native_size), 64 (the nano world's scenes) for real
+    images, VAE reconstructions and image folders."""
+    if cfg.height and cfg.width:
+        return cfg
+    if generator is not None:
+        side = generator.model.config.sample_size * generator.vae.downsample
+        size = (side, side)
+    else:
+        size = native_size(cfg.model) if generates(cfg) else (64, 64)
+    return replace(cfg, height=cfg.height or size[0], width=cfg.width or size[1])
 
 
 def is_plain(prompts: str) -> bool:
@@ -240,6 +263,7 @@ def evaluate(cfg: EvalConfig, generator=None) -> dict:
     """Evaluate ``cfg.model`` (or the already loaded ``generator``, a ladd.models.registry.Generator: e.g. a
     student during training) on ``cfg.prompts``; writes ``cfg.out`` and returns the metrics. A plain prompt file
     (``is_plain``) is scored by ``--clip`` / ``--fid-inception`` only (``evaluate_plain``)."""
+    cfg = with_size(cfg, generator)
     if is_plain(cfg.prompts):
         return evaluate_plain(cfg, generator)
     prompts = world().read_prompts(cfg.prompts)[: cfg.limit]
@@ -284,7 +308,7 @@ def evaluate_plain(cfg: EvalConfig, generator=None) -> dict:
     from ladd.data.prompts import read_prompt_texts
 
     texts = read_prompt_texts(cfg.prompts, "--prompts")[: cfg.limit]
-    if cfg.images or cfg.model == "real" or cfg.model.endswith("vae") or cfg.model.startswith("vae:"):
+    if not generates(cfg):
         raise ConfigError(f"--prompts {cfg.prompts}: plain prompts (not a .jsonl file of the nano world) are for "
                           f"evaluating a model; --images / real / VAE evaluations need a nano prompt file")
     scorers = _preflight(cfg, generator)

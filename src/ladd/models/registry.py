@@ -69,6 +69,22 @@ def model_settings(path: str | Path) -> tuple[dict, dict, Path]:
             dict(config.get("ladd_text_encoder", DEFAULT_TEXT_ENCODER)), vae if vae.is_absolute() else path / vae)
 
 
+def native_size(name_or_path: str) -> tuple[int, int]:
+    """(height, width) in pixels that the model was trained at: its transformer's ``sample_size`` (in latent pixels)
+    times its VAE's downsampling, read from the JSON files alone (64 for the nano models, 1024 for SD3)."""
+    from ladd.models import sd3
+
+    path = resolve(name_or_path)
+    _, _, vae_path = model_settings(path)
+    transformer = read_json(path / "transformer" / "config.json") if sd3.is_pipeline_folder(path) else read_config(path)
+    vae = read_json(Path(vae_path) / "config.json")
+    if "sample_size" not in transformer or "block_out_channels" not in vae:
+        raise AssetError(f"cannot tell {name_or_path}'s image size from its configs (no sample_size in the "
+                         f"transformer's or no block_out_channels in {vae_path}); pass --height and --width")
+    size = int(transformer["sample_size"]) * 2 ** (len(vae["block_out_channels"]) - 1)
+    return size, size
+
+
 @dataclass
 class Generator:
     name: str
