@@ -2,10 +2,13 @@
 pick_dtype). The GPU path itself needs a GPU; here: the choices, the errors, and bf16 weights under autocast on
 the CPU (the same code path a GPU takes)."""
 
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 import torch
 
+import ladd.data.synth as synth
 from ladd.cli import main
 from ladd.config import ConfigError
 from ladd.runtime import pick_device, pick_dtype
@@ -65,3 +68,30 @@ def test_eval_records_where_it_ran(tmp_path):
                  "--dtype", "bf16", "--out", str(out)]) == 0
     m = json.loads((out / "metrics.json").read_text())
     assert m["device"] == "cpu" and m["dtype"] == "bfloat16"
+
+
+def test_a_diffusers_teacher_is_read_straight_onto_the_device(tiny_teacher, tmp_path, monkeypatch):
+    """load_teacher(..., device=GPU) hands diffusers a device_map, so the weights go from the file to the GPU
+    without a full copy in host memory (every process of `ladd synth` under torchrun samples with the whole
+    teacher); `ladd synth` and `ladd sample` / `ladd eval` pass their device. The GPU itself is stood in for by
+    recording the call; on the CPU nothing changes."""
+    from ladd.models import teacher as teacher_module
+
+    tiny_teacher.transformer.save_pretrained(tmp_path / "t")
+    seen = []
+    real = teacher_module.from_pretrained
+    monkeypatch.setattr(teacher_module, "from_pretrained", lambda *a, **kw: seen.append(kw) or real(*a, **kw))
+    on_cpu = teacher_module.load_teacher(tmp_path / "t", device="cpu")
+    assert "device_map" not in seen[-1] and next(on_cpu.parameters()).device.type == "cpu"
+    if torch.cuda.is_available():
+        assert next(teacher_module.load_teacher(tmp_path / "t", device="cuda:0").parameters()).is_cuda
+    else:
+        with pytest.raises((AssertionError, RuntimeError), match="CUDA"):  # placing the weights fails, once asked to
+            teacher_module.load_teacher(tmp_path / "t", device="cuda:0")
+    assert seen[-1]["device_map"] == {"": torch.device("cuda:0")}
+
+    asked = []
+    monkeypatch.setattr(teacher_module, "load_teacher", lambda path, device=None: asked.append(device) or on_cpu)
+    cfg = SimpleNamespace(paths=SimpleNamespace(teacher=tmp_path / "t"), data=SimpleNamespace(batch_size=2))
+    synth.load_models(cfg, {"source": "teacher"}, text_encoder=object(), device="cuda:3")
+    assert asked == ["cuda:3"]

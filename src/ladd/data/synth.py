@@ -159,7 +159,7 @@ def load_models(cfg, gen: dict, text_encoder=None, device="cpu"):
         return lambda records, cond, uncond, shard_gen: real_latents(vae, records, shard_gen, bs, device), text_encoder
     from ladd.models.teacher import load_teacher
 
-    teacher = load_teacher(cfg.paths.teacher).eval().requires_grad_(False).to(device)
+    teacher = load_teacher(cfg.paths.teacher, device=device).eval().requires_grad_(False)
     if gen.get("precision") == "bf16":  # bf16 weights, matmuls under autocast; the Euler updates stay in fp32
         teacher = teacher.to(torch.bfloat16)
 

@@ -110,7 +110,7 @@ def load_generator(name_or_path: str, device=None, dtype=None) -> Generator:
     dtype = dtype if dtype is not None and not isinstance(dtype, str) else pick_dtype(dtype, device)
     path = resolve(name_or_path)
     recommended, text, vae_path = model_settings(path)
-    model = load_teacher(path).eval().requires_grad_(False).to(device, dtype)
+    model = load_teacher(path, device=device).eval().requires_grad_(False).to(device, dtype)
     vae = load_vae(vae_path).eval().requires_grad_(False).to(device, dtype)
     return Generator(name=name_or_path, path=path, model=model, vae=vae,
                      text_encoder=load_text_encoder(**text, device=device), recommended=recommended,

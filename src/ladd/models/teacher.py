@@ -115,15 +115,20 @@ def build_nano_teacher(**overrides) -> SD3Adapter:
     return SD3Adapter(SD3Transformer2DModel.from_config({**NANO_TEACHER_CONFIG, **overrides}))
 
 
-def load_teacher(path: str | Path, weights: bool = True) -> SD3Adapter:
+def load_teacher(path: str | Path, weights: bool = True, device=None) -> SD3Adapter:
     """An SD3-architecture transformer from a ladd asset folder or a diffusers transformer folder. ``weights=False``
     builds it from its config alone with parameters on the meta device (no weight file is read, no memory taken):
-    the other processes of an FSDP launch that loads on rank 0 only (ladd.runtime.loads_on_rank0_only)."""
+    the other processes of an FSDP launch that loads on rank 0 only (ladd.runtime.loads_on_rank0_only). ``device``
+    puts it there; a diffusers folder's weights are read straight onto a GPU (no full copy in host memory), so that
+    every process of a launch that samples with the whole teacher (``ladd synth`` under torchrun, ``ladd eval``)
+    costs the host only the page cache that they share."""
     path = Path(path)
     diffusers_folder = (path / "diffusion_pytorch_model.safetensors").exists() or (path / "transformer").is_dir()
     sub = "transformer" if (path / "transformer").is_dir() else None
+    on = torch.device(device) if device is not None else torch.device("cpu")
     if diffusers_folder and weights:
-        return SD3Adapter(from_pretrained(SD3Transformer2DModel, path, "transformer", subfolder=sub))
+        return SD3Adapter(from_pretrained(SD3Transformer2DModel, path, "transformer", subfolder=sub,
+                                          **({"device_map": {"": on}} if on.type != "cpu" else {})))
     config = SD3Transformer2DModel.load_config(path, subfolder=sub) if diffusers_folder else read_config(path)
     config = {k: v for k, v in config.items() if not k.startswith("ladd_") and not k.startswith("_")}
     if not weights:
@@ -131,4 +136,4 @@ def load_teacher(path: str | Path, weights: bool = True) -> SD3Adapter:
 
         with init_empty_weights():  # parameters on meta; buffers (the position embedding) computed as usual
             return SD3Adapter(SD3Transformer2DModel.from_config(config).eval())
-    return SD3Adapter(load_state(SD3Transformer2DModel.from_config(config), path).eval())
+    return SD3Adapter(load_state(SD3Transformer2DModel.from_config(config), path).eval()).to(on)  # small: nano assets
