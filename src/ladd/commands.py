@@ -74,8 +74,9 @@ def run_sample(args) -> None:
     from ladd.models.registry import load_generator, native_size, world
     from ladd.runtime import check_output
 
-    size = native_size(args.model)
-    args.height, args.width = args.height or size[0], args.width or size[1]
+    if not (args.height and args.width):
+        size = native_size(args.model)
+        args.height, args.width = args.height or size[0], args.width or size[1]
     world().check_size(args.height, args.width)
     check_output(args.out, "--out", kind="file")
     from ladd.runtime import pick_device

@@ -190,8 +190,8 @@ def generates(cfg: EvalConfig) -> bool:
 
 def with_size(cfg: EvalConfig, generator=None) -> EvalConfig:
     """``cfg`` with ``--height`` / ``--width`` filled in where not given: the model's own size (a loaded
-    ``generator``'s or, from its JSON files, the model folder's: ladd.models.registry.native_size), 64 (the nano world's scenes) for real
-    images, VAE reconstructions and image folders."""
+    ``generator``'s, or the model folder's from its JSON files: ladd.models.registry.native_size), and 64 (the nano
+    world's scenes) for real images, VAE reconstructions and image folders."""
     if cfg.height and cfg.width:
         return cfg
     if generator is not None:
