@@ -77,8 +77,8 @@ def test_interrupted_shards_are_redone_and_finished_ones_skipped(assets, monkeyp
 
     counters = []
     real_load = teacher_mod.load_teacher
-    monkeypatch.setattr(teacher_mod, "load_teacher", lambda p: counters.append(CountingTeacher(real_load(p)))
-                        or counters[-1])
+    monkeypatch.setattr(teacher_mod, "load_teacher", lambda p, **kw: counters.append(
+        CountingTeacher(real_load(p, **kw))) or counters[-1])
     assert run_synth(assets) == [1, 2]
     # only the 4 + 2 samples of shards 1 and 2 were sampled again: 3 Euler steps, CFG doubles the batch
     assert counters[0].samples == (4 + 2) * 3 * 2

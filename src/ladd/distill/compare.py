@@ -61,8 +61,10 @@ def _jobs(cfg: DistillConfig, export_dir: Path) -> list[tuple]:
 def reuse(ecfg, model_dir: str) -> dict | None:
     """A previous evaluation with the same settings, newer than the weights of the model, of the VAE that decodes
     its samples and of the evaluator (else None)."""
+    from ladd.evaluation.evaluate import with_size
     from ladd.models.registry import model_settings, resolve
 
+    ecfg = with_size(ecfg)  # a saved config holds the size evaluate() filled in from the model
     path = Path(ecfg.out) / "metrics.json"
     inputs = [weights_file(model_dir), weights_file(model_settings(model_dir)[2]),
               weights_file(resolve(ecfg.evaluator))]
