@@ -12,6 +12,11 @@ hits all of them alike; medians reported):
 - its phases, each with its backward (LADD: generator = student forward, re-noise, teacher forward with grad,
   heads; discriminator = teacher forward on the real batch under no_grad, heads on real and cached fake), and
   the student's forward alone
+- for methods with heads on the frozen teacher: the teacher's feature pass with the backward to its input (what the
+  generator phase needs on the fakes) and without (the real batch), the heads alone on a D step's batch, and the
+  *floor* of the same computation: a teacher step (the student's forward and backward) + one teacher pass with the
+  backward to the input + (1 + misaligned share) no-grad passes, i.e. the iteration with free heads, optimizers
+  and EMA. No setting that keeps these passes can get below it.
 """
 
 from __future__ import annotations
@@ -116,6 +121,19 @@ def main() -> None:
              "  student forward (no grad)": student_alone,
              **{f"  {name} phase + backward": phase(name) for name in update.phases}}
     heads = run.modules.get("heads")
+    if heads is not None:  # the frozen teacher's two passes an iteration cannot do without, heads aside
+        blocks = unwrap(heads).blocks
+        t_feat = torch.rand(b)
+
+        def teacher_through():
+            x = x0.clone().requires_grad_(True)
+            sum(f.mean() for f in teacher(x, t_feat, cond, blocks)).backward()
+
+        def teacher_real():
+            with torch.no_grad():
+                teacher(x0, t_feat, cond, blocks)
+        parts["  frozen teacher features + backward to the input"] = teacher_through
+        parts["  frozen teacher features (no grad)"] = teacher_real
     if heads is not None:  # LADD's heads alone, forward + backward on a D step's batch (real, fake, misaligned)
         n = 3 * b
         feats = [torch.randn(n, teacher.feature_dim, c.sample_size, c.sample_size, requires_grad=True)
@@ -147,10 +165,21 @@ def main() -> None:
     print(table)
     ratio = med[f"{cfg.method} iteration"] / base
     print(f"\n{cfg.method} iteration / teacher step: {ratio:.2f}x")
+    if heads is not None:
+        # what any iteration that computes the same terms costs, with free heads, optimizers and EMA: the
+        # student's forward + backward (a teacher step's), one teacher pass with the backward to its input and
+        # one without (the real batch, plus its misaligned share)
+        mis = cfg.section.loss.misaligned_fraction if cfg.section.loss.misaligned_weight > 0 else 0.0
+        floor = (base + med["  frozen teacher features + backward to the input"]
+                 + (1 + mis) * med["  frozen teacher features (no grad)"])
+        print(f"floor of the same computation (heads, optimizers, EMA free): {floor / base:.2f}x")
+    else:
+        floor = None
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps({"batch_size": b, "device": where, "n_params": n_params,
                                                   "method": cfg.method, "median_seconds": med, "ratio": ratio,
+                                                  "floor_ratio": floor / base if floor else None,
                                                   "all_seconds": times}, indent=2) + "\n")
     (out / "results.md").write_text(table + "\n")
     print(f"wrote {out}/results.json and {out}/results.md")
