@@ -44,10 +44,11 @@ def test_presets_load(preset):
     assert cfg.train.micro_batch(1) * cfg.train.grad_accum == cfg.train.batch_size
 
 
-def test_one_step_preset_is_nano_with_a_one_step_grid():
-    one, base = load_distill_config("configs/nano-1step.yaml"), load_distill_config("configs/nano.yaml")
+def test_one_step_preset_is_the_hybrid_on_a_one_step_grid():
+    one, base = load_distill_config("configs/nano-1step.yaml"), load_distill_config("configs/nano-ladd-hybrid.yaml")
     assert (one.student.steps, one.student.probs, one.ladd.disc.noise_m) == (1, [1.0], 0.0)
-    assert one.paths.data == base.paths.data and one.optim == base.optim and one.train == base.train
+    assert one.ladd.loss == base.ladd.loss and one.paths.data == base.paths.data
+    assert one.optim == base.optim and one.train == base.train and one.paths.run_dir != base.paths.run_dir
 
 
 def test_numeric_strings_from_the_command_line():
