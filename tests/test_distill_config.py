@@ -37,7 +37,8 @@ def test_default_probs_per_grid(steps):
     assert cfg.student.probs == DEFAULT_PROBS[steps] and len(cfg.student.probs) == steps
 
 
-@pytest.mark.parametrize("preset", ["configs/nano.yaml", "configs/nano-1step.yaml", "configs/tiny.yaml"])
+@pytest.mark.parametrize("preset", ["configs/nano.yaml", "configs/nano-1step.yaml", "configs/nano-ladd-hybrid-long.yaml",
+                                    "configs/tiny.yaml"])
 def test_presets_load(preset):
     cfg = load_distill_config(preset)
     assert cfg.optim["heads"].lr > cfg.optim["student"].lr > 0
@@ -49,6 +50,16 @@ def test_one_step_preset_is_the_hybrid_on_a_one_step_grid():
     assert (one.student.steps, one.student.probs, one.ladd.disc.noise_m) == (1, [1.0], 0.0)
     assert one.ladd.loss == base.ladd.loss and one.paths.data == base.paths.data
     assert one.optim == base.optim and one.train == base.train and one.paths.run_dir != base.paths.run_dir
+
+
+def test_long_preset_is_the_hybrid_at_twice_the_iterations_with_cosine_decay():
+    long, base = (load_distill_config(f"configs/{name}.yaml") for name in ("nano-ladd-hybrid-long", "nano-ladd-hybrid"))
+    assert long.train.steps == 2 * base.train.steps
+    for name in ("student", "heads"):
+        assert (long.optim[name].schedule, long.optim[name].warmup_steps) == ("cosine", 100)
+        assert long.optim[name].lr == base.optim[name].lr
+    assert long.ladd == base.ladd and long.student == base.student and long.paths.data == base.paths.data
+    assert long.paths.run_dir != base.paths.run_dir
 
 
 def test_numeric_strings_from_the_command_line():
