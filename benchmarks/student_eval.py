@@ -1,6 +1,7 @@
 """Issue 19's two measurements of distilled students, side by side in one run (docs/experiments/student-gap.md).
 
-``--protocol val`` (selection): each student at 1, 2 and 4 steps with its re-noising sampler on the validation
+``--protocol val`` (selection): each student at 1, 2 and 4 steps with its own sampler (its card's; ``--sampler``
+to override) on the validation
 prompts (prompts/nano-val.jsonl, 240 prompts x 4 images = 960 per row), with the failure counts (too many
 objects / wrong attributes / too few) that say what it gets wrong.
 
@@ -41,19 +42,20 @@ def failure_counts(out: str) -> dict:
 
 
 def run(label: str, model: str, prompts: str, steps: int | None, sampler: str | None, out: Path, seed: int) -> dict:
-    tag = f"{label}/{Path(prompts).stem}/{steps or 'card'}step"
+    tag = f"{label}/{Path(prompts).stem}/{steps or 'card'}step" + (f"-{sampler}" if sampler else "")
     cfg = EvalConfig(model=model, prompts=prompts, per_prompt=4, steps=steps, sampler=sampler, seed=seed,
                      out=str(out / tag))
     result = reuse(cfg, str(resolve(model))) or evaluate(cfg)
-    return {"label": label, "prompts": prompts, "steps": result["steps"], "alignment": result["alignment"],
+    return {"label": label, "prompts": prompts, "steps": result["steps"], "sampler": result["sampler"],
+            "alignment": result["alignment"],
             "fd": result["fd"], **failure_counts(cfg.out), "out": cfg.out}
 
 
 def table(rows: list[dict], prompts: str, reference: dict | None) -> str:
-    head = ["model", "steps", "alignment", "FD", *FAILURES] + (["vs teacher"] if reference else [])
+    head = ["model", "steps", "sampler", "alignment", "FD", *FAILURES] + (["vs teacher"] if reference else [])
     lines = [f"### {prompts}", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
-        vals = [r["label"], str(r["steps"]), f"{r['alignment']:.3f}", f"{r['fd']:.2f}"]
+        vals = [r["label"], str(r["steps"]), r["sampler"], f"{r['alignment']:.3f}", f"{r['fd']:.2f}"]
         vals += [str(r[f]) for f in FAILURES]
         if reference:
             vals.append(f"{r['alignment'] / reference['alignment']:.2f}x / {r['fd'] / reference['fd']:.2f}x")
@@ -66,6 +68,8 @@ def main() -> None:
     p.add_argument("students", nargs="+", metavar="NAME=MODEL", help="a label and a model (a folder or a name)")
     p.add_argument("--protocol", choices=["val", "issue"], default="val")
     p.add_argument("--steps", type=int, nargs="+", default=[1, 2, 4])
+    p.add_argument("--sampler", choices=["renoise", "euler"], default=None,
+                   help="the students' sampler (default: each one's own, from its card)")
     p.add_argument("--teacher", default="nano-teacher")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="runs/student-eval")
@@ -85,7 +89,7 @@ def main() -> None:
             reference = run("teacher", args.teacher, prompts, None, None, out, args.seed)
             block += [reference, run("teacher", args.teacher, prompts, 4, None, out, args.seed)]
         for label, model in students:
-            block += [run(label, model, prompts, s, "renoise", out, args.seed) for s in args.steps]
+            block += [run(label, model, prompts, s, args.sampler, out, args.seed) for s in args.steps]
         rows += block
         parts.append(table(block, prompts, reference))
         print(parts[-1] + "\n", flush=True)

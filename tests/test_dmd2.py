@@ -14,6 +14,7 @@ from ladd.methods.components.student import rollout
 from ladd.methods.dmd2 import DMD2Config, critic_step, generator_step
 from ladd.models.teacher import build_nano_teacher
 from ladd.models.text_encoder import TextEmbeddings
+from ladd.sampling import euler
 from helpers import TINY_TEACHER, make_assets, tiny_overrides
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -46,6 +47,20 @@ def test_rollout_is_the_students_own_renoising_sampler():
             states.append(x)
     assert torch.equal(out[[0, 3]], noise[[0, 3]])
     assert torch.allclose(out[1], states[2][1], atol=1e-5) and torch.allclose(out[2], states[1][2], atol=1e-5)
+
+
+def test_euler_rollout_is_the_students_euler_sampler():
+    """student.sampler=euler: the rollout to grid time k is the deterministic Euler sampler run for k steps on the
+    student grid (the noise drawn for each step is not used), so it differs from the re-noising rollout."""
+    *_, student, _, _, x0, cond, _ = tiny()
+    grid, noise, idx = flow.student_grid(4), torch.randn_like(x0), torch.tensor([0, 2, 1, 3])
+    out = rollout(student, noise, cond, grid, idx, Draws(torch.Generator().manual_seed(0)), "euler")
+    times = torch.cat([grid, torch.zeros(1)])
+    for b, k in enumerate(idx.tolist()):
+        expected = euler(student, noise[b:b + 1], times[:k + 1], cond[b:b + 1])
+        assert torch.allclose(out[b], expected[0], atol=1e-5)
+    renoised = rollout(student, noise, cond, grid, idx, Draws(torch.Generator().manual_seed(0)))
+    assert torch.equal(out[0], renoised[0]) and not torch.allclose(out[1:], renoised[1:], atol=1e-3)
 
 
 def test_generator_step_gives_the_student_the_distribution_matching_gradient():

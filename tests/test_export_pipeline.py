@@ -56,10 +56,12 @@ def test_sd3_pipeline_matches_ladd_euler(student_pipeline):
     assert images.std() > 0.05  # not a blank image
 
 
-def test_pipeline_export_default_call_is_the_student(tmp_path, monkeypatch):
+@pytest.mark.parametrize("sampler", ["renoise", "euler"])
+def test_pipeline_export_default_call_is_the_student(tmp_path, monkeypatch, sampler):
     """ladd export --pipeline: StableDiffusion3Pipeline.from_pretrained(DIR) with only the step count and no
-    guidance samples the student grid with the re-noising sampler: the same latents and images as ladd's own
-    sampler on the same noise (the scheduler's fresh noise from torch's global generator, seeded alike)."""
+    guidance samples the student grid with the student's sampler (student.sampler): the same latents and images as
+    ladd's own sampler on the same noise (re-noising: the scheduler's fresh noise from torch's global generator,
+    seeded alike; Euler: deterministic)."""
     from diffusers import StableDiffusion3Pipeline
 
     from ladd import flow
@@ -67,12 +69,12 @@ def test_pipeline_export_default_call_is_the_student(tmp_path, monkeypatch):
     from ladd.distill.run import distill
     from ladd.models import text_encoder as te
     from ladd.models.registry import load_generator
-    from ladd.sampling import renoise
+    from ladd.sampling import get_sampler
     from helpers import FakeEncoder, make_assets, tiny_overrides
 
     monkeypatch.setattr(te, "load_text_encoder", lambda name="minilm", max_length=32, **_: FakeEncoder(max_length))
     make_assets(tmp_path)
-    distill("configs/tiny.yaml", tiny_overrides(tmp_path, "train.steps=2"))
+    distill("configs/tiny.yaml", tiny_overrides(tmp_path, "train.steps=2", f"student.sampler={sampler}"))
     out = tmp_path / "shipped"
     assert main(["export", str(tmp_path / "run"), "--out", str(out), "--pipeline"]) == 0
     assert {"model_index.json", "transformer", "scheduler", "vae", "ladd.json", "card.md"} <= \
@@ -93,7 +95,7 @@ def test_pipeline_export_default_call_is_the_student(tmp_path, monkeypatch):
     latents = pipe(prompt_embeds=cond.tokens, pooled_prompt_embeds=cond.pooled, num_inference_steps=4,
                    guidance_scale=1.0, height=64, width=64, latents=noise.clone(), output_type="latent").images
     gen = load_generator(str(out))  # ladd loads the pipeline folder like any model: its card's setting
-    assert gen.recommended == {"steps": 4, "guidance": 1.0, "sampler": "renoise", "shift": 1.0}
-    ours = renoise(gen.model, noise, torch.cat([flow.student_grid(4), torch.zeros(1)]), cond,
-                   generator=torch.Generator().manual_seed(7))
+    assert gen.recommended == {"steps": 4, "guidance": 1.0, "sampler": sampler, "shift": 1.0}
+    ours = get_sampler(sampler)(gen.model, noise, flow.sampling_times(sampler, 4), cond,
+                                generator=torch.Generator().manual_seed(7))
     torch.testing.assert_close(latents, ours, atol=1e-4, rtol=1e-4)

@@ -1,11 +1,12 @@
 import numpy as np
+import pytest
 import torch
 from diffusers import FlowMatchEulerDiscreteScheduler
 
 from ladd import flow
 from ladd.models.teacher import TIMESTEP_SCALE
 from ladd.models.text_encoder import TextEmbeddings
-from ladd.sampling import euler, guided_velocity, renoise
+from ladd.sampling import euler, guided_velocity, renoise, step
 
 
 def test_euler_matches_diffusers_flow_match_scheduler(tiny_teacher, tiny_cond):
@@ -58,3 +59,18 @@ def test_renoise_sampler_is_per_sample_deterministic(tiny_teacher, tiny_cond):
     with torch.no_grad():
         expected = flow.x0_from_v(noise, tiny_teacher.velocity(noise, torch.ones(3), cond), 1.0)
     torch.testing.assert_close(one_step, expected)
+
+
+def test_a_euler_step_keeps_the_predicted_noise_and_a_renoise_step_draws_it_afresh():
+    """From x_t with velocity v: Euler lands on (1 - t') x0_hat + t' eps_hat (DDIM on the flow), re-noising on
+    (1 - t') x0_hat + t' noise; both give x0_hat at t' = 0."""
+    g = torch.Generator().manual_seed(0)
+    x, v, noise = (torch.randn(2, 4, 8, 8, generator=g) for _ in range(3))
+    t, t_next = torch.tensor(0.75), torch.tensor(0.5)
+    x0, eps = flow.x0_from_v(x, v, t), flow.noise_from_v(x, v, t)
+    torch.testing.assert_close(step("euler", x, v, t, t_next), flow.add_noise(x0, eps, t_next))
+    torch.testing.assert_close(step("renoise", x, v, t, t_next, noise), flow.add_noise(x0, noise, t_next))
+    for sampler in ("euler", "renoise"):
+        torch.testing.assert_close(step(sampler, x, v, t, torch.tensor(0.0), noise), x0)
+    with pytest.raises(ValueError, match="unknown sampler"):
+        step("heun", x, v, t, t_next)

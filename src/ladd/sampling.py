@@ -33,6 +33,18 @@ def guided_velocity(model, x: torch.Tensor, t: torch.Tensor, cond: TextEmbedding
     return v_u + guidance * (v_c - v_u)
 
 
+def step(sampler: str, x: torch.Tensor, v: torch.Tensor, t, t_next, noise: torch.Tensor | None = None):
+    """One step of ``sampler`` from time ``t`` to ``t_next`` given the velocity ``v`` at ``x``: ``euler`` moves
+    along it (``x + (t_next - t) v``, i.e. ``(1 - t_next) x0 + t_next eps`` with the predicted ``x0`` and ``eps``:
+    DDIM); ``renoise`` keeps the predicted ``x0`` and draws the noise afresh (``noise``):
+    ``(1 - t_next) x0 + t_next noise``. Both give ``x0`` at ``t_next = 0``."""
+    if sampler == "euler":
+        return x + (t_next - t) * v
+    if sampler == "renoise":
+        return flow.add_noise(flow.x0_from_v(x, v, t), noise, t_next)
+    raise ValueError(f"unknown sampler {sampler!r}; choose one of {sorted(SAMPLERS)}")
+
+
 @torch.no_grad()
 def euler(model, noise, times, cond, uncond=None, guidance=1.0, generator=None):
     """Deterministic Euler on the probability-flow ODE: ``x <- x + (t_next - t) v`` (diffusers'
@@ -40,7 +52,7 @@ def euler(model, noise, times, cond, uncond=None, guidance=1.0, generator=None):
     x = noise
     times = times.to(noise.device, noise.dtype)
     for t, t_next in zip(times[:-1], times[1:]):
-        x = x + (t_next - t) * guided_velocity(model, x, t, cond, uncond, guidance)
+        x = step("euler", x, guided_velocity(model, x, t, cond, uncond, guidance), t, t_next)
     return x
 
 
@@ -56,7 +68,7 @@ def renoise(model, noise, times, cond, uncond=None, guidance=1.0, generator=None
         x0 = flow.x0_from_v(x, v, t)
         t_next = times[k + 1]
         if t_next > 0:
-            x = flow.add_noise(x0, randn_like(x, generator), t_next)
+            x = step("renoise", x, v, t, t_next, randn_like(x, generator))
     return x0
 
 

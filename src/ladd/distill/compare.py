@@ -46,7 +46,8 @@ def _jobs(cfg: DistillConfig, export_dir: Path) -> list[tuple]:
     """(label, folder name, model, steps, guidance, sampler) per evaluated setting; None = the model's default."""
     rec = teacher_recommended(cfg.paths.teacher)
     e = cfg.eval
-    # a trained student samples with eval.sampler; an untrained method's export (few_step) with its own setting
+    # a trained student samples with eval.sampler (None: its own, student.sampler); an untrained method's export
+    # (few_step) with its own setting
     label, sampler = ("student", e.sampler) if method_class(cfg.method).trains else (f"{cfg.method} export", None)
     jobs = [(f"teacher {rec['steps']} steps, cfg {rec['guidance']:g} (recommended)", "teacher-recommended",
              cfg.paths.teacher, None, None, None)]

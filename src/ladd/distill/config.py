@@ -115,7 +115,7 @@ class EvalSettings:
     max_prompts: int | None = None   # evenly spaced subset of the prompt file (keeps every category); None = all
     per_prompt: int = 4
     student_steps: list[int] = field(default_factory=lambda: [1, 2, 4])
-    sampler: str = "renoise"         # the student's sampler (docs/method.md, Inference)
+    sampler: str | None = None       # the student's sampler in the evaluation; None: the one it ships with (student.sampler)
     teacher_steps: list[int] = field(default_factory=lambda: [4])
     seed: int = 0
     batch_size: int = 64
@@ -154,8 +154,8 @@ class EvalSettings:
                 fail(f"eval.{name}", f"{bad} are not step counts", "give positive integers, e.g. [1, 2, 4]")
         if not self.student_steps:
             fail("eval.student_steps", "is empty", "give at least one step count, e.g. [4]")
-        if self.sampler not in SAMPLERS:
-            fail("eval.sampler", f"got {self.sampler!r}", f"use one of {SAMPLERS}")
+        if self.sampler is not None and self.sampler not in SAMPLERS:
+            fail("eval.sampler", f"got {self.sampler!r}", f"use one of {SAMPLERS} or null (the student's own)")
 
 
 @dataclass

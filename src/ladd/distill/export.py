@@ -16,7 +16,8 @@ make ``pipe(prompt, num_inference_steps=N, guidance_scale=1.0)`` the student (do
 
 ``save_pretrained`` writes config.json and the weights; ladd.json holds the keys ladd.models.registry reads
 (``ladd.models.io.read_config`` merges the two): ``ladd_recommended``
-(``steps`` = the student grid, guidance 1, the re-noising sampler, ``shift`` = ``student.shift``),
+(the method's: for a distilled student ``steps`` = the student grid, guidance 1, ``student.sampler``, ``shift`` =
+``student.shift``),
 ``ladd_text_encoder`` (the teacher's) and ``ladd_vae`` (relative to the export folder), so
 ``ladd eval --model <run>/export`` and ``ladd.models.teacher.load_teacher`` load it as they load the teacher,
 and diffusers loads config.json without warnings.
@@ -31,6 +32,7 @@ from pathlib import Path
 
 import torch
 
+from ladd.methods import method_class
 from ladd.models import lora
 from ladd.models.io import LADD_META, read_config, replace_dir
 
@@ -171,6 +173,13 @@ def check_export_target(run_dir: str | Path, out_dir: str | Path, overwrite: boo
                       f"replaced. Use a new folder, or --overwrite to replace it")
 
 
+def run_recommended(cfg) -> dict:
+    """The ``ladd_recommended`` of a run configured by ``cfg`` (a DistillConfig): its method's setting."""
+    from ladd.data.synth import teacher_recommended
+
+    return method_class(cfg.method).recommended(cfg.section, cfg.student, teacher_recommended(cfg.paths.teacher))
+
+
 def export_run(run_dir: str | Path, out_dir: str | Path, use_ema: bool = True, overwrite: bool = False,
                pipeline: bool = False, copy_text_encoders: bool = False) -> Path:
     """Export the newest checkpoint of a ``ladd distill`` run folder to ``out_dir`` (e.g. to ship it, or after an
@@ -188,5 +197,5 @@ def export_run(run_dir: str | Path, out_dir: str | Path, use_ema: bool = True, o
         f"configured in {run_dir / 'config.yaml'}; not evaluated.\n")
     return export_student(model, out_dir, steps=cfg.student.steps, teacher_dir=cfg.paths.teacher,
                           vae_dir=cfg.paths.vae, trained_steps=step, card=card, shift=cfg.student.shift,
-                          text_encoder=teacher_text_encoder(cfg.paths.teacher), run_dir=run_dir,
+                          recommended=run_recommended(cfg), text_encoder=teacher_text_encoder(cfg.paths.teacher), run_dir=run_dir,
                           pipeline=pipeline, copy_text_encoders=copy_text_encoders)

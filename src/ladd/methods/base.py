@@ -60,6 +60,10 @@ class StudentConfig:
     warmup_probs: list[float] | None = None  # docs/method.md's optional warm-up grid, e.g. [0, 0, .5, .5]
     warmup_steps: int = 0                    # iterations that use warmup_probs (0 = no warm-up)
     shift: float = 1.0                       # time shift of the grid (ladd.flow.shift_times); SD3.5-Large-Turbo: 3
+    # The sampler the student is distilled for and ships with (ladd.sampling): its backward-simulation rollouts and
+    # its card's recommended sampler. "renoise": fresh noise at each step (docs/method.md, Inference); "euler": the
+    # predicted noise kept (deterministic; stock diffusers' FlowMatchEulerDiscreteScheduler).
+    sampler: str = "renoise"
     # LoRA on the copy of the teacher (ladd.models.lora; docs/method.md, Components): only the adapters train.
     lora_rank: int = 0                       # 0 = full fine-tuning of every weight
     lora_alpha: float | None = None          # LoRA scale alpha / rank; None = rank (scale 1)
@@ -68,6 +72,8 @@ class StudentConfig:
 
     def __post_init__(self):
         self._check_lora()
+        if self.sampler not in ("renoise", "euler"):
+            fail("student.sampler", f"got {self.sampler!r}", "use renoise or euler")
         if isinstance(self.steps, bool) or self.steps < 1:
             fail("student.steps", f"got {self.steps}, the student grid would be empty", "use 1, 2 or 4")
         self.shift = number("student.shift", self.shift)
@@ -189,8 +195,10 @@ class Method:
         8), else the module itself (unwrapped by the trainer)."""
         return ema.shadow if ema is not None else modules[self.export]
 
-    def recommended(self, teacher_recommended: dict) -> dict:
-        """How the exported model samples by default (its ``ladd_recommended``): a distilled student takes its
-        grid with no guidance and the re-noising sampler (docs/method.md, Inference)."""
-        return {"steps": self.student_cfg.steps, "guidance": 1.0, "sampler": "renoise",
-                "shift": self.student_cfg.shift}
+    @classmethod
+    def recommended(cls, cfg, student_cfg: StudentConfig, teacher_recommended: dict) -> dict:
+        """How the exported model samples by default (its ``ladd_recommended``), from the method's settings
+        ``cfg`` alone (``ladd export`` of a run folder builds no method): a distilled student takes its grid with
+        no guidance and the sampler it was distilled for (``student.sampler``; docs/method.md, Inference)."""
+        return {"steps": student_cfg.steps, "guidance": 1.0, "sampler": student_cfg.sampler,
+                "shift": student_cfg.shift}

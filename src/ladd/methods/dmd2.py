@@ -83,7 +83,7 @@ def student_sample(student, x0: torch.Tensor, cond: TextEmbeddings, cfg: DMD2Con
     its own rollout (``backward_simulation``) or from the noised data latent ``x0``."""
     grid = flow.student_grid(student_cfg.steps, student_cfg.shift).to(x0.device, x0.dtype)
     return student_forward(student, x0, cond, grid, torch.tensor(student_cfg.probs_at(step)), draws,
-                           backward=cfg.backward_simulation)
+                           backward=cfg.backward_simulation, sampler=student_cfg.sampler)
 
 
 def _uniform_t(cfg: DMD2Config, n: int, draws: Draws, like: torch.Tensor) -> torch.Tensor:

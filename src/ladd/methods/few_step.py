@@ -37,8 +37,9 @@ class FewStep(Method):
     def shipped(self, modules: dict, ema):
         return self.teacher
 
-    def recommended(self, teacher_recommended: dict) -> dict:
-        return {"steps": self.student_cfg.steps,
-                "guidance": teacher_recommended["guidance"] if self.cfg.guidance is None else self.cfg.guidance,
-                "sampler": self.cfg.sampler or teacher_recommended["sampler"],
+    @classmethod
+    def recommended(cls, cfg, student_cfg, teacher_recommended: dict) -> dict:
+        return {"steps": student_cfg.steps,
+                "guidance": teacher_recommended["guidance"] if cfg.guidance is None else cfg.guidance,
+                "sampler": cfg.sampler or teacher_recommended["sampler"],
                 "shift": teacher_recommended.get("shift", 1.0)}

@@ -173,7 +173,8 @@ def generator_step(student, teacher, disc, x0: torch.Tensor, cond: TextEmbedding
         raise ValueError("ladd.loss.dm_weight needs the fake score (the method's 'fake_score' module)")
     along = cfg.loss.regression_on == "rollout"
     x0_hat, t_s = student_forward(student, x0, cond, grid, probs, generator,
-                                  noise if cfg.loss.regression_weight > 0 else None, cfg.backward_simulation, along)
+                                  noise if cfg.loss.regression_weight > 0 else None, cfg.backward_simulation, along,
+                                  student_cfg.sampler)
     fake, t_hat = renoise(x0_hat, cfg.disc.noise_m, cfg.disc.noise_s, generator)
     feats = teacher(fake, t_hat, cond, disc.blocks)
     with param_grads_off(disc):

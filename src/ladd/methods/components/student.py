@@ -18,6 +18,7 @@ from ladd.draws import Draws, as_draws
 from ladd.models.lora import add_lora
 from ladd.models.text_encoder import TextEmbeddings
 from ladd.models.wrap import unwrap
+from ladd.sampling import step
 
 
 def velocity(model, x: torch.Tensor, t: torch.Tensor, cond: TextEmbeddings) -> torch.Tensor:
@@ -60,14 +61,14 @@ def init_student(teacher: torch.nn.Module, cfg=None) -> torch.nn.Module:
 
 def student_forward(student, x0: torch.Tensor, cond: TextEmbeddings, grid: torch.Tensor, probs: torch.Tensor,
                     generator: torch.Generator | Draws | None = None, noise: torch.Tensor | None = None,
-                    backward: bool = False, paired_rollouts: bool = False):
+                    backward: bool = False, paired_rollouts: bool = False, sampler: str = "renoise"):
     """``(x0_hat [B, C, h, w], t_s [B])``: ``t_s ~ probs`` over ``grid`` (e.g. ``[1, .75, .5, .25]``),
     ``x_t = (1 - t_s) x0 + t_s eps``, ``x0_hat = x_t - t_s G(x_t, t_s)`` (docs/method.md, step 2). At ``t_s = 1``
     ``x_t`` is pure noise; below, it is the noised *data* latent, as in training with the sampler's inputs.
     ``noise`` (``[B, C, h, w]``, each latent's own starting noise) replaces ``eps`` where ``t_s = 1``: the
     student's input is then the noise from which the teacher made ``x0``. ``backward`` (backward simulation,
-    DMD2): below ``t_s = 1`` the input is instead the state the student's own re-noising sampler reaches from
-    ``eps`` (``rollout``, no grad), what it meets when sampling. ``paired_rollouts`` (with ``backward`` and
+    DMD2): below ``t_s = 1`` the input is instead the state the student's own ``sampler`` reaches from ``eps``
+    (``rollout``, no grad), what it meets when sampling. ``paired_rollouts`` (with ``backward`` and
     ``noise``): the rollouts start from ``noise`` too, so that every prediction lies on a chain that began at the
     teacher's own starting noise of ``x0``."""
     draws = as_draws(generator)
@@ -78,23 +79,24 @@ def student_forward(student, x0: torch.Tensor, cond: TextEmbeddings, grid: torch
         own = torch.ones_like(t_s, dtype=torch.bool) if backward and paired_rollouts else t_s == 1
         eps = torch.where(own.view(-1, *[1] * (x0.dim() - 1)), noise.to(eps), eps)
     if backward:
-        x_t = rollout(student, eps, cond, grid.to(x0.device, x0.dtype), idx.to(x0.device), draws)
+        x_t = rollout(student, eps, cond, grid.to(x0.device, x0.dtype), idx.to(x0.device), draws, sampler)
     else:
         x_t = flow.add_noise(x0, eps, t_s)
     return flow.x0_from_v(x_t, velocity(student, x_t, t_s, cond), t_s), t_s
 
 
 def rollout(student, noise: torch.Tensor, cond: TextEmbeddings, grid: torch.Tensor, idx: torch.Tensor,
-            draws: Draws) -> torch.Tensor:
-    """Sample ``b`` of ``noise`` ``[B, C, h, w]`` taken through ``idx[b]`` steps of the student's re-noising
-    sampler over ``grid`` (no grad): the state at time ``grid[idx[b]]`` (``idx = 0``: the noise itself)."""
+            draws: Draws, sampler: str = "renoise") -> torch.Tensor:
+    """Sample ``b`` of ``noise`` ``[B, C, h, w]`` taken through ``idx[b]`` steps of the student's ``sampler``
+    (``renoise`` or ``euler``, ladd.sampling) over ``grid`` (no grad): the state at time ``grid[idx[b]]``
+    (``idx = 0``: the noise itself)."""
     x = noise.clone()
     with torch.no_grad():
         for j in range(int(idx.max()) if idx.numel() else 0):
             eps = draws.randn(x)  # drawn for the whole batch: the same numbers at any process count
             on = idx > j
-            x0 = flow.x0_from_v(x[on], student(x[on], grid[j].expand(int(on.sum())), cond[on]), grid[j])
-            x[on] = flow.add_noise(x0, eps[on], grid[j + 1])
+            t = grid[j].expand(int(on.sum()))
+            x[on] = step(sampler, x[on], student(x[on], t, cond[on]), grid[j], grid[j + 1], eps[on])
     return x
 
 
