@@ -80,6 +80,7 @@ def test_pipeline_export_default_call_is_the_student(tmp_path, monkeypatch, samp
     assert {"model_index.json", "transformer", "scheduler", "vae", "ladd.json", "card.md"} <= \
         {p.name for p in out.iterdir()}
     assert "StableDiffusion3Pipeline.from_pretrained" in (out / "card.md").read_text()
+    assert {"renoise": "re-noising sampler", "euler": "Euler sampler"}[sampler] in (out / "card.md").read_text()
 
     # the nano world's MiniLM is not an SD3 text encoder: the export has none (its card says so)
     none = {p: None for p in ("text_encoder", "text_encoder_2", "text_encoder_3", "tokenizer", "tokenizer_2",

@@ -127,6 +127,14 @@ def test_export_merged_and_lora_file_match_the_student(root, trained, tmp_path):
                    generator=torch.Generator().manual_seed(7))
     torch.testing.assert_close(latents, ours, atol=1e-4, rtol=1e-4)
 
+    # a student distilled for Euler (student.sampler=euler): the adapters' scheduler is deterministic
+    euler = export_student(student, tmp_path / "euler", steps=4, teacher_dir=root / "teacher", vae_dir=root / "vae",
+                           text_encoder={"name": "fake"}, card="test",
+                           recommended={"steps": 4, "guidance": 1.0, "sampler": "euler", "shift": 1.0})
+    assert pipe.scheduler.config.stochastic_sampling
+    assert not FlowMatchEulerDiscreteScheduler.from_pretrained(euler / "lora", subfolder="scheduler").config[
+        "stochastic_sampling"]
+
 
 def test_checkpoint_reloads_into_a_rebuilt_student_and_ladd_export(root, trained, tmp_path):
     from diffusers import SD3Transformer2DModel

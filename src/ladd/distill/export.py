@@ -37,6 +37,9 @@ from ladd.models import lora
 from ladd.models.io import LADD_META, read_config, replace_dir
 
 
+SAMPLER_WORDS = {"renoise": "re-noising sampler", "euler": "Euler sampler"}
+
+
 def export_student(model: torch.nn.Module, out_dir: str | Path, *, steps: int, teacher_dir: str | Path,
                    vae_dir: str | Path, text_encoder: dict, card: str, trained_steps: int | None = None,
                    shift: float = 1.0, recommended: dict | None = None, run_dir: str | Path | None = None,
@@ -60,7 +63,7 @@ def export_student(model: torch.nn.Module, out_dir: str | Path, *, steps: int, t
         grid = write_pipeline(transformer, tmp, vae_dir=Path(vae_dir), teacher_dir=Path(teacher_dir), steps=steps,
                               shift=shift, recommended=recommended, meta={**meta, "ladd_vae": "vae"},
                               copy=copy_text_encoders)
-        card = card.rstrip("\n") + "\n\n" + usage(steps, grid, text_encoder) + "\n"
+        card = card.rstrip("\n") + "\n\n" + usage(steps, grid, text_encoder, recommended["sampler"]) + "\n"
     else:
         transformer.save_pretrained(tmp, safe_serialization=True)
         (tmp / LADD_META).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
@@ -72,7 +75,7 @@ def export_student(model: torch.nn.Module, out_dir: str | Path, *, steps: int, t
 
         lora.save_lora(model.transformer, tmp / "lora")
         # the teacher pipeline's own scheduler would sample another grid (SD3: shift 3): the student's beside it
-        student_scheduler(steps, shift).save_pretrained(tmp / "lora" / "scheduler")
+        student_scheduler(steps, shift, recommended["sampler"]).save_pretrained(tmp / "lora" / "scheduler")
     (tmp / "card.md").write_text(card)
     if run_dir is not None:
         marker = {"run_dir": str(Path(run_dir).resolve()), "trained_steps": trained_steps}
@@ -110,7 +113,8 @@ def model_card(info: dict, table: str | None = None) -> str:
         *([f"- LoRA student ({info['lora']}): merged into these weights; `lora/` holds the adapters alone, "
            f"for the teacher (`StableDiffusion3Pipeline.load_lora_weights`)"] if info.get("lora") else []),
         f"- wall time: {info['seconds'] / 60:.1f} min on {info['device']}",
-        f"- use: {info['student_steps']} step{'s' * (info['student_steps'] > 1)}, no guidance, re-noising sampler "
+        f"- use: {info['student_steps']} step{'s' * (info['student_steps'] > 1)}, no guidance, "
+        f"{SAMPLER_WORDS[info.get('student_sampler', 'renoise')]} "
         f"(`ladd sample --model <this folder> --prompt ...`)", "",
     ]
     if table:

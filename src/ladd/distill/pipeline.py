@@ -90,7 +90,7 @@ def write_pipeline(transformer, tmp: Path, *, vae_dir: Path, teacher_dir: Path, 
     return grid
 
 
-def usage(steps: int, grid: dict, text_encoder: dict) -> str:
+def usage(steps: int, grid: dict, text_encoder: dict, sampler: str = "renoise") -> str:
     """The card's section on loading the folder with diffusers alone."""
     load, call = "", f"pipe(prompt, num_inference_steps={steps}, guidance_scale=1.0)"
     if text_encoder.get("name") != "sd3":  # the nano world: MiniLM embeddings, computed by ladd
@@ -101,7 +101,9 @@ def usage(steps: int, grid: dict, text_encoder: dict) -> str:
     if not grid["exact"]:
         call = call.replace("guidance_scale=1.0", f"guidance_scale=1.0, sigmas={grid['sigmas']}")
     return ("## With diffusers alone\n\n"
-            f"`pipe = StableDiffusion3Pipeline.from_pretrained(<this folder>{load})`, then `torch.manual_seed(s)` (the "
-            f"re-noising sampler draws from torch's global generator) and `{call}`"
+            f"`pipe = StableDiffusion3Pipeline.from_pretrained(<this folder>{load})`, then "
+            + ("`torch.manual_seed(s)` (the re-noising sampler draws from torch's global generator) and "
+               if sampler == "renoise" else "")
+            + f"`{call}`"
             + ("" if grid["exact"] else " (a shifted grid is not diffusers' default for this step count: pass "
                "the sigmas)") + ".")
