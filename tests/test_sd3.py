@@ -18,7 +18,13 @@ PROMPTS = ["a red fox in the snow", "two cups of coffee", ""]
 CLIP_L, CLIP_G, T5_WIDTH = 8, 16, 32
 
 
-def build_tiny_pipeline(t5: bool = True):
+# the transformer's architecture options of each SD3 release (diffusers' SD3Transformer2DModel): SD3.5-medium is
+# MMDiT-X (dual attention in its first blocks) with qk RMS norm, SD3.5-large adds qk RMS norm to SD3's MMDiT
+VARIANTS = {"sd3-medium": {}, "sd3.5-medium": {"dual_attention_layers": (0, 1), "qk_norm": "rms_norm"},
+            "sd3.5-large": {"qk_norm": "rms_norm"}}
+
+
+def build_tiny_pipeline(t5: bool = True, variant: str = "sd3-medium"):
     from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel, \
         StableDiffusion3Pipeline
     from transformers import AutoTokenizer, CLIPTextConfig, CLIPTextModelWithProjection, T5Config, T5EncoderModel
@@ -39,7 +45,7 @@ def build_tiny_pipeline(t5: bool = True):
     transformer = SD3Transformer2DModel(
         sample_size=8, patch_size=2, in_channels=16, out_channels=16, num_layers=4, attention_head_dim=8,
         num_attention_heads=2, joint_attention_dim=T5_WIDTH, caption_projection_dim=16,
-        pooled_projection_dim=CLIP_L + CLIP_G, pos_embed_max_size=16)
+        pooled_projection_dim=CLIP_L + CLIP_G, pos_embed_max_size=16, **VARIANTS[variant])
     vae = AutoencoderKL(in_channels=3, out_channels=3, down_block_types=["DownEncoderBlock2D"] * 4,
                         up_block_types=["UpDecoderBlock2D"] * 4, block_out_channels=[8, 8, 8, 8], layers_per_block=1,
                         latent_channels=16, norm_num_groups=4, sample_size=64,
@@ -311,9 +317,12 @@ def tiny_dino(path):
     return path
 
 
-def test_pipeline_export_of_an_sd3_student_loads_with_nothing_else(sd3, tmp_path):
-    """ladd export --pipeline on an SD3 run: from_pretrained(DIR) alone (text encoders linked to the teacher's)
-    and the default 4-step, no-guidance call reproduce ladd's re-noising sampler on the student grid."""
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_pipeline_export_of_an_sd3_student_loads_with_nothing_else(sd3, tmp_path, variant):
+    """ladd export --pipeline on an SD3 / SD3.5-medium / SD3.5-large run: from_pretrained(DIR) alone (text encoders
+    linked to the teacher's) and the default 4-step, no-guidance call reproduce ladd's re-noising sampler on the
+    student grid: the same latents, and images within 1/255."""
+    import numpy as np
     from diffusers import StableDiffusion3Pipeline
 
     from ladd import flow
@@ -324,6 +333,9 @@ def test_pipeline_export_of_an_sd3_student_loads_with_nothing_else(sd3, tmp_path
     from ladd.sampling import renoise
 
     folder = sd3[0]
+    if variant != "sd3-medium":
+        folder = tmp_path / variant
+        build_tiny_pipeline(variant=variant).save_pretrained(folder)
     (tmp_path / "prompts.txt").write_text("a lighthouse at dusk\n")
     distill("configs/tiny.yaml", [f"paths.teacher={folder}", f"paths.vae={folder / 'vae'}",
                                   f"paths.data={tmp_path / 'data'}", f"paths.run_dir={tmp_path / 'run'}",
@@ -346,9 +358,66 @@ def test_pipeline_export_of_an_sd3_student_loads_with_nothing_else(sd3, tmp_path
     ours = renoise(gen.model, noise, torch.cat([flow.student_grid(4), torch.zeros(1)]), cond,
                    generator=torch.Generator().manual_seed(3))
     torch.testing.assert_close(latents, ours, atol=1e-4, rtol=1e-4)
+    torch.manual_seed(3)
+    images = pipe(PROMPTS[0], num_inference_steps=4, guidance_scale=1.0, height=64, width=64,
+                  latents=noise.clone(), output_type="np").images
+    ref = ((gen.vae.decode(ours).clamp(-1, 1) + 1) / 2).permute(0, 2, 3, 1).numpy()
+    assert np.abs(images - ref).max() < 1 / 255 and images.std() > 1e-3
+    if variant == "sd3.5-medium":
+        assert pipe.transformer.config.dual_attention_layers == [0, 1]
     # a shifted grid is no diffusers default: the card gives the sigmas to pass
     assert default_grid_is_exact(4, 1.0) and default_grid_is_exact(2, 1.0) and default_grid_is_exact(1, 1.0)
     assert not default_grid_is_exact(4, 3.0)
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_lora_recipe_on_the_teachers_pipeline_is_the_student(sd3, tmp_path, variant):
+    """A LoRA student of an SD3 / SD3.5-medium / SD3.5-large teacher, used as docs/real-models.md says: the
+    teacher's pipeline, ``load_lora_weights(<export>/lora)`` and the scheduler beside it; the default 4-step call is
+    the student (ladd's sampler on the merged export): the same latents, images within 1/255."""
+    import numpy as np
+    from diffusers import FlowMatchEulerDiscreteScheduler, StableDiffusion3Pipeline
+    from safetensors.torch import load_file
+
+    from ladd import flow
+    from ladd.distill.run import distill
+    from ladd.models.registry import load_generator
+    from ladd.sampling import renoise
+
+    folder = sd3[0]
+    if variant != "sd3-medium":
+        folder = tmp_path / variant
+        build_tiny_pipeline(variant=variant).save_pretrained(folder)
+    (tmp_path / "prompts.txt").write_text("a lighthouse at dusk\n")
+    distill("configs/tiny.yaml", [f"paths.teacher={folder}", f"paths.vae={folder / 'vae'}",
+                                  f"paths.data={tmp_path / 'data'}", f"paths.run_dir={tmp_path / 'run'}",
+                                  f"paths.text_cache={tmp_path / 'text-cache'}",
+                                  f"data.prompts={tmp_path / 'prompts.txt'}", "data.num_samples=2",
+                                  "data.shard_size=2", "data.batch_size=2", "data.steps=2", "train.steps=2",
+                                  "train.batch_size=2", "train.grad_accum=1", "train.sample_every=0",
+                                  "student.lora_rank=4", "optim.student.lr=1e-2", "eval.enabled=false"])
+    out = tmp_path / "run" / "export"
+    adapters = load_file(next((out / "lora").glob("*.safetensors")))
+    assert max(v.abs().max() for k, v in adapters.items() if "lora_B" in k) > 0  # trained: the LoRA is not a no-op
+    teacher = StableDiffusion3Pipeline.from_pretrained(folder)
+    teacher.set_progress_bar_config(disable=True)
+    noise = torch.randn(1, 16, 8, 8, generator=torch.Generator().manual_seed(0))
+    call = dict(prompt=PROMPTS[0], num_inference_steps=4, guidance_scale=1.0, height=64, width=64)
+    torch.manual_seed(3)
+    before = teacher(latents=noise.clone(), output_type="latent", **call).images
+    teacher.load_lora_weights(out / "lora")
+    teacher.scheduler = FlowMatchEulerDiscreteScheduler.from_pretrained(out / "lora", subfolder="scheduler")
+    torch.manual_seed(3)
+    latents = teacher(latents=noise.clone(), output_type="latent", **call).images
+    gen = load_generator(str(out))
+    ours = renoise(gen.model, noise, torch.cat([flow.student_grid(4), torch.zeros(1)]),
+                   gen.text_encoder.encode([PROMPTS[0]]), generator=torch.Generator().manual_seed(3))
+    torch.testing.assert_close(latents, ours, atol=1e-4, rtol=1e-4)
+    assert (latents - before).abs().max() > 1e-3  # the adapters and the scheduler changed the call
+    torch.manual_seed(3)
+    images = teacher(latents=noise.clone(), output_type="np", **call).images
+    ref = ((gen.vae.decode(ours).clamp(-1, 1) + 1) / 2).permute(0, 2, 3, 1).numpy()
+    assert np.abs(images - ref).max() < 1 / 255
 
 
 # ------------------------------------------------------------------------------------------------ presets, errors
