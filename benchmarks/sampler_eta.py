@@ -1,4 +1,5 @@
-"""Between the two samplers: how much of the predicted noise a student's sampler keeps (docs/experiments/student-gap.md).
+"""Between the two samplers: how much of its predicted noise a student's sampler keeps
+(docs/experiments/student-gap.md, session 28).
 
 At each step from ``t`` to ``t_next`` the student predicts ``x0_hat`` and ``eps_hat = x_t + (1 - t) v``; the next
 input is ``(1 - t_next) x0_hat + t_next (sqrt(1 - eta^2) eps_hat + eta z)`` with fresh Gaussian ``z``. ``eta = 1``

@@ -115,7 +115,7 @@ class EvalSettings:
     max_prompts: int | None = None   # evenly spaced subset of the prompt file (keeps every category); None = all
     per_prompt: int = 4
     student_steps: list[int] = field(default_factory=lambda: [1, 2, 4])
-    sampler: str | None = None       # the student's sampler in the evaluation; None: the one it ships with (student.sampler)
+    sampler: str | None = None       # the student's sampler here; None: the one it ships with (student.sampler)
     teacher_steps: list[int] = field(default_factory=lambda: [4])
     seed: int = 0
     batch_size: int = 64

@@ -201,5 +201,5 @@ def export_run(run_dir: str | Path, out_dir: str | Path, use_ema: bool = True, o
         f"configured in {run_dir / 'config.yaml'}; not evaluated.\n")
     return export_student(model, out_dir, steps=cfg.student.steps, teacher_dir=cfg.paths.teacher,
                           vae_dir=cfg.paths.vae, trained_steps=step, card=card, shift=cfg.student.shift,
-                          recommended=run_recommended(cfg), text_encoder=teacher_text_encoder(cfg.paths.teacher), run_dir=run_dir,
-                          pipeline=pipeline, copy_text_encoders=copy_text_encoders)
+                          recommended=run_recommended(cfg), text_encoder=teacher_text_encoder(cfg.paths.teacher),
+                          run_dir=run_dir, pipeline=pipeline, copy_text_encoders=copy_text_encoders)

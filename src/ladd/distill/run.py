@@ -27,7 +27,7 @@ from ladd.config import ConfigError
 from ladd.data import shards
 from ladd.data.shards import sample_seed
 from ladd.data.provenance import weights_file
-from ladd.data.synth import (check_data, generation_settings, synthesize, teacher_config, teacher_recommended,
+from ladd.data.synth import (check_data, generation_settings, synthesize, teacher_config,
                              teacher_text_encoder)
 from ladd.distill.compare import evaluate_models, write_comparison
 from ladd.distill.config import FSDP_EMA, DistillConfig, load_distill_config
