@@ -317,6 +317,25 @@ def tiny_dino(path):
     return path
 
 
+def distill_variant(sd3, tmp_path, variant: str, *extra: str):
+    """A 2-sample ``ladd distill`` run (``tmp_path/run``) on the tiny pipeline of ``variant`` (VARIANTS; built
+    into ``tmp_path`` unless it is the module's SD3-medium one); returns the teacher's folder."""
+    from ladd.distill.run import distill
+
+    folder = sd3[0]
+    if variant != "sd3-medium":
+        folder = tmp_path / variant
+        build_tiny_pipeline(variant=variant).save_pretrained(folder)
+    (tmp_path / "prompts.txt").write_text("a lighthouse at dusk\n")
+    distill("configs/tiny.yaml", [f"paths.teacher={folder}", f"paths.vae={folder / 'vae'}",
+                                  f"paths.data={tmp_path / 'data'}", f"paths.run_dir={tmp_path / 'run'}",
+                                  f"paths.text_cache={tmp_path / 'text-cache'}",
+                                  f"data.prompts={tmp_path / 'prompts.txt'}", "data.num_samples=2",
+                                  "data.shard_size=2", "data.batch_size=2", "data.steps=2", "train.batch_size=2",
+                                  "train.grad_accum=1", "train.sample_every=0", "eval.enabled=false", *extra])
+    return folder
+
+
 @pytest.mark.parametrize("variant", list(VARIANTS))
 def test_pipeline_export_of_an_sd3_student_loads_with_nothing_else(sd3, tmp_path, variant):
     """ladd export --pipeline on an SD3 / SD3.5-medium / SD3.5-large run: from_pretrained(DIR) alone (text encoders
@@ -328,22 +347,10 @@ def test_pipeline_export_of_an_sd3_student_loads_with_nothing_else(sd3, tmp_path
     from ladd import flow
     from ladd.cli import main
     from ladd.distill.pipeline import default_grid_is_exact
-    from ladd.distill.run import distill
     from ladd.models.registry import load_generator
     from ladd.sampling import renoise
 
-    folder = sd3[0]
-    if variant != "sd3-medium":
-        folder = tmp_path / variant
-        build_tiny_pipeline(variant=variant).save_pretrained(folder)
-    (tmp_path / "prompts.txt").write_text("a lighthouse at dusk\n")
-    distill("configs/tiny.yaml", [f"paths.teacher={folder}", f"paths.vae={folder / 'vae'}",
-                                  f"paths.data={tmp_path / 'data'}", f"paths.run_dir={tmp_path / 'run'}",
-                                  f"paths.text_cache={tmp_path / 'text-cache'}",
-                                  f"data.prompts={tmp_path / 'prompts.txt'}", "data.num_samples=2",
-                                  "data.shard_size=2", "data.batch_size=2", "data.steps=2", "train.steps=1",
-                                  "train.batch_size=2", "train.grad_accum=1", "train.sample_every=0",
-                                  "eval.enabled=false"])
+    distill_variant(sd3, tmp_path, variant, "train.steps=1")
     out = tmp_path / "shipped"
     assert main(["export", str(tmp_path / "run"), "--out", str(out), "--pipeline"]) == 0
     assert (out / "text_encoder_3").is_symlink() and (out / "tokenizer").is_symlink()
@@ -380,22 +387,10 @@ def test_lora_recipe_on_the_teachers_pipeline_is_the_student(sd3, tmp_path, vari
     from safetensors.torch import load_file
 
     from ladd import flow
-    from ladd.distill.run import distill
     from ladd.models.registry import load_generator
     from ladd.sampling import renoise
 
-    folder = sd3[0]
-    if variant != "sd3-medium":
-        folder = tmp_path / variant
-        build_tiny_pipeline(variant=variant).save_pretrained(folder)
-    (tmp_path / "prompts.txt").write_text("a lighthouse at dusk\n")
-    distill("configs/tiny.yaml", [f"paths.teacher={folder}", f"paths.vae={folder / 'vae'}",
-                                  f"paths.data={tmp_path / 'data'}", f"paths.run_dir={tmp_path / 'run'}",
-                                  f"paths.text_cache={tmp_path / 'text-cache'}",
-                                  f"data.prompts={tmp_path / 'prompts.txt'}", "data.num_samples=2",
-                                  "data.shard_size=2", "data.batch_size=2", "data.steps=2", "train.steps=2",
-                                  "train.batch_size=2", "train.grad_accum=1", "train.sample_every=0",
-                                  "student.lora_rank=4", "optim.student.lr=1e-2", "eval.enabled=false"])
+    folder = distill_variant(sd3, tmp_path, variant, "train.steps=2", "student.lora_rank=4", "optim.student.lr=1e-2")
     out = tmp_path / "run" / "export"
     adapters = load_file(next((out / "lora").glob("*.safetensors")))
     assert max(v.abs().max() for k, v in adapters.items() if "lora_B" in k) > 0  # trained: the LoRA is not a no-op

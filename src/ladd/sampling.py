@@ -68,7 +68,7 @@ def renoise(model, noise, times, cond, uncond=None, guidance=1.0, generator=None
         x0 = flow.x0_from_v(x, v, t)
         t_next = times[k + 1]
         if t_next > 0:
-            x = step("renoise", x, v, t, t_next, randn_like(x, generator))
+            x = flow.add_noise(x0, randn_like(x, generator), t_next)  # step("renoise", ...) with x0 at hand
     return x0
 
 

@@ -95,8 +95,9 @@ def rollout(student, noise: torch.Tensor, cond: TextEmbeddings, grid: torch.Tens
         for j in range(int(idx.max()) if idx.numel() else 0):
             eps = draws.randn(x)  # drawn for the whole batch: the same numbers at any process count
             on = idx > j
-            t = grid[j].expand(int(on.sum()))
-            x[on] = step(sampler, x[on], student(x[on], t, cond[on]), grid[j], grid[j + 1], eps[on])
+            xs = x[on]
+            v = student(xs, grid[j].expand(xs.shape[0]), cond[on])
+            x[on] = step(sampler, xs, v, grid[j], grid[j + 1], eps[on])
     return x
 
 
