@@ -95,3 +95,32 @@ def test_a_diffusers_teacher_is_read_straight_onto_the_device(tiny_teacher, tmp_
     cfg = SimpleNamespace(paths=SimpleNamespace(teacher=tmp_path / "t"), data=SimpleNamespace(batch_size=2))
     synth.load_models(cfg, {"source": "teacher"}, text_encoder=object(), device="cuda:3")
     assert asked == ["cuda:3"]
+
+
+def test_synth_device_reaches_the_models_and_a_missing_gpu_is_one_line(tmp_path, capsys, monkeypatch):
+    """`ladd synth --device` picks where a single process samples (default: accelerate's device, the GPU when
+    there is one); a GPU asked for on a machine without one fails before the data folder is touched."""
+    from tests.helpers import make_assets, tiny_overrides
+
+    make_assets(tmp_path)
+    asked = []
+
+    def stop(cfg, gen, text_encoder=None, device="cpu"):
+        asked.append(torch.device(device))
+        raise _Stop  # the device is all this test needs: stop before sampling
+
+    monkeypatch.setattr(synth, "load_models", stop)
+    with pytest.raises(_Stop):
+        main(["synth", "--config", "configs/tiny.yaml", "--device", "cpu", *tiny_overrides(tmp_path)])
+    assert asked == [torch.device("cpu")]
+    if not torch.cuda.is_available():
+        data = tmp_path / "other-data"
+        code = main(["synth", "--config", "configs/tiny.yaml", "--device", "cuda",
+                     *tiny_overrides(tmp_path, f"paths.data={data}")])
+        err = capsys.readouterr().err
+        assert code == 2 and "--device cuda" in err and "use --device cpu" in err
+        assert not data.exists() and len(asked) == 1
+
+
+class _Stop(Exception):
+    pass

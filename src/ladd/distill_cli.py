@@ -24,6 +24,9 @@ def add(sub) -> None:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--config", default="configs/nano.yaml", help="preset (YAML)")
     p.add_argument("--source", choices=["synthetic", "real"], default=None, help="shortcut for data.source=...")
+    p.add_argument("--device", default=None,
+                   help="cpu, cuda or cuda:N for a single process (default: the GPU when there is one; under "
+                        "torchrun / accelerate launch each process uses its own GPU)")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help=OVERRIDES_HELP)
     p.set_defaults(func=run_synth)
 
@@ -65,15 +68,20 @@ def run_synth(args) -> None:
     from ladd.data.synth import synthesize
     from ladd.distill.config import load_distill_config
     from ladd.distill.run import check_config
-    from ladd.runtime import folder_lock, process_state, sigterm_as_interrupt
+    from ladd.config import ConfigError
+    from ladd.runtime import folder_lock, pick_device, process_state, sigterm_as_interrupt
 
     overrides = list(args.overrides) + ([f"data.source={args.source}"] if args.source else [])
     cfg = load_distill_config(args.config, overrides)
     state = process_state()
+    if args.device and state.num_processes > 1:
+        raise ConfigError(f"--device {args.device}: this is process {state.process_index} of {state.num_processes}, "
+                          "and each process of a launch samples on its own GPU; drop --device")
+    device = pick_device(args.device) if args.device else None  # a GPU asked for without one: an error, here
     cfg.eval.enabled = False  # synth needs no evaluation files
     check_config(cfg, state.num_processes)
     with folder_lock(cfg.paths.data, "ladd synth data", state.is_main_process), sigterm_as_interrupt():
-        written = synthesize(cfg, rank=state.process_index, world_size=state.num_processes)
+        written = synthesize(cfg, rank=state.process_index, world_size=state.num_processes, device=device)
     state.wait_for_everyone()
     if state.is_main_process:
         print(f"{cfg.paths.data}: {cfg.data.num_shards} shards of {cfg.data.source} data "

@@ -193,9 +193,11 @@ def write_shards(data_dir: Path, gen: dict, todo: list[int], make_latents, text_
     return todo
 
 
-def synthesize(cfg, text_encoder=None, rank: int | None = None, world_size: int | None = None) -> list[int]:
+def synthesize(cfg, text_encoder=None, rank: int | None = None, world_size: int | None = None,
+               device=None) -> list[int]:
     """Make the missing shards of this process for ``cfg`` (a DistillConfig: ``data`` and ``paths``); returns
-    the shards written. ``rank``/``world_size`` default to accelerate's process state. Raises ``DataError``
+    the shards written. ``rank``/``world_size``/``device`` default to accelerate's process state (its device: the
+    process's GPU when there is one). Raises ``DataError``
     before loading any model if ``paths.data`` holds data made with other settings. Does not wait for the
     other processes (``ladd.distill.run`` does)."""
     from ladd.runtime import process_state
@@ -215,7 +217,7 @@ def synthesize(cfg, text_encoder=None, rank: int | None = None, world_size: int 
         log.info("%s: all %d shards of process %d are complete", data_dir, len(own), rank)
         return []
     log.info("%s: writing %d of %d shards (process %d of %d)", data_dir, len(todo), len(own), rank, world_size)
-    make_latents, encoder = load_models(cfg, gen, text_encoder, state.device)
+    make_latents, encoder = load_models(cfg, gen, text_encoder, device or state.device)
     # the manifest only once the models loaded: a first run that fails there (a damaged teacher) leaves nothing
     # that would refuse the corrected command
     shards.write_manifest(data_dir, gen)
