@@ -197,6 +197,27 @@ def test_ema_warm_up_and_decay():
     assert int(ema.updates) == 3
 
 
+
+def test_the_warm_up_caps_the_decay_and_a_decay_it_never_reaches_is_named(root, caplog):
+    """The EMA's decay is min(decay, (1 + n) / (10 + n)): 0.995 applies only from update 1,791 on, so in shorter
+    runs every decay above the warm-up's last value gives the same student; the run says so at its start."""
+    from ladd.training.ema import EMA, updates_to_reach, warmed_decay
+
+    model = torch.nn.Linear(1, 1, bias=False)
+    ema = EMA(model, decay=0.5)
+    applied = []
+    for _ in range(12):  # the weight each update gives the model, read back from the shadow
+        before = ema.shadow.weight.item()
+        model.weight.data.fill_(before + 1.0)
+        ema.update(model)
+        applied.append(1 - (ema.shadow.weight.item() - before))
+    assert applied == pytest.approx([warmed_decay(0.5, u) for u in range(1, 13)], abs=1e-6)
+    assert updates_to_reach(0.5) == 9 and applied[7] < 0.5 and applied[8] == pytest.approx(0.5)
+    assert (updates_to_reach(0.995), updates_to_reach(0.999)) == (1791, 8991)
+    with caplog.at_level("WARNING"):
+        run(root, "ema-short")  # tiny.yaml: EMA 0.9 over 4 iterations (the warm-up ends at 4 / 13)
+    assert "train.ema_decay=0.9 is never reached in 4 steps" in caplog.text and "after 81 updates" in caplog.text
+
 def test_bf16_with_gradient_checkpointing_trains(root):
     """train.mixed_precision=bf16 (teacher stored in bf16, student and heads in fp32 under autocast) with
     train.gradient_checkpointing: the large-model settings run on CPU and the student moves."""

@@ -31,3 +31,17 @@ class EMA(torch.nn.Module):
         for s, b in zip(self.shadow.buffers(), model.buffers()):
             s.copy_(b)
         self.updates += 1
+
+
+def warmed_decay(decay: float, updates: int) -> float:
+    """The decay :class:`EMA` applies at its ``updates``-th update (counting from 1): the warm-up caps it at
+    ``updates / (updates + 9)``, so a decay ``d`` takes effect only after ``updates_to_reach(d)`` updates."""
+    return min(decay, updates / (updates + 9))
+
+
+def updates_to_reach(decay: float) -> int:
+    """The first update at which the warm-up no longer caps ``decay`` (0.995: 1,791; 0.999: 8,991)."""
+    n = max(1, int((10 * decay - 1) / (1 - decay)))  # (1 + i) / (10 + i) >= d  <=>  i >= (10 d - 1) / (1 - d)
+    while n / (n + 9) < decay:  # i = n - 1; the float estimate may fall one short
+        n += 1
+    return n

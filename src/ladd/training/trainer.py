@@ -37,7 +37,7 @@ from ladd.runtime import deferred_interrupt, process_state
 from ladd.training.checkpoint import latest_checkpoint, load_latest_good, save_checkpoint
 from ladd.training.config import FSDP_EMA
 from ladd.training.contract import Context
-from ladd.training.ema import EMA
+from ladd.training.ema import EMA, updates_to_reach, warmed_decay
 from ladd.training.optim import build_optimizer, build_schedule
 
 log = logging.getLogger(__name__)
@@ -175,6 +175,11 @@ def prepare(acc, cfg, method) -> _Run:
     optimizers = {name: build_optimizer([modules[m] for m in mods], cfg.optim[name]) for name, mods in owners.items()}
     schedules = {name: build_schedule(opt, cfg.optim[name], cfg.train.steps) for name, opt in optimizers.items()}
     ema = EMA(modules[method.export], cfg.train.ema_decay) if cfg.train.ema_decay > 0 and modules else None
+    if ema is not None and warmed_decay(ema.decay, cfg.train.steps) < ema.decay:
+        log.warning("train.ema_decay=%g is never reached in %d steps: the EMA's warm-up min(decay, (1 + n) / (10 + "
+                    "n)) ends at %.4f (it reaches %g after %d updates), so any decay above that gives the same "
+                    "student", ema.decay, cfg.train.steps, warmed_decay(ema.decay, cfg.train.steps), ema.decay,
+                    updates_to_reach(ema.decay))
     prepared = acc.prepare(*modules.values(), *optimizers.values()) if modules else ()
     if len(modules) + len(optimizers) == 1:
         prepared = (prepared,)  # accelerate returns a single object unwrapped
