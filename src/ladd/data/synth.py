@@ -197,9 +197,8 @@ def synthesize(cfg, text_encoder=None, rank: int | None = None, world_size: int 
                device=None) -> list[int]:
     """Make the missing shards of this process for ``cfg`` (a DistillConfig: ``data`` and ``paths``); returns
     the shards written. ``rank``/``world_size``/``device`` default to accelerate's process state (its device: the
-    process's GPU when there is one). Raises ``DataError``
-    before loading any model if ``paths.data`` holds data made with other settings. Does not wait for the
-    other processes (``ladd.distill.run`` does)."""
+    process's GPU when there is one). Raises ``DataError`` before loading any model if ``paths.data`` holds data
+    made with other settings. Does not wait for the other processes (``ladd.distill.run`` does)."""
     from ladd.runtime import process_state
 
     state = process_state()

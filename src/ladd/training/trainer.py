@@ -175,11 +175,10 @@ def prepare(acc, cfg, method) -> _Run:
     optimizers = {name: build_optimizer([modules[m] for m in mods], cfg.optim[name]) for name, mods in owners.items()}
     schedules = {name: build_schedule(opt, cfg.optim[name], cfg.train.steps) for name, opt in optimizers.items()}
     ema = EMA(modules[method.export], cfg.train.ema_decay) if cfg.train.ema_decay > 0 and modules else None
-    if ema is not None and warmed_decay(ema.decay, cfg.train.steps) < ema.decay:
-        log.warning("train.ema_decay=%g is never reached in %d steps: the EMA's warm-up min(decay, (1 + n) / (10 + "
-                    "n)) ends at %.4f (it reaches %g after %d updates), so any decay above that gives the same "
-                    "student", ema.decay, cfg.train.steps, warmed_decay(ema.decay, cfg.train.steps), ema.decay,
-                    updates_to_reach(ema.decay))
+    if ema is not None and warmed_decay(ema.decay, cfg.train.steps) < ema.decay:  # e.g. nano.yaml's 0.995 in 800
+        log.info("EMA: train.ema_decay=%g applies from update %d on; in these %d steps the warm-up min(decay, "
+                 "(1 + n) / (10 + n)) sets it, ending at %.4f, so a higher decay would give the same student",
+                 ema.decay, updates_to_reach(ema.decay), cfg.train.steps, warmed_decay(ema.decay, cfg.train.steps))
     prepared = acc.prepare(*modules.values(), *optimizers.values()) if modules else ()
     if len(modules) + len(optimizers) == 1:
         prepared = (prepared,)  # accelerate returns a single object unwrapped
