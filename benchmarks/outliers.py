@@ -18,7 +18,6 @@ import json
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
 
 def parse(spec: str) -> tuple[str, str, int, float, str]:
@@ -50,6 +49,7 @@ def main() -> None:
     from ladd.evaluation import metrics
     from ladd.evaluation.evaluate import REAL_SEED_OFFSET, load_evaluator, read_back, render_real
     from ladd.generate import generate, image_seed
+    from ladd.images import save_grid
     from ladd.models.registry import load_generator
 
     prompts = [json.loads(line) for line in Path(args.prompts).read_text().splitlines() if line.strip()]
@@ -57,6 +57,9 @@ def main() -> None:
     index = [(i, k) for i in range(len(prompts)) for k in range(args.per_prompt)]
     evaluator, _ = load_evaluator()
     _, real = read_back(evaluator, render_real(prompts, index, args.seed + REAL_SEED_OFFSET, 64, 64))
+    if len(index) <= real.shape[1]:
+        raise SystemExit(f"{len(index)} images are too few for a {real.shape[1]}-dimensional feature covariance: use "
+                         f"more --max-prompts or --per-prompt (more than {real.shape[1]} images)")
     mu, sigma = metrics.feature_stats(real)
     precision = np.linalg.inv(sigma + 1e-3 * np.eye(len(mu)))  # regularised: 480 images, a wide feature vector
     limit = float(mahalanobis(real, mu, precision).max())
@@ -77,9 +80,7 @@ def main() -> None:
                      "fd_without_outliers": metrics.frechet_distance(*metrics.feature_stats(feats[~bad]), mu, sigma),
                      "median_distance": float(np.median(dist)),
                      "furthest": [[*index[j], round(float(dist[j]), 1)] for j in order[:16]]})
-        worst = images[order[:16]]
-        grid = np.concatenate([np.concatenate(list(worst[r * 8:(r + 1) * 8]), 1) for r in range(len(worst) // 8)], 0)
-        Image.fromarray(grid).save(out / f"{name}.png")
+        save_grid(images[order[:16]], out / f"{name}.png", ncols=8, scale=1)
         print(f"{name}: {rows[-1]['outliers']} outliers of {len(index)}, FD {rows[-1]['fd']:.2f}, without them "
               f"{rows[-1]['fd_without_outliers']:.2f}", flush=True)
     lines = [f"{args.prompts}, {len(index)} images per row; outlier: further from the real images' features than any "

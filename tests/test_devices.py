@@ -9,6 +9,7 @@ import pytest
 import torch
 
 import ladd.data.synth as synth
+from helpers import make_assets, tiny_overrides
 from ladd.cli import main
 from ladd.config import ConfigError
 from ladd.runtime import pick_device, pick_dtype
@@ -100,8 +101,6 @@ def test_a_diffusers_teacher_is_read_straight_onto_the_device(tiny_teacher, tmp_
 def test_synth_device_reaches_the_models_and_a_missing_gpu_is_one_line(tmp_path, capsys, monkeypatch):
     """`ladd synth --device` picks where a single process samples (default: accelerate's device, the GPU when
     there is one); a GPU asked for on a machine without one fails before the data folder is touched."""
-    from tests.helpers import make_assets, tiny_overrides
-
     make_assets(tmp_path)
     asked = []
 

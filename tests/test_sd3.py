@@ -336,6 +336,11 @@ def distill_variant(sd3, tmp_path, variant: str, *extra: str):
     return folder
 
 
+def as_pipeline_images(gen, latents):
+    """What a diffusers pipeline's ``output_type="np"`` gives for ``latents``: the VAE's decode in [0, 1], NHWC."""
+    return ((gen.vae.decode(latents).clamp(-1, 1) + 1) / 2).permute(0, 2, 3, 1).numpy()
+
+
 @pytest.mark.parametrize("variant", list(VARIANTS))
 def test_pipeline_export_of_an_sd3_student_loads_with_nothing_else(sd3, tmp_path, variant):
     """ladd export --pipeline on an SD3 / SD3.5-medium / SD3.5-large run: from_pretrained(DIR) alone (text encoders
@@ -368,7 +373,7 @@ def test_pipeline_export_of_an_sd3_student_loads_with_nothing_else(sd3, tmp_path
     torch.manual_seed(3)
     images = pipe(PROMPTS[0], num_inference_steps=4, guidance_scale=1.0, height=64, width=64,
                   latents=noise.clone(), output_type="np").images
-    ref = ((gen.vae.decode(ours).clamp(-1, 1) + 1) / 2).permute(0, 2, 3, 1).numpy()
+    ref = as_pipeline_images(gen, ours)
     assert np.abs(images - ref).max() < 1 / 255 and images.std() > 1e-3
     if variant == "sd3.5-medium":
         assert pipe.transformer.config.dual_attention_layers == [0, 1]
@@ -411,7 +416,7 @@ def test_lora_recipe_on_the_teachers_pipeline_is_the_student(sd3, tmp_path, vari
     assert (latents - before).abs().max() > 1e-3  # the adapters and the scheduler changed the call
     torch.manual_seed(3)
     images = teacher(latents=noise.clone(), output_type="np", **call).images
-    ref = ((gen.vae.decode(ours).clamp(-1, 1) + 1) / 2).permute(0, 2, 3, 1).numpy()
+    ref = as_pipeline_images(gen, ours)
     assert np.abs(images - ref).max() < 1 / 255
 
 

@@ -65,10 +65,10 @@ def add(sub) -> None:
 
 
 def run_synth(args) -> None:
+    from ladd.config import ConfigError
     from ladd.data.synth import synthesize
     from ladd.distill.config import load_distill_config
     from ladd.distill.run import check_config
-    from ladd.config import ConfigError
     from ladd.runtime import folder_lock, pick_device, process_state, sigterm_as_interrupt
 
     overrides = list(args.overrides) + ([f"data.source={args.source}"] if args.source else [])

@@ -7,6 +7,9 @@ import copy
 import torch
 
 
+WARMUP = 9  # the decay at update u (from 1) is capped at u / (u + WARMUP): early averages forget the init
+
+
 class EMA(torch.nn.Module):
     """Keeps ``shadow = decay * shadow + (1 - decay) * param`` with ``decay`` warmed up as
     ``min(decay, (1 + n) / (10 + n))`` so early averages are not dominated by the random init. Only parameters
@@ -23,7 +26,7 @@ class EMA(torch.nn.Module):
     def update(self, model: torch.nn.Module) -> None:
         # the warm-up weight is computed on the counter's device: no host sync inside a training iteration
         n = self.updates.float()
-        weight = 1 - torch.clamp((1 + n) / (10 + n), max=self.decay)
+        weight = 1 - torch.clamp((1 + n) / (1 + WARMUP + n), max=self.decay)  # = warmed_decay(decay, n + 1)
         weights = {}  # one cast per parameter dtype, not per parameter
         for s, p in zip(self.shadow.parameters(), model.parameters()):
             if p.requires_grad:  # frozen ones (a LoRA student's base weights) never move: nothing to average
@@ -36,12 +39,12 @@ class EMA(torch.nn.Module):
 def warmed_decay(decay: float, updates: int) -> float:
     """The decay :class:`EMA` applies at its ``updates``-th update (counting from 1): the warm-up caps it at
     ``updates / (updates + 9)``, so a decay ``d`` takes effect only after ``updates_to_reach(d)`` updates."""
-    return min(decay, updates / (updates + 9))
+    return min(decay, updates / (updates + WARMUP))
 
 
 def updates_to_reach(decay: float) -> int:
     """The first update at which the warm-up no longer caps ``decay`` (0.995: 1,791; 0.999: 8,991)."""
-    n = max(1, int((10 * decay - 1) / (1 - decay)))  # (1 + i) / (10 + i) >= d  <=>  i >= (10 d - 1) / (1 - d)
-    while n / (n + 9) < decay:  # i = n - 1; the float estimate may fall one short
+    n = max(1, int(WARMUP * decay / (1 - decay)))  # n / (n + WARMUP) >= d  <=>  n >= WARMUP d / (1 - d)
+    while warmed_decay(decay, n) < decay:  # the float estimate may fall one short
         n += 1
     return n
