@@ -96,7 +96,9 @@ class FixedData:
         return self
 
     def batch(self, size, *keys):
-        return self.x0, self.cond
+        from ladd.data.batch import Batch
+
+        return Batch(self.x0, self.cond)
 
 
 def main() -> int:

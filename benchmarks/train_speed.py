@@ -29,6 +29,7 @@ from pathlib import Path
 
 import torch
 
+from ladd.data.batch import Batch
 from ladd.distill.config import load_distill_config
 from ladd.distill.run import build_method
 from ladd.draws import Draws
@@ -49,7 +50,7 @@ class FixedData:
         return FixedData(self.x0.to(device), self.cond.to(device))
 
     def batch(self, size, *keys):
-        return self.x0[:size], self.cond
+        return Batch(self.x0[:size], self.cond)
 
 
 def _timed(fn) -> float:
@@ -102,7 +103,7 @@ def main() -> None:
     def phase(name):
         def fn():
             ctx = Context(0, Draws(gen), run.ema, store)
-            method.loss(name, (x0, cond), ctx).loss.backward()
+            method.loss(name, Batch(x0, cond), ctx).loss.backward()
         return fn
 
     def student_alone():

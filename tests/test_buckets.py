@@ -41,12 +41,14 @@ def test_batches_come_from_one_bucket_and_match_the_stream(root):
     stream = shards.load_data(root / "data", pairs=True, stream=True)
     seen = set()
     for step in range(12):
-        x, text, noise = memory.batch(6, 3, step)
+        batch = memory.batch(6, 3, step)
+        x, text, noise = batch.x0, batch.cond, batch.noise
         seen.add(tuple(x.shape[2:]))
         assert noise.shape == x.shape and text.tokens.shape[0] == 6
-        for a, b in zip((x, text.tokens, noise), (lambda y: (y[0], y[1].tokens, y[2]))(stream.batch(6, 3, step))):
+        other = stream.batch(6, 3, step)
+        for a, b in zip((x, text.tokens, noise), (other.x0, other.cond.tokens, other.noise)):
             torch.testing.assert_close(a, b, atol=0, rtol=0)
-        halves = [memory.batch(3, 3, step, 0, r, 2)[0] for r in range(2)]  # two processes: the same global batch
+        halves = [memory.batch(3, 3, step, 0, r, 2).x0 for r in range(2)]  # two processes: the same global batch
         torch.testing.assert_close(torch.cat(halves), x, atol=0, rtol=0)
     assert seen == {(4, 6), (6, 4), (4, 4)}
     stream.close()

@@ -27,7 +27,7 @@ def test_streaming_batches_equal_the_in_memory_ones(root):
     for step, micro, rank, world in [(0, 0, 0, 1), (5, 1, 0, 1), (7, 0, 1, 2)]:
         a = memory.batch(6, 3, step, micro, rank, world)
         b = stream.batch(6, 3, step, micro, rank, world)
-        for x, y in zip((a[0], a[1].tokens, a[1].pooled, a[2]), (b[0], b[1].tokens, b[1].pooled, b[2])):
+        for x, y in zip((a.x0, a.cond.tokens, a.cond.pooled, a.noise), (b.x0, b.cond.tokens, b.cond.pooled, b.noise)):
             assert x.dtype == y.dtype == torch.float32
             torch.testing.assert_close(x, y, atol=0, rtol=0)
     every = stream.read(torch.tensor([9, 0, 9, 4, 8, 3]))  # the partial last shard, repeats, any order

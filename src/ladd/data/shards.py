@@ -29,6 +29,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from ladd.config import ConfigError
+from ladd.data.batch import Batch
 from ladd.models.io import default_mode
 from ladd.models.text_encoder import TextEmbeddings
 
@@ -340,10 +341,9 @@ class ShardDataset:
         return self.members[b][rows]
 
     def batch(self, size: int, seed: int, step: int, micro: int = 0, rank: int = 0, world: int = 1):
-        """``(latents [size, C, h, w], TextEmbeddings)`` in float32 on the data's device, and the latents'
-        starting noise ``[size, C, h, w]`` as a third item when the data are ``paired``."""
+        """A ``ladd.data.batch.Batch``: latents ``[size, C, h, w]`` and their text states in float32 on the data's
+        device, and the latents' starting noise when the data are ``paired``."""
         b, rows = draw_batch(self.members, size, seed, step, micro, rank, world, self.bucket_latents[0].device)
         text = self.text_of(self.members[b][rows]).to(torch.float32)
-        if self.bucket_noise is not None:
-            return self.bucket_latents[b][rows], text, self.bucket_noise[b][rows]
-        return self.bucket_latents[b][rows], text
+        noise = None if self.bucket_noise is None else self.bucket_noise[b][rows]
+        return Batch(self.bucket_latents[b][rows], text, noise)

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from ladd.data import shards
+from ladd.data.batch import Batch
 from ladd.models.text_encoder import TextEmbeddings
 
 KEYS = ("latents", "tokens", "pooled")
@@ -125,17 +126,16 @@ class StreamingShards:
         return out
 
     def batch(self, size: int, seed: int, step: int, micro: int = 0, rank: int = 0, world: int = 1):
-        """``(latents [size, C, h, w], TextEmbeddings)`` in float32 on the reader's device, and the latents'
-        starting noise as a third item when ``paired`` (as ``ShardDataset.batch``)."""
+        """A ``ladd.data.batch.Batch`` on the reader's device, as ``ShardDataset.batch``."""
         idx = self.indices(size, seed, step, micro, rank, world)
         rows = self.read(idx)
         latents = rows["latents"].float().to(self.device)
         text = TextEmbeddings(rows["tokens"].float(), rows["pooled"].float()).to(self.device)
         if self.seeds is None:
-            return latents, text
+            return Batch(latents, text)
         shape = shards.shard_generation(self.generation, int(idx[0]) // self.shard_size)["latent_shape"]  # its bucket's
         noise = shards.teacher_noise([{"seed": int(s)} for s in self.seeds[idx.numpy()]], shape)
-        return latents, text, noise.to(self.device)
+        return Batch(latents, text, noise.to(self.device))
 
     def close(self) -> None:
         for s in self._open.values():

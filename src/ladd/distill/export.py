@@ -90,18 +90,23 @@ def _reference(folder: str | Path, out_dir: Path) -> str:
     return str(folder) if folder.is_absolute() else os.path.relpath(folder.resolve(), out_dir.resolve())
 
 
-def model_card(info: dict, table: str | None = None) -> str:
-    """The export's card.md. ``info``: teacher, steps_trained, student_steps, seconds, command, data (the data
-    manifest's generation settings), n_params, ema_decay, lora (a description, or None); ``table`` the evaluation
-    table (Markdown), if any."""
-    gen = info["data"]
+def _data_line(gen: dict) -> str:
+    """What a data folder holds, from its manifest's generation settings."""
     if gen["source"] == "synthetic":
         source = (f"{gen['prompts']['count']} prompts of data.prompts" if "prompts" in gen
                   else f"ShapeWorld seed {gen['seed']} captions")
-        data = (f"{gen['num_samples']} teacher samples of {source}, "
+        return (f"{gen['num_samples']} teacher samples of {source}, "
                 f"{gen['steps']} {gen['sampler']} steps, guidance {gen['guidance']:g} (`ladd synth`)")
-    else:
-        data = f"{gen['num_samples']} real ShapeWorld images (seed {gen['seed']}) encoded by the VAE {gen['vae']}"
+    return f"{gen['num_samples']} real ShapeWorld images (seed {gen['seed']}) encoded by the VAE {gen['vae']}"
+
+
+def model_card(info: dict, table: str | None = None) -> str:
+    """The export's card.md. ``info``: teacher, steps_trained, student_steps, seconds, command, data (the data
+    manifest's generation settings), reals (the heads' reals' settings, when from their own folder), n_params,
+    ema_decay, lora (a description, or None); ``table`` the evaluation table (Markdown), if any."""
+    data = _data_line(info["data"])
+    if info.get("reals"):
+        data += f"; the discriminator's reals: {_data_line(info['reals'])}"
     lines = [
         "# LADD student", "",
         f"diffusers `SD3Transformer2DModel`, {info['n_params'] / 1e6:.2f}M parameters, distilled from "

@@ -134,6 +134,8 @@ def check_config(cfg: DistillConfig, num_processes: int = 1) -> dict:
                           f"known noise by a deterministic sampler; the data are {gen['source']} with sampler "
                           f"{gen.get('sampler')!r}: use data.source=synthetic data.sampler=euler (or set "
                           f"ladd.loss.regression_weight=0)")
+    if cfg.paths.reals is not None:
+        check_reals_config(cfg, gen)
     if cfg.eval.enabled or cfg.eval.val_every:
         from ladd.models.registry import resolve, world
 
@@ -141,6 +143,17 @@ def check_config(cfg: DistillConfig, num_processes: int = 1) -> dict:
             world().read_prompts(path)
         resolve(cfg.eval.evaluator)
     return gen
+
+
+def check_reals_config(cfg: DistillConfig, gen: dict) -> None:
+    """``paths.reals`` goes with a method that has a discriminator, names a folder other than ``paths.data`` and
+    holds complete data in the training data's latent space (ladd.data.reals.check_reals)."""
+    from ladd.data.reals import check_reals
+
+    if not method_class(cfg.method).takes_reals(cfg.section):
+        raise ConfigError(f"paths.reals: method {cfg.method!r} has no discriminator that takes reals from another "
+                          f"folder (ladd and add do); unset paths.reals")
+    check_reals(cfg.paths.reals, cfg.paths.data, gen, cfg.paths.vae)
 
 
 def build_method(cfg: DistillConfig, teacher=None, uncond=None):
@@ -197,6 +210,10 @@ def _run(cfg: DistillConfig, gen: dict, run_dir: Path, state, text_encoder, comm
     state.wait_for_everyone()
     pairs = method_class(cfg.method).needs_pairs(cfg.section)
     data = shards.load_data(cfg.paths.data, pairs, cfg.data.stream) if trains else None
+    if trains and cfg.paths.reals is not None:  # the heads' reals from their own folder
+        from ladd.data.reals import WithReals
+
+        data = WithReals(data, shards.load_data(cfg.paths.reals, stream=cfg.data.stream))
     vae = load_vae(cfg.paths.vae).to(state.device)  # previews and validation decode where the student samples
     preview = text_encoder.encode(preview_prompts(cfg)) if previews else None
     uncond = text_encoder.encode([""]) if wants_uncond else None
@@ -255,7 +272,8 @@ def _card_info(cfg: DistillConfig, gen: dict, result, command: str) -> dict:
             "student_sampler": cfg.student.sampler,
             "seconds": result.seconds, "command": command, "data": gen, "batch_size": cfg.train.batch_size,
             "n_params": sum(p.numel() for n, p in model.named_parameters() if "lora_" not in n), "method": cfg.method,
-            "ema_decay": cfg.train.ema_decay, "device": where, "lora": _lora_info(cfg.student)}
+            "ema_decay": cfg.train.ema_decay, "device": where, "lora": _lora_info(cfg.student),
+            "reals": shards.complete_generation(cfg.paths.reals) if cfg.paths.reals else None}
 
 
 def _lora_info(s) -> str | None:

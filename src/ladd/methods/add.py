@@ -189,6 +189,10 @@ class ADD(Method):
         return True
 
     @classmethod
+    def takes_reals(cls, cfg: ADDConfig) -> bool:
+        return True
+
+    @classmethod
     def check(cls, cfg: ADDConfig, teacher_config: dict) -> None:
         from ladd.models.feature_net import DINO_TAPS
         from ladd.models.io import read_config
@@ -227,12 +231,14 @@ class ADD(Method):
         return [Update(("generator", "discriminator"), ("student", "heads"))]
 
     def loss(self, phase: str, batch, ctx: Context) -> PhaseOut:
-        x0, cond, *_ = batch
+        x0, cond = batch.x0, batch.cond
         if phase == "generator":  # the heads take no part in this update's gradient sync: unwrapped
             out, ctx.store["fake"] = generator_step(self.student, self.teacher, self.vae, self.feature_net,
                                                     unwrap(self.heads), x0, cond, self.uncond, self.cfg,
                                                     self.student_cfg, ctx.step, ctx.draws)
             return out
         if phase == "discriminator":
-            return discriminator_step(self.vae, self.feature_net, self.heads, x0, cond, ctx.store["fake"], self.cfg)
+            real = batch.reals or batch  # paths.reals, or the data themselves
+            return discriminator_step(self.vae, self.feature_net, self.heads, real.x0, real.cond, ctx.store["fake"],
+                                      self.cfg)
         return super().loss(phase, batch, ctx)

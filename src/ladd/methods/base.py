@@ -161,6 +161,12 @@ class Method:
         return False
 
     @classmethod
+    def takes_reals(cls, cfg) -> bool:
+        """Whether the method has a discriminator whose reals may come from another data folder than the
+        student's data (``paths.reals``: batches carry them as ``batch.reals``, ladd.data.reals)."""
+        return False
+
+    @classmethod
     def check(cls, cfg, teacher_config: dict) -> None:
         """Checks of the method's section against the teacher's config.json, before any weight loads."""
 

@@ -189,7 +189,7 @@ class DMD2(Method):
         return [Update(("critic",), ("critic",))] * self.cfg.critic_updates + [Update(("generator",), ("student",))]
 
     def loss(self, phase: str, batch, ctx: Context) -> PhaseOut:
-        x0, cond, *_ = batch
+        x0, cond = batch.x0, batch.cond
         if phase == "generator":  # F and the heads take no part in this update's gradient sync: unwrapped
             return generator_step(self.student, self.teacher, unwrap(self.fake_score), unwrap(self.heads), x0,
                                   cond, self.uncond, self.cfg, self.student_cfg, ctx.step, ctx.draws)

@@ -320,6 +320,10 @@ class LADD(Method):
         return cfg.loss.regression_weight > 0
 
     @classmethod
+    def takes_reals(cls, cfg: LADDConfig) -> bool:
+        return True
+
+    @classmethod
     def check(cls, cfg: LADDConfig, teacher_config: dict) -> None:
         cfg.disc.resolve_blocks(teacher_config["num_layers"])
 
@@ -354,15 +358,16 @@ class LADD(Method):
         return [Update(("generator", "discriminator"), ("student", "heads"))]
 
     def loss(self, phase: str, batch, ctx: Context) -> PhaseOut:
-        x0, cond, *paired = batch  # (x0, cond) or, from paired data, (x0, cond, noise)
+        x0, cond = batch.x0, batch.cond
         if phase == "generator":
             g = generator_step(self.student, self.teacher, self.heads, x0, cond, self.cfg, self.student_cfg,
-                               ctx.draws, ctx.step, self.uncond, paired[0] if paired else None, self.fake_score_g)
+                               ctx.draws, ctx.step, self.uncond, batch.noise, self.fake_score_g)
             ctx.store["fake"] = g.fake
             return PhaseOut(g.loss, g.metrics)
         if phase == "discriminator":
-            loss, metrics = discriminator_step(self.teacher, self.heads, x0, cond, ctx.store["fake"], self.cfg,
-                                               ctx.draws)
+            real = batch.reals or batch  # paths.reals (e.g. real images), or the data themselves
+            loss, metrics = discriminator_step(self.teacher, self.heads, real.x0, real.cond, ctx.store["fake"],
+                                               self.cfg, ctx.draws)
             return PhaseOut(loss, metrics)
         if phase == "critic":
             return PhaseOut(*critic_step(self.fake_score, cond, ctx.store["fake"], self.cfg, ctx.draws))

@@ -130,5 +130,5 @@ class LCM(Method):
     def loss(self, phase: str, batch, ctx: Context) -> PhaseOut:
         if phase != "consistency":
             return super().loss(phase, batch, ctx)
-        x0, cond, *_ = batch
+        x0, cond = batch.x0, batch.cond
         return consistency_step(self.student, self.teacher, x0, cond, self.uncond, self.cfg, ctx.draws)

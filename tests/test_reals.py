@@ -1,0 +1,106 @@
+"""paths.reals (ladd.data.reals): batches carry the heads' reals from a second data folder, drawn from a stream of
+their own; LADD's discriminator phase judges those and nothing else of the batch; a folder that cannot serve as
+reals is refused by the config check, before any model loads."""
+
+import json
+import shutil
+
+import pytest
+import torch
+
+from ladd.config import ConfigError
+from ladd.data.batch import Batch
+from ladd.data.reals import REALS_STREAM, WithReals
+from ladd.data.shards import ShardDataset, sample_seed
+from ladd.data.synth import synthesize
+from ladd.distill.config import load_distill_config
+from ladd.distill.run import build_method, check_config
+from ladd.draws import Draws
+from ladd.training.contract import Context
+from helpers import FakeEncoder, assets_with_data, tiny_overrides
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def make_reals(root, name, *extra):
+    cfg = load_distill_config("configs/tiny.yaml", tiny_overrides(root, "data.source=real", "data.num_samples=6",
+                                                                  f"paths.data={root / name}", *extra))
+    synthesize(cfg, FakeEncoder(), 0, 1)
+    return root / name
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory):
+    root = assets_with_data(tmp_path_factory.mktemp("reals"))
+    make_reals(root, "real")
+    return root
+
+
+def test_batches_carry_reals_drawn_from_their_own_stream(root):
+    data, reals = ShardDataset.load(root / "data", pairs=True), ShardDataset.load(root / "real")
+    both = WithReals(data, reals).to("cpu")
+    got, plain = both.batch(4, 3, 5, 1), data.batch(4, 3, 5, 1)
+    # the training data's part is the plain batch, pairs included
+    for a, b in ((got.x0, plain.x0), (got.noise, plain.noise), (got.cond.tokens, plain.cond.tokens)):
+        assert torch.equal(a, b)
+    rows = reals.indices(4, sample_seed(3, REALS_STREAM), 5, 1)
+    assert torch.equal(got.reals.x0, reals.latents[rows]) and got.reals.noise is None and got.reals.reals is None
+    assert torch.equal(got.reals.cond.tokens, reals.text_of(rows).tokens.float())
+    assert not torch.equal(rows, data.indices(4, 3, 5, 1) % len(reals))  # not the data's draw again
+    halves = [both.batch(2, 3, 5, 1, r, 2).reals.x0 for r in range(2)]  # two processes: the same global reals
+    assert torch.equal(torch.cat(halves), got.reals.x0)
+    assert len(both) == len(data) and both.latent_shape == data.latent_shape and both.paired
+    assert data.batch(4, 3, 5, 1).reals is None
+
+
+def test_the_discriminator_judges_the_reals_and_nothing_else_of_the_batch(root):
+    cfg = load_distill_config("configs/tiny.yaml", tiny_overrides(root))
+    method = build_method(cfg)
+    method.attach(method.modules("cpu"), method.frozen())
+    data, reals = ShardDataset.load(root / "data"), ShardDataset.load(root / "real")
+    batch, real = data.batch(2, 0, 0), reals.batch(2, 7, 0)
+    store = {}
+    method.loss("generator", batch, Context(0, Draws(torch.Generator().manual_seed(0)), store=store))
+
+    def d_loss(b):
+        return method.loss("discriminator", b, Context(0, Draws(torch.Generator().manual_seed(1)), store=store)).loss
+
+    with_reals = d_loss(Batch(batch.x0, batch.cond, reals=real))
+    torch.testing.assert_close(with_reals, d_loss(real), atol=0, rtol=0)
+    assert not torch.allclose(with_reals, d_loss(batch))
+
+
+@pytest.mark.parametrize("case, message", [
+    ("lcm", "has no discriminator"),
+    ("missing", "holds no data"),
+    ("same", "is paths.data"),
+    ("shape", "latent shape"),
+    ("vae", "another VAE"),
+])
+def test_reals_that_cannot_serve_are_refused_by_the_config_check(root, case, message):
+    reals, extra = root / "real", []
+    if case == "lcm":
+        extra = ["method=lcm"]
+    elif case == "missing":
+        reals = root / "nothing"
+    elif case == "same":
+        reals = root / "data"
+    elif case == "shape":
+        reals = root / "small"
+        if not reals.exists():
+            make_reals(root, "small", "data.height=32", "data.width=32")
+    elif case == "vae":
+        reals = root / "other-vae"
+        shutil.rmtree(reals, ignore_errors=True)
+        shutil.copytree(root / "real", reals)
+        manifest = json.loads((reals / "dataset.json").read_text())
+        manifest["generation"]["vae_fingerprint"] = "0" * 32
+        (reals / "dataset.json").write_text(json.dumps(manifest))
+    cfg = load_distill_config("configs/tiny.yaml", tiny_overrides(root, f"paths.reals={reals}", *extra))
+    with pytest.raises(ConfigError, match=message):
+        check_config(cfg)
+
+
+def test_reals_of_the_teachers_latent_space_pass(root):
+    cfg = load_distill_config("configs/tiny.yaml", tiny_overrides(root, f"paths.reals={root / 'real'}"))
+    assert check_config(cfg)["source"] == "synthetic"
