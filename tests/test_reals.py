@@ -1,5 +1,5 @@
 """paths.reals (ladd.data.reals): batches carry the heads' reals from a second data folder, drawn from a stream of
-their own; LADD's discriminator phase judges those and nothing else of the batch; a folder that cannot serve as
+their own; LADD's and ADD's discriminator phases judge those and nothing else of the batch; a folder that cannot serve as
 reals is refused by the config check, before any model loads."""
 
 import json
@@ -17,7 +17,7 @@ from ladd.distill.config import load_distill_config
 from ladd.distill.run import build_method, check_config
 from ladd.draws import Draws
 from ladd.training.contract import Context
-from helpers import FakeEncoder, assets_with_data, tiny_overrides
+from helpers import FakeEncoder, assets_with_data, save_tiny_featnet, tiny_overrides
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -53,9 +53,12 @@ def test_batches_carry_reals_drawn_from_their_own_stream(root):
     assert data.batch(4, 3, 5, 1).reals is None
 
 
-def test_the_discriminator_judges_the_reals_and_nothing_else_of_the_batch(root):
-    cfg = load_distill_config("configs/tiny.yaml", tiny_overrides(root))
-    method = build_method(cfg)
+@pytest.mark.parametrize("method_name", ["ladd", "add"])
+def test_the_discriminator_judges_the_reals_and_nothing_else_of_the_batch(root, method_name):
+    extra = [] if method_name == "ladd" else \
+        ["method=add", "add.head_width=16", f"add.feature_net={save_tiny_featnet(root / 'featnet')}"]
+    cfg = load_distill_config("configs/tiny.yaml", tiny_overrides(root, *extra))
+    method = build_method(cfg, uncond=FakeEncoder().encode([""]))
     method.attach(method.modules("cpu"), method.frozen())
     data, reals = ShardDataset.load(root / "data"), ShardDataset.load(root / "real")
     batch, real = data.batch(2, 0, 0), reals.batch(2, 7, 0)
