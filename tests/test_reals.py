@@ -1,6 +1,6 @@
 """paths.reals (ladd.data.reals): batches carry the heads' reals from a second data folder, drawn from a stream of
-their own; LADD's and ADD's discriminator phases judge those and nothing else of the batch; a folder that cannot serve as
-reals is refused by the config check, before any model loads."""
+their own; LADD's and ADD's discriminator phases judge those and nothing else of the batch; a folder that cannot
+serve as reals is refused by the config check, before any model loads."""
 
 import json
 import shutil
