@@ -156,8 +156,8 @@ class Method:
 
     @classmethod
     def needs_pairs(cls, cfg) -> bool:
-        """Whether the method needs each data latent's starting noise (batches ``(x0, cond, noise)``: teacher
-        samples by a deterministic sampler, ``ladd.data.shards.ShardDataset.paired``)."""
+        """Whether the method needs each data latent's starting noise (``batch.noise``: teacher samples by a
+        deterministic sampler, ``ladd.data.shards.ShardDataset.paired``)."""
         return False
 
     @classmethod
