@@ -88,9 +88,9 @@ Hook = tuple[int, Callable[[torch.nn.Module, int], object]]
 def train(cfg, method, data, run_dir: str | Path, hooks: list[Hook] = ()) -> TrainResult:
     """Train ``method`` (a ladd.methods.base.Method) on ``data`` (``batch(size, seed, step, micro, rank, world)``
     -> a ladd.data.batch.Batch; ``to(device)``) per ``cfg.train`` and ``cfg.optim`` in ``run_dir``, resuming from
-    its newest checkpoint. ``cfg`` is saved as ``config.yaml`` and in every checkpoint. ``hooks``: ``(every, fn)`` pairs; the
-    main process calls ``fn(model to ship, iteration)`` every ``every`` iterations (sample grids, validation),
-    before that iteration's checkpoint, with the training RNG state restored afterwards."""
+    its newest checkpoint. ``cfg`` is saved as ``config.yaml`` and in every checkpoint. ``hooks``: ``(every, fn)``
+    pairs; the main process calls ``fn(model to ship, iteration)`` every ``every`` iterations (sample grids,
+    validation), before that iteration's checkpoint, with the training RNG state restored afterwards."""
     from torch.utils.tensorboard import SummaryWriter
 
     run_dir, tc = Path(run_dir), cfg.train
