@@ -54,3 +54,33 @@ def test_incomplete_data_and_bad_flag_are_one_line(tmp_path):
         StreamingShards.load(tmp_path)
     with pytest.raises(ConfigError, match="data.stream"):
         load_distill_config("configs/tiny.yaml", ["data.stream=3"])
+
+
+def test_text_states_are_stored_once_per_prompt_and_both_readers_find_them(root, monkeypatch):
+    """A prompt file of 3 prompts over 10 samples (shards of 4): only samples 0-2 hold text states, the other
+    shards none; both readers give every sample its prompt's states, as from a folder written the old way (text per
+    sample), which they still read."""
+    from ladd.data.synth import synthesize
+    from helpers import FakeEncoder
+
+    prompts = root / "three.txt"
+    prompts.write_text("a red circle\ntwo blue squares\na green cross\n")
+    folders = {}
+    for layout in ("per-prompt", "per-sample"):
+        if layout == "per-sample":  # what ladd wrote before: every sample its own row
+            monkeypatch.setattr(shards, "text_rows", lambda gen, samples: len(samples))
+        folders[layout] = root / layout
+        cfg = load_distill_config("configs/tiny.yaml", tiny_overrides(
+            root, f"data.prompts={prompts}", f"paths.data={folders[layout]}"))
+        synthesize(cfg, FakeEncoder(), 0, 1)
+        monkeypatch.undo()
+    stored = [shards.load_file(shards.shard_path(folders["per-prompt"], k))["tokens"].shape[0] for k in range(3)]
+    assert stored == [3, 0, 0]
+    assert shards.missing_shards(folders["per-prompt"], 10, 4) == []  # complete as written
+    want = FakeEncoder().encode([f"{p}" for p in prompts.read_text().splitlines()])
+    for folder in folders.values():
+        for reader in (shards.ShardDataset.load(folder), shards.load_data(folder, stream=True)):
+            idx = reader.indices(6, 3, 1)
+            batch = reader.batch(6, 3, 1)
+            torch.testing.assert_close(batch.cond.tokens, want.tokens[idx % 3].half().float(), atol=0, rtol=0)
+            torch.testing.assert_close(batch.cond.pooled, want.pooled[idx % 3].half().float(), atol=0, rtol=0)

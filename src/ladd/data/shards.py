@@ -5,8 +5,13 @@ and ``shard-00000.safetensors``, ``shard-00001.safetensors``, ... Shard ``k`` ho
 ``[k * shard_size, min((k + 1) * shard_size, num_samples))`` as tensors
 
     latents [n, C, h, w] float32   model latents (the VAE's scaled space, what the teacher denoises)
-    tokens  [n, L, D]    float16   text token states of the prompts
-    pooled  [n, P]       float16   pooled text embeddings
+    tokens  [m, L, D]    float16   text token states of the prompts of the shard's first m samples
+    pooled  [m, P]       float16   pooled text embeddings
+
+Text states are stored once per prompt: with a prompt file of N prompts (``data.prompts``; sample ``i`` has prompt
+``i mod N``) only samples ``i < N`` hold theirs, and sample ``i`` reads sample ``i mod N``'s (``text_source``), so
+m = the shard's samples below N (``text_rows``): none past the first N samples. ShapeWorld captions are drawn per
+sample and every sample holds its own (m = n), as did every shard written before this layout (readers take both).
 
 and, in the safetensors header's metadata under ``"ladd"``, JSON ``{"format", "version", "shard",
 "generation", "records": [{"index", "prompt", "spec", "seed"}, ...]}`` (one record per sample; ``spec`` is the
@@ -114,9 +119,11 @@ def temp_path(path: Path) -> Path:
 def write_shard(path: Path, tensors: dict[str, torch.Tensor], records: list[dict], generation: dict) -> Path:
     """Write one shard atomically (temporary file, then rename)."""
     n = len(records)
-    bad = {k: tuple(v.shape) for k, v in tensors.items() if v.shape[0] != n}
-    if bad:
-        raise ValueError(f"shard {path.name}: {n} records but tensors with other lengths {bad}")
+    lengths = {k: v.shape[0] for k, v in tensors.items()}
+    text = lengths.get("tokens", 0)
+    if lengths.get("latents", n) != n or lengths.get("pooled", 0) != text or text > n:
+        raise ValueError(f"shard {path.name}: {n} records but tensor lengths {lengths} (latents: one row per "
+                         f"record; tokens and pooled: as many rows as each other, at most one per record)")
     meta = {"format": FORMAT, "version": VERSION, "shard": path.name, "generation": generation, "records": records}
     tmp = temp_path(path)
     save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, tmp, metadata={"ladd": json.dumps(meta)})
@@ -135,18 +142,34 @@ def read_meta(path: Path) -> dict:
     return meta
 
 
+def text_source(gen: dict, i: int) -> int:
+    """The sample whose row holds sample ``i``'s text states: the first sample of its prompt, ``i mod N`` with a
+    prompt file of N prompts, else ``i`` itself (module docstring)."""
+    return i % gen["prompts"]["count"] if "prompts" in gen else i
+
+
+def text_rows(gen: dict, samples: range) -> int:
+    """How many of a shard's ``samples`` (a contiguous range) hold their own text states: a prefix of them."""
+    if "prompts" not in gen:
+        return len(samples)
+    return max(0, min(samples.stop, gen["prompts"]["count"]) - samples.start)
+
+
 def shard_ok(path: Path, expected: int) -> bool:
-    """True if ``path`` is a complete shard of ``expected`` samples. Quick: header and file size only
-    (safetensors refuses a file that does not cover its tensors, i.e. a truncated one)."""
+    """True if ``path`` is a complete shard of ``expected`` samples, with text states once per prompt or (as
+    written before that layout) per sample. Quick: header and file size only (safetensors refuses a file that
+    does not cover its tensors, i.e. a truncated one)."""
     if not path.is_file():
         return False
     try:
         meta = read_meta(path)
         with safe_open(str(path), "pt") as f:
-            lengths = {f.get_slice(k).get_shape()[0] for k in ("latents", "tokens", "pooled")}
+            n, tokens, pooled = (f.get_slice(k).get_shape()[0] for k in ("latents", "tokens", "pooled"))
+        indices = [r["index"] for r in meta["records"]]
+        own = text_rows(meta["generation"], range(indices[0], indices[-1] + 1))
     except Exception:  # truncated, garbage, wrong format, missing keys: all mean "redo it"
         return False
-    return lengths == {expected} and len(meta["records"]) == expected
+    return n == len(indices) == expected and tokens == pooled and tokens in (own, n)
 
 
 def read_manifest(data_dir: str | Path) -> dict | None:
@@ -314,6 +337,7 @@ class ShardDataset:
                 row_of[r["prompt"]] = len(first)
                 first.append(n)
             index.append(row_of[r["prompt"]])
+        # the stored rows are those of the first samples (a prefix), and a prompt's first sample is among them
         keep = torch.tensor(first)
         text = TextEmbeddings(torch.cat([p["tokens"] for p in parts])[keep],
                               torch.cat([p["pooled"] for p in parts])[keep])

@@ -112,18 +112,19 @@ class StreamingShards:
     def read(self, idx: torch.Tensor) -> dict[str, torch.Tensor]:
         """The rows of samples ``idx`` (in that order, repeats allowed) of every tensor, on the CPU."""
         idx = idx.tolist()
+        text = [shards.text_source(self.generation, i) for i in idx]  # the rows that hold their text states
+        return {key: self._rows(key, idx if key == "latents" else text) for key in KEYS}
+
+    def _rows(self, key: str, idx: list[int]) -> torch.Tensor:
         by_shard: dict[int, list[int]] = {}
         for n, i in enumerate(idx):
             by_shard.setdefault(i // self.shard_size, []).append(n)
-        out = {}
-        for key in KEYS:
-            parts, order = [], []
-            for k, ns in by_shard.items():
-                parts.append(self._shard(k).rows(key, [idx[n] % self.shard_size for n in ns]))
-                order += ns
-            rows = np.concatenate(parts)
-            out[key] = torch.from_numpy(rows[np.argsort(order, kind="stable")].copy())
-        return out
+        parts, order = [], []
+        for k, ns in by_shard.items():
+            parts.append(self._shard(k).rows(key, [idx[n] % self.shard_size for n in ns]))
+            order += ns
+        rows = np.concatenate(parts)
+        return torch.from_numpy(rows[np.argsort(order, kind="stable")].copy())
 
     def batch(self, size: int, seed: int, step: int, micro: int = 0, rank: int = 0, world: int = 1):
         """A ``ladd.data.batch.Batch`` on the reader's device, as ``ShardDataset.batch``."""

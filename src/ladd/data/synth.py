@@ -185,8 +185,9 @@ def write_shards(data_dir: Path, gen: dict, todo: list[int], make_latents, text_
         if list(latents.shape[1:]) != shard_gen["latent_shape"]:
             raise ValueError(f"latents {tuple(latents.shape[1:])} but the config expects {shard_gen['latent_shape']}:"
                              f" the teacher's in_channels and the VAE disagree")
-        shards.write_shard(shards.shard_path(data_dir, k), {"latents": latents, "tokens": cond.tokens.half(),
-                                                           "pooled": cond.pooled.half()}, records, gen)
+        own = shards.text_rows(gen, shards.shard_range(k, size, n))  # text states once per prompt
+        shards.write_shard(shards.shard_path(data_dir, k), {"latents": latents, "tokens": cond.tokens[:own].half(),
+                                                           "pooled": cond.pooled[:own].half()}, records, gen)
         log.info("wrote %s (%d samples)", shards.shard_path(data_dir, k), len(records))
         bar.update(len(records))
     bar.close()
