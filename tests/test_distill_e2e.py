@@ -10,6 +10,7 @@ from PIL import Image
 
 from ladd.cli import main
 from ladd.config import ConfigError
+from ladd.data import shards
 from ladd.distill.run import distill
 from helpers import FakeEncoder, make_assets, tiny_overrides
 
@@ -258,19 +259,14 @@ def test_regression_term_through_the_pipeline(tmp_path, fake_text_encoder):
 
 
 def test_reals_from_their_own_folder_through_the_pipeline(tmp_path, fake_text_encoder):
-    """paths.reals: ladd distill trains on the teacher's pairs with another folder's latents as the heads' reals,
-    and the export's card names both."""
-    from ladd.data.synth import synthesize
-    from ladd.distill.config import load_distill_config
-
+    """paths.reals: ladd distill makes the missing reals (ShapeWorld images through the VAE), trains on the
+    teacher's pairs with them as the heads' reals, and the export's card names both."""
     make_assets(tmp_path)
-    synthesize(load_distill_config("configs/tiny.yaml", tiny_overrides(tmp_path, "data.source=real",
-                                                                       f"paths.data={tmp_path / 'real'}")),
-               FakeEncoder(), 0, 1)
     distill("configs/tiny.yaml", tiny_overrides(tmp_path, f"paths.reals={tmp_path / 'real'}", "train.steps=2",
                                                 "ladd.loss.regression_weight=1", f"paths.run_dir={tmp_path / 'r'}"))
     line = json.loads((tmp_path / "r" / "metrics.jsonl").read_text().splitlines()[-1])
     assert line["step"] == 2 and line["g_regression"] > 0 and "d_real" in line
     card = (tmp_path / "r" / "export" / "card.md").read_text()
     assert "teacher samples" in card and "the discriminator's reals: 10 real ShapeWorld images" in card
+    assert shards.complete_generation(tmp_path / "real")["source"] == "real"
 

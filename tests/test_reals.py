@@ -1,6 +1,6 @@
 """paths.reals (ladd.data.reals): batches carry the heads' reals from a second data folder, drawn from a stream of
 their own; LADD's and ADD's discriminator phases judge those and nothing else of the batch; a folder that cannot
-serve as reals is refused by the config check, before any model loads."""
+serve as reals is refused by the config check, before any model loads; nano reals still missing are to be made."""
 
 import json
 import shutil
@@ -14,7 +14,7 @@ from ladd.data.reals import REALS_STREAM, WithReals
 from ladd.data.shards import ShardDataset, sample_seed
 from ladd.data.synth import synthesize
 from ladd.distill.config import load_distill_config
-from ladd.distill.run import build_method, check_config
+from ladd.distill.run import build_method, check_config, reals_to_make
 from ladd.draws import Draws
 from ladd.training.contract import Context
 from helpers import FakeEncoder, assets_with_data, save_tiny_featnet, tiny_overrides
@@ -84,8 +84,10 @@ def test_reals_that_cannot_serve_are_refused_by_the_config_check(root, case, mes
     reals, extra = root / "real", []
     if case == "lcm":
         extra = ["method=lcm"]
-    elif case == "missing":
+    elif case == "missing":  # with a prompt file: the user's own images, which ladd cannot make
         reals = root / "nothing"
+        (root / "p.txt").write_text("a red circle\n")
+        extra = [f"data.prompts={root / 'p.txt'}", f"paths.data={root / 'pdata'}"]
     elif case == "same":
         reals = root / "data"
     elif case == "shape":
@@ -104,6 +106,16 @@ def test_reals_that_cannot_serve_are_refused_by_the_config_check(root, case, mes
         check_config(cfg)
 
 
-def test_reals_of_the_teachers_latent_space_pass(root):
+def test_reals_of_the_teachers_latent_space_pass_and_missing_nano_reals_are_to_be_made(root):
     cfg = load_distill_config("configs/tiny.yaml", tiny_overrides(root, f"paths.reals={root / 'real'}"))
-    assert check_config(cfg)["source"] == "synthetic"
+    assert check_config(cfg)["source"] == "synthetic" and reals_to_make(cfg) is None
+    cfg = load_distill_config("configs/tiny.yaml", tiny_overrides(root, f"paths.reals={root / 'new'}"))
+    check_config(cfg)  # ShapeWorld's real images: ladd distill makes them
+    make = reals_to_make(cfg)
+    assert make.data.source == "real" and make.paths.data == str(root / "new") and make.data.seed == cfg.data.seed
+    shutil.rmtree(root / "part", ignore_errors=True)
+    shutil.copytree(root / "real", root / "part")
+    (root / "part" / "shard-00001.safetensors").unlink()  # a partial folder made with other settings
+    with pytest.raises(ConfigError, match="other settings"):
+        check_config(load_distill_config("configs/tiny.yaml", tiny_overrides(
+            root, f"paths.reals={root / 'part'}", "data.seed=5")))

@@ -163,8 +163,9 @@ class PathsConfig:
     teacher: str = "assets/nano/teacher"
     vae: str = "assets/nano/vae"          # only to decode preview samples
     data: str = "runs/nano-synth"         # synthetic shards (latents + prompt embeddings)
-    # the discriminator's reals from another complete data folder (e.g. `ladd synth data.source=real
-    # paths.data=runs/nano-real`), while the student trains on paths.data; null = paths.data's latents (the paper)
+    # the discriminator's reals from another data folder, while the student trains on paths.data; for the nano
+    # world `ladd distill` makes it when missing (real ShapeWorld images of data.seed through the VAE, as
+    # `ladd synth data.source=real`); with a prompt file, the user's own images made beforehand. null = paths.data
     reals: str | None = None
     run_dir: str = "runs/nano-ladd"
     text_cache: str | None = None         # on-disk cache of prompt embeddings (SD3 encoders); None = in memory only

@@ -145,15 +145,38 @@ def check_config(cfg: DistillConfig, num_processes: int = 1) -> dict:
     return gen
 
 
+def reals_to_make(cfg: DistillConfig) -> DistillConfig | None:
+    """The config that makes the heads' reals of ``paths.reals`` when that folder holds no complete data and
+    ``ladd distill`` can make them: real ShapeWorld images of the training data's scenes (``data.seed``,
+    ``data.num_samples``) through the VAE, as ``ladd synth data.source=real`` makes them. None when the folder is
+    complete, no reals are asked for, or they cannot be made here (a prompt file's data: the user's own images)."""
+    if cfg.paths.reals is None or cfg.data.prompts is not None:
+        return None
+    try:
+        shards.complete_generation(cfg.paths.reals)
+        return None
+    except shards.DataError:
+        return replace(cfg, data=replace(cfg.data, source="real"), paths=replace(cfg.paths, data=cfg.paths.reals))
+
+
 def check_reals_config(cfg: DistillConfig, gen: dict) -> None:
-    """``paths.reals`` goes with a method that has a discriminator, names a folder other than ``paths.data`` and
-    holds complete data in the training data's latent space (ladd.data.reals.check_reals)."""
+    """``paths.reals`` goes with a method that has a discriminator and names a folder other than ``paths.data``
+    that holds complete data in the training data's latent space (ladd.data.reals.check_reals), or that
+    ``ladd distill`` can make (``reals_to_make``; a partial folder made with other settings is refused)."""
     from ladd.data.reals import check_reals
+    from ladd.runtime import check_output
 
     if not method_class(cfg.method).takes_reals(cfg.section):
         raise ConfigError(f"paths.reals: method {cfg.method!r} has no discriminator that takes reals from another "
                           f"folder (ladd and add do); unset paths.reals")
-    check_reals(cfg.paths.reals, cfg.paths.data, gen, cfg.paths.vae)
+    make = reals_to_make(cfg)
+    if make is None:
+        check_reals(cfg.paths.reals, cfg.paths.data, gen, cfg.paths.vae)
+    elif Path(cfg.paths.reals).resolve() == Path(cfg.paths.data).resolve():
+        check_reals(cfg.paths.reals, cfg.paths.data, gen, cfg.paths.vae)  # says so
+    else:
+        check_output(cfg.paths.reals, "paths.reals")
+        check_data(make, generation_settings(make))
 
 
 def build_method(cfg: DistillConfig, teacher=None, uncond=None):
@@ -185,8 +208,11 @@ def distill(preset: str | Path | None = DEFAULT_PRESET, overrides=(), text_encod
     command = command or " ".join(["ladd distill", f"--config {preset}" if preset else "", *overrides]).strip()
     main = state.is_main_process
     own_data = Path(cfg.paths.data).resolve() != run_dir.resolve()
+    makes_reals = reals_to_make(cfg) is not None
     with folder_lock(run_dir, "a ladd distill run", main), \
-            folder_lock(cfg.paths.data, "ladd synth data", main and own_data), log_to_file(run_dir / "log.txt", main):
+            folder_lock(cfg.paths.data, "ladd synth data", main and own_data), \
+            folder_lock(cfg.paths.reals, "ladd synth data", main and makes_reals), \
+            log_to_file(run_dir / "log.txt", main):
         log.info("%s -> %s", command, run_dir)
         return _run(cfg, gen, run_dir, state, text_encoder, command)
 
@@ -199,14 +225,17 @@ def _run(cfg: DistillConfig, gen: dict, run_dir: Path, state, text_encoder, comm
     trains = method_class(cfg.method).trains  # a method that trains nothing needs no data and no previews
     wants_uncond = method_class(cfg.method).needs_uncond(cfg.section)
     missing = trains and shards.missing_shards(cfg.paths.data, cfg.data.num_samples, cfg.data.shard_size)
+    reals = reals_to_make(cfg) if trains else None
     previews = trains and cfg.train.sample_every
-    if text_encoder is None and (missing or previews or wants_uncond or (trains and cfg.eval.val_every)):
+    if text_encoder is None and (missing or reals or previews or wants_uncond or (trains and cfg.eval.val_every)):
         from ladd.models import text_encoder as te
 
         text_encoder = te.load_text_encoder(**gen["text_encoder"], device=state.device,
                                             cache_dir=cfg.paths.text_cache)
     if missing:
         synthesize(cfg, text_encoder, state.process_index, state.num_processes)
+    if reals is not None:  # the heads' reals, when paths.reals names a folder still to be made
+        synthesize(reals, text_encoder, state.process_index, state.num_processes)
     state.wait_for_everyone()
     pairs = method_class(cfg.method).needs_pairs(cfg.section)
     data = shards.load_data(cfg.paths.data, pairs, cfg.data.stream) if trains else None
