@@ -1,6 +1,7 @@
 """paths.reals (ladd.data.reals): batches carry the heads' reals from a second data folder, drawn from a stream of
-their own; LADD's and ADD's discriminator phases judge those and nothing else of the batch; a folder that cannot
-serve as reals is refused by the config check, before any model loads; nano reals still missing are to be made."""
+their own; LADD's and ADD's discriminator phases judge those by their prompts and the fakes by theirs; a folder
+that cannot serve as reals is refused by the config check, before any model loads; nano reals still missing are to
+be made."""
 
 import json
 import shutil
@@ -53,28 +54,45 @@ def test_batches_carry_reals_drawn_from_their_own_stream(root):
     assert data.batch(4, 3, 5, 1).reals is None
 
 
+class Recording(torch.nn.Module):
+    """The heads, recording the condition (pooled prompts) of every call."""
+
+    def __init__(self, heads):
+        super().__init__()
+        self.heads, self.blocks, self.seen = heads, getattr(heads, "blocks", None), []
+
+    def forward(self, feats, t, pooled):
+        self.seen.append(pooled.detach().clone())
+        return self.heads(feats, t, pooled)
+
+
 @pytest.mark.parametrize("method_name", ["ladd", "add"])
-def test_the_discriminator_judges_the_reals_and_nothing_else_of_the_batch(root, method_name):
+def test_the_discriminator_judges_the_reals_by_their_prompts_and_the_fakes_by_theirs(root, method_name):
     extra = [] if method_name == "ladd" else \
         ["method=add", "add.head_width=16", f"add.feature_net={save_tiny_featnet(root / 'featnet')}"]
-    cfg = load_distill_config("configs/tiny.yaml", tiny_overrides(root, *extra))
+    cfg = load_distill_config("configs/tiny.yaml", tiny_overrides(root, "ladd.loss.misaligned_weight=0", *extra))
     method = build_method(cfg, uncond=FakeEncoder().encode([""]))
     method.attach(method.modules("cpu"), method.frozen())
+    method.heads = Recording(method.heads)
     data, reals = ShardDataset.load(root / "data"), ShardDataset.load(root / "real")
     batch, real = data.batch(2, 0, 0), reals.batch(2, 7, 0)
+    assert not torch.equal(batch.cond.pooled, real.cond.pooled)
     store = {}
     method.loss("generator", batch, Context(0, Draws(torch.Generator().manual_seed(0)), store=store))
 
     def d_loss(b):
-        return method.loss("discriminator", b, Context(0, Draws(torch.Generator().manual_seed(1)), store=store)).loss
+        ctx = Context(0, Draws(torch.Generator().manual_seed(1)), store=store)
+        return method.loss("discriminator", b, ctx).loss, method.heads.seen[-1]
 
-    with_reals = d_loss(Batch(batch.x0, batch.cond, reals=real))
-    torch.testing.assert_close(with_reals, d_loss(real), atol=0, rtol=0)
-    assert not torch.allclose(with_reals, d_loss(batch))
+    with_reals, judged = d_loss(Batch(batch.x0, batch.cond, reals=real))
+    torch.testing.assert_close(judged, torch.cat([real.cond.pooled, batch.cond.pooled]), atol=0, rtol=0)
+    torch.testing.assert_close(with_reals, d_loss(Batch(real.x0, real.cond, reals=None))[0], atol=0, rtol=0)
+    assert not torch.allclose(with_reals, d_loss(batch)[0])
 
 
 @pytest.mark.parametrize("case, message", [
     ("lcm", "has no discriminator"),
+    ("add-image", "has no discriminator"),
     ("missing", "holds no data"),
     ("same", "is paths.data"),
     ("shape", "latent shape"),
@@ -84,6 +102,8 @@ def test_reals_that_cannot_serve_are_refused_by_the_config_check(root, case, mes
     reals, extra = root / "real", []
     if case == "lcm":
         extra = ["method=lcm"]
+    elif case == "add-image":  # ADD's heads conditioned on each fake's clean source, a data latent
+        extra = ["method=add", "add.image_conditioning=true", f"add.feature_net={save_tiny_featnet(root / 'fn')}"]
     elif case == "missing":  # with a prompt file: the user's own images, which ladd cannot make
         reals = root / "nothing"
         (root / "p.txt").write_text("a red circle\n")

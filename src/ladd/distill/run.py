@@ -168,7 +168,7 @@ def check_reals_config(cfg: DistillConfig, gen: dict) -> None:
 
     if not method_class(cfg.method).takes_reals(cfg.section):
         raise ConfigError(f"paths.reals: method {cfg.method!r} has no discriminator that takes reals from another "
-                          f"folder (ladd and add do); unset paths.reals")
+                          f"folder (ladd does, and add without add.image_conditioning); unset paths.reals")
     make = reals_to_make(cfg)
     if make is None:
         check_reals(cfg.paths.reals, cfg.paths.data, gen, cfg.paths.vae)

@@ -113,6 +113,7 @@ class FakeBatch:
     features: list[torch.Tensor]      # detached feature maps of the decoded fakes
     source: torch.Tensor | None       # the clean sources' embeddings (image conditioning), or None
     real: list[torch.Tensor] | None   # the reals' feature maps when the G step needed them (image conditioning)
+    pooled: torch.Tensor              # the fakes' prompts' pooled embeddings: the heads judge fakes by their own
 
 
 def generator_step(student, teacher, vae, feature_net, heads, x0: torch.Tensor, cond: TextEmbeddings,
@@ -138,19 +139,19 @@ def generator_step(student, teacher, vae, feature_net, heads, x0: torch.Tensor, 
         loss = loss + cfg.distill_weight * distill
         metrics["g_distill"] = distill.detach()
     metrics["g_loss"] = loss.detach()
-    return PhaseOut(loss, metrics), FakeBatch([f.detach() for f in feats], source, real)
+    return PhaseOut(loss, metrics), FakeBatch([f.detach() for f in feats], source, real, cond.pooled.detach())
 
 
 def discriminator_step(vae, feature_net, heads, x0: torch.Tensor, cond: TextEmbeddings, fake: FakeBatch,
                        cfg: ADDConfig) -> PhaseOut:
-    """The heads' hinge loss on decoded data latents (real) vs the generator phase's fakes, plus R1."""
+    """The heads' hinge loss on decoded data latents ``x0`` with their prompts ``cond`` (real) vs the generator
+    phase's fakes with theirs, plus R1."""
     real = fake.real if fake.real is not None else real_features(feature_net, vae, x0)  # each decoded once
     if cfg.r1_weight > 0:
         real = [f.requires_grad_(True) for f in real]
-    c = _condition(cond.pooled, fake.source)
+    c = torch.cat([_condition(cond.pooled, fake.source), _condition(fake.pooled, fake.source)])
     b = x0.shape[0]
-    both = heads([torch.cat([r, f]) for r, f in zip(real, fake.features)], torch.cat([_zeros(x0), _zeros(x0)]),
-                 torch.cat([c, c]))
+    both = heads([torch.cat([r, f]) for r, f in zip(real, fake.features)], torch.cat([_zeros(x0), _zeros(x0)]), c)
     real_logits, fake_logits = [lg[:b] for lg in both], [lg[b:] for lg in both]
     loss = losses.d_loss("hinge", real_logits, fake_logits)
     metrics = {"d_adv": loss.detach(), "d_acc": losses.disc_accuracy(real_logits, fake_logits)}
@@ -190,7 +191,7 @@ class ADD(Method):
 
     @classmethod
     def takes_reals(cls, cfg: ADDConfig) -> bool:
-        return True
+        return not cfg.image_conditioning  # its heads see each fake's own clean source, a data latent
 
     @classmethod
     def check(cls, cfg: ADDConfig, teacher_config: dict) -> None:

@@ -141,6 +141,7 @@ class FakeBatch:
     """What the D step needs of the G step's fakes, all detached."""
     features: list[torch.Tensor]  # teacher features of the re-noised fake, one [B, C, h, w] per tapped block
     t_hat: torch.Tensor           # [B] the fakes' discriminator noise levels
+    pooled: torch.Tensor          # [B, P] their prompts' pooled embeddings: the heads judge fakes by their own
     x0_hat: torch.Tensor          # [B, C, h, w] the student's predictions (previews, diagnostics)
 
 
@@ -208,7 +209,7 @@ def generator_step(student, teacher, disc, x0: torch.Tensor, cond: TextEmbedding
         metrics["g_regression"] = regression.detach()
     metrics.update(g_loss=loss.detach(), t_s=t_s.float().mean(), t_hat_fake=t_hat.float().mean(),
                    g_fake_score=losses.sample_scores(logits).mean())
-    out = FakeBatch([f.detach() for f in feats], t_hat.detach(), x0_hat.detach())
+    out = FakeBatch([f.detach() for f in feats], t_hat.detach(), cond.pooled.detach(), x0_hat.detach())
     return GeneratorOut(loss, metrics, out)
 
 
@@ -243,7 +244,8 @@ def _judge(disc, groups):
 
 def discriminator_step(teacher, disc, x0: torch.Tensor, cond: TextEmbeddings, fake: FakeBatch, cfg: LADDConfig,
                        generator: torch.Generator | Draws | None = None):
-    """``(loss, metrics)`` of the heads on real latents ``x0`` vs the G step's cached ``fake`` (same prompts).
+    """``(loss, metrics)`` of the heads on real latents ``x0`` with their prompts ``cond`` vs the G step's cached
+    ``fake`` with theirs (the same prompts unless the reals come from their own folder, ``paths.reals``).
 
     Only the real branch runs the teacher (under ``no_grad``); the student gets no gradient from this loss.
     ``metrics`` include the heads' accuracy on reals (score > 0) and on fakes (score < 0)."""
@@ -258,7 +260,7 @@ def discriminator_step(teacher, disc, x0: torch.Tensor, cond: TextEmbeddings, fa
     real_feats, mis_feats = _real_features(teacher, real, t_real, cond, blocks, mis_cond)
     if cfg.loss.r1_weight > 0:
         real_feats = [f.detach().requires_grad_(True) for f in real_feats]
-    groups = [(real_feats, t_real, cond.pooled), (fake.features, fake.t_hat, cond.pooled)]
+    groups = [(real_feats, t_real, cond.pooled), (fake.features, fake.t_hat, fake.pooled)]
     if mis_feats is not None:
         groups.append((mis_feats, t_real[:len(mis_cond)], mis_cond.pooled))
     real_logits, fake_logits, *mis_logits = _judge(disc, groups)
