@@ -6,6 +6,7 @@ import pytest
 
 from ladd.config import ConfigError
 from ladd.distill.config import DistillConfig, load_distill_config
+from ladd.methods import method_class
 from ladd.methods.base import DEFAULT_PROBS
 from ladd.methods.components.heads import DiscriminatorConfig
 
@@ -38,7 +39,7 @@ def test_default_probs_per_grid(steps):
 
 
 @pytest.mark.parametrize("preset", ["configs/nano.yaml", "configs/nano-1step.yaml", "configs/nano-ladd-hybrid-long.yaml",
-                                    "configs/tiny.yaml"])
+                                    "configs/nano-ladd-real.yaml", "configs/tiny.yaml"])
 def test_presets_load(preset):
     cfg = load_distill_config(preset)
     assert cfg.optim["heads"].lr > cfg.optim["student"].lr > 0
@@ -60,6 +61,15 @@ def test_long_preset_is_the_hybrid_at_twice_the_iterations_with_cosine_decay():
         assert long.optim[name].lr == base.optim[name].lr
     assert long.ladd == base.ladd and long.student == base.student and long.paths.data == base.paths.data
     assert long.paths.run_dir != base.paths.run_dir
+
+
+def test_real_preset_is_the_long_hybrid_on_real_images_without_regression():
+    real, long = (load_distill_config(f"configs/{name}.yaml") for name in ("nano-ladd-real", "nano-ladd-hybrid-long"))
+    assert (real.data.source, real.ladd.loss.regression_weight, real.paths.data) == ("real", 0.0, "runs/nano-real")
+    assert real.ladd.disc == long.ladd.disc and real.ladd.loss.distill_weight == long.ladd.loss.distill_weight
+    assert real.optim == long.optim and real.train == long.train and real.student == long.student
+    assert real.paths.run_dir != long.paths.run_dir
+    assert not method_class(real.method).needs_pairs(real.section)  # real images have no teacher noise
 
 
 def test_numeric_strings_from_the_command_line():
