@@ -97,6 +97,7 @@ def test_the_discriminator_judges_the_reals_by_their_prompts_and_the_fakes_by_th
     ("same", "is paths.data"),
     ("shape", "latent shape"),
     ("vae", "another VAE"),
+    ("buckets", "one latent size"),
 ])
 def test_reals_that_cannot_serve_are_refused_by_the_config_check(root, case, message):
     reals, extra = root / "real", []
@@ -114,6 +115,9 @@ def test_reals_that_cannot_serve_are_refused_by_the_config_check(root, case, mes
         reals = root / "small"
         if not reals.exists():
             make_reals(root, "small", "data.height=32", "data.width=32")
+    elif case == "buckets":  # reals to be made beside bucketed data
+        reals = root / "new-reals"
+        extra = ["data.buckets=[[64,64],[64,96]]", f"paths.data={root / 'bucketed'}"]
     elif case == "vae":
         reals = root / "other-vae"
         shutil.rmtree(reals, ignore_errors=True)

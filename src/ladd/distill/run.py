@@ -174,6 +174,8 @@ def check_reals_config(cfg: DistillConfig, gen: dict) -> None:
         check_reals(cfg.paths.reals, cfg.paths.data, gen, cfg.paths.vae)
     elif Path(cfg.paths.reals).resolve() == Path(cfg.paths.data).resolve():
         check_reals(cfg.paths.reals, cfg.paths.data, gen, cfg.paths.vae)  # says so
+    elif cfg.data.buckets:
+        raise ConfigError("paths.reals takes data of one latent size; data.buckets makes several: unset one of them")
     else:
         check_output(cfg.paths.reals, "paths.reals")
         check_data(make, generation_settings(make))
