@@ -42,31 +42,28 @@ class WithReals:
         return getattr(self.data, name)
 
 
-def check_reals(reals_dir: str | Path, data_dir: str | Path, gen: dict, vae_dir: str | Path) -> dict:
-    """``DataError`` unless ``reals_dir`` is a complete data folder the heads can take as reals beside the training
-    data ``data_dir`` (generation ``gen``): another folder, latents of the same shape, prompts encoded by the same
-    text encoder, one latent size (no aspect buckets), and real images encoded by the VAE of ``vae_dir`` (the
-    teacher's latent space). Returns the reals' generation."""
-    if Path(reals_dir).resolve() == Path(data_dir).resolve():
-        raise shards.DataError(f"paths.reals: {reals_dir} is paths.data, whose latents already are the heads' "
-                               f"reals; unset paths.reals (paths.reals=null) or point it at another folder")
-    if shards.read_manifest(reals_dir) is None:
+def check_reals(reals_dir: str | Path, gen: dict, vae_dir: str | Path) -> dict:
+    """``DataError`` unless ``reals_dir`` is a complete data folder the heads can take as reals beside training data
+    of generation ``gen``: latents of the same shape, prompts encoded by the same text encoder, one latent size (no
+    aspect buckets), and real images encoded by the VAE of ``vae_dir`` (the teacher's latent space). Returns the
+    reals' generation."""
+    manifest = shards.read_manifest(reals_dir)
+    if manifest is None:
         raise shards.DataError(f"paths.reals: {reals_dir} holds no data; make it first, e.g. `ladd synth "
                                f"data.source=real paths.data={reals_dir}` (real images through the VAE)")
+    if manifest["generation"].get("source") == "real":  # an older manifest's VAE hash becomes the fingerprint
+        upgrade_manifest(reals_dir, {"vae_fingerprint": vae_dir})
     real = shards.complete_generation(reals_dir)
-    if real.get("buckets") or gen.get("buckets"):
-        raise shards.DataError("paths.reals takes data of one latent size; the training data or the reals have "
-                               "aspect buckets (data.buckets): make both without buckets, or unset paths.reals")
+    if real.get("buckets"):
+        raise shards.DataError(f"paths.reals: {reals_dir} has aspect buckets; the reals must be of one latent size: "
+                               f"make them without data.buckets")
     for key, what in (("latent_shape", "latent shape"), ("text_encoder", "text encoder")):
         if real.get(key) != gen.get(key):
             raise shards.DataError(f"paths.reals: {reals_dir} has {what} {real.get(key)} but the training data "
                                    f"{gen.get(key)}; make the reals at the same data.height/width with the "
                                    f"teacher's text encoder (ladd synth data.source=real ...)")
-    if real.get("source") == "real":
-        upgrade_manifest(reals_dir, {"vae_fingerprint": vae_dir})
-        real = shards.complete_generation(reals_dir)
-        if real.get("vae_fingerprint") != fingerprint(vae_dir):
-            raise shards.DataError(f"paths.reals: {reals_dir} holds images encoded by another VAE than paths.vae "
-                                   f"({vae_dir}); re-make them with it: ladd synth data.source=real "
-                                   f"paths.data=NEW_FOLDER paths.vae={vae_dir}")
+    if real.get("source") == "real" and real.get("vae_fingerprint") != fingerprint(vae_dir):
+        raise shards.DataError(f"paths.reals: {reals_dir} holds images encoded by another VAE than paths.vae "
+                               f"({vae_dir}); re-make them with it: ladd synth data.source=real "
+                               f"paths.data=NEW_FOLDER paths.vae={vae_dir}")
     return real
