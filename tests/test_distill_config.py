@@ -92,6 +92,7 @@ def test_numeric_strings_from_the_command_line():
     ("student.probs=[0.5, 0.2, 0.2, 0.2]", "student.probs"),
     ("student.steps=3", "student.probs"),
     ("student.sampler=heun", "student.sampler"),
+    ("student.grid=karras", "student.grid"),
     ("eval.sampler=heun", "eval.sampler"),
     ("train.batch_size=30", "train.batch_size"),
     ("optim.student.lr=0", "optim.student.lr"),

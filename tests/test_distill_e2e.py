@@ -53,8 +53,10 @@ def test_distill_end_to_end(tmp_path, fake_text_encoder):
         assert torch.equal(v, ema["shadow." + k]), k
     scheduler = json.loads((run / "export" / "scheduler" / "scheduler_config.json").read_text())
     assert scheduler["_class_name"] == "FlowMatchEulerDiscreteScheduler" and scheduler["shift"] == 1.0
+    # the student's scheduler (ladd.distill.pipeline): its default 4-step call is the grid and the re-noising sampler
+    assert scheduler["shift_terminal"] == 0.25 and scheduler["stochastic_sampling"]
     gen = load_generator(str(run / "export"))
-    assert gen.recommended == {"steps": 4, "guidance": 1.0, "sampler": "renoise", "shift": 1.0}
+    assert gen.recommended == {"steps": 4, "guidance": 1.0, "sampler": "renoise", "shift": 1.0, "grid": "uniform"}
     # ladd's keys live in ladd.json: diffusers reads a config.json of its own keys (no "not expected" warning)
     assert not [k for k in json.loads((run / "export" / "config.json").read_text()) if k.startswith("ladd_")]
     assert json.loads((run / "export" / "ladd.json").read_text())["ladd_trained_steps"] == 4

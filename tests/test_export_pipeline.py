@@ -96,7 +96,7 @@ def test_pipeline_export_default_call_is_the_student(tmp_path, monkeypatch, samp
     latents = pipe(prompt_embeds=cond.tokens, pooled_prompt_embeds=cond.pooled, num_inference_steps=4,
                    guidance_scale=1.0, height=64, width=64, latents=noise.clone(), output_type="latent").images
     gen = load_generator(str(out))  # ladd loads the pipeline folder like any model: its card's setting
-    assert gen.recommended == {"steps": 4, "guidance": 1.0, "sampler": sampler, "shift": 1.0}
+    assert gen.recommended == {"steps": 4, "guidance": 1.0, "sampler": sampler, "shift": 1.0, "grid": "uniform"}
     ours = get_sampler(sampler)(gen.model, noise, flow.sampling_times(sampler, 4), cond,
                                 generator=torch.Generator().manual_seed(7))
     torch.testing.assert_close(latents, ours, atol=1e-4, rtol=1e-4)

@@ -87,6 +87,32 @@ def test_shifted_grids_are_diffusers_shift():
         torch.testing.assert_close(flow.sampling_times("renoise", steps, 3.0), scheduler.sigmas, rtol=0, atol=1e-6)
 
 
+@pytest.mark.parametrize("shift", [1.0, 3.0])
+def test_the_diffusers_grid_is_the_stock_schedulers_default(shift):
+    """student.grid=diffusers: the times the student's scheduler samples with nothing passed; the uniform grid for
+    shift 1 and for 1-2 steps, another one for 4 steps shifted by 3 (SD3.5-Large-Turbo's setting); both samplers
+    run over it, and the student's scheduler given the card's unshifted sigmas samples the shifted uniform grid."""
+    from ladd import flow
+    from ladd.distill.pipeline import default_grid_is_exact, student_scheduler
+
+    for steps in (1, 2, 4):
+        scheduler = student_scheduler(steps, shift)
+        scheduler.set_timesteps(steps)
+        diffusers = flow.student_grid(steps, shift, "diffusers")
+        torch.testing.assert_close(diffusers, scheduler.sigmas[:-1], rtol=0, atol=1e-6)
+        for sampler in ("euler", "renoise"):
+            torch.testing.assert_close(flow.sampling_times(sampler, steps, shift, "diffusers"), scheduler.sigmas)
+        same = shift == 1.0 or steps < 4
+        assert torch.allclose(diffusers, flow.student_grid(steps, shift), atol=1e-5) == same
+        assert default_grid_is_exact(steps, shift, "diffusers") and default_grid_is_exact(steps, shift) == same
+        scheduler.set_timesteps(sigmas=flow.student_grid(steps).tolist())
+        torch.testing.assert_close(scheduler.sigmas[:-1], flow.student_grid(steps, shift), rtol=0, atol=1e-6)
+    torch.testing.assert_close(flow.student_grid(4, 3.0, "diffusers"), torch.tensor([1.0, 0.92821, 0.79928, 0.5]),
+                               rtol=0, atol=1e-5)
+    with pytest.raises(ValueError, match="grid must be one of"):
+        flow.student_grid(4, shift, "karras")
+
+
 # ------------------------------------------------------------------------------------------------ (a) folder check
 def test_check_sd3_folder(sd3, tmp_path):
     from ladd.models.sd3 import check_sd3_folder
@@ -271,7 +297,8 @@ def test_distill_on_an_sd3_folder(sd3, tmp_path):
 
     config = json.loads((export / "ladd.json").read_text())
     assert not any(k.startswith("ladd_") for k in json.loads((export / "config.json").read_text()))
-    assert config["ladd_recommended"] == {"steps": 4, "guidance": 1.0, "sampler": "renoise", "shift": 3.0}
+    assert config["ladd_recommended"] == {"steps": 4, "guidance": 1.0, "sampler": "renoise", "shift": 3.0,
+                                          "grid": "uniform"}
     assert config["ladd_text_encoder"]["name"] == "sd3"
     assert json.loads((export / "scheduler" / "scheduler_config.json").read_text())["shift"] == 3.0
     assert "teacher samples of 3 prompts of data.prompts, 2 euler steps, guidance 7" in (export / "card.md").read_text()
@@ -377,9 +404,44 @@ def test_pipeline_export_of_an_sd3_student_loads_with_nothing_else(sd3, tmp_path
     assert np.abs(images - ref).max() < 1 / 255 and images.std() > 1e-3
     if variant == "sd3.5-medium":
         assert pipe.transformer.config.dual_attention_layers == [0, 1]
-    # a shifted grid is no diffusers default: the card gives the sigmas to pass
+    # a shifted uniform grid is no diffusers default: the card gives the sigmas to pass
     assert default_grid_is_exact(4, 1.0) and default_grid_is_exact(2, 1.0) and default_grid_is_exact(1, 1.0)
     assert not default_grid_is_exact(4, 3.0)
+
+
+@pytest.mark.parametrize("grid", ["diffusers", "uniform"])
+def test_a_shifted_student_samples_its_grid_through_the_pipeline_export(sd3, tmp_path, grid):
+    """A student with student.shift=3 (SD3.5-Large-Turbo's): with student.grid=diffusers the exported pipeline's
+    default 4-step call is the trained grid; with the uniform grid the card's sigmas give it. Either way the
+    latents are ladd's re-noising sampler's over the grid the student trained on."""
+    from diffusers import StableDiffusion3Pipeline
+
+    from ladd import flow
+    from ladd.cli import main
+    from ladd.models.io import LADD_META
+    from ladd.models.registry import load_generator
+    from ladd.sampling import renoise
+
+    distill_variant(sd3, tmp_path, "sd3-medium", "train.steps=1", "student.shift=3", f"student.grid={grid}")
+    out = tmp_path / "shipped"
+    assert main(["export", str(tmp_path / "run"), "--out", str(out), "--pipeline"]) == 0
+    meta = json.loads((out / LADD_META).read_text())
+    assert meta["ladd_recommended"]["grid"] == grid
+    card, exact = (out / "card.md").read_text(), meta["ladd_pipeline_grid"]["exact"]
+    assert exact == (grid == "diffusers") and ("sigmas=[1.0, 0.75, 0.5, 0.25]" in card) == (not exact)
+    pipe = StableDiffusion3Pipeline.from_pretrained(out)
+    pipe.set_progress_bar_config(disable=True)
+    noise = torch.randn(1, 16, 8, 8, generator=torch.Generator().manual_seed(0))
+    torch.manual_seed(3)
+    extra = {} if exact else {"sigmas": meta["ladd_pipeline_grid"]["sigmas"]}
+    latents = pipe(PROMPTS[0], num_inference_steps=4, guidance_scale=1.0, height=64, width=64,
+                   latents=noise.clone(), output_type="latent", **extra).images
+    gen = load_generator(str(out))
+    times = flow.sampling_times("renoise", 4, 3.0, grid)
+    assert torch.allclose(times, flow.sampling_times("renoise", 4, 3.0, "diffusers"), atol=1e-4) == (grid != "uniform")
+    ours = renoise(gen.model, noise, times, gen.text_encoder.encode([PROMPTS[0]]),
+                   generator=torch.Generator().manual_seed(3))
+    torch.testing.assert_close(latents, ours, atol=1e-4, rtol=1e-4)
 
 
 @pytest.mark.parametrize("variant", list(VARIANTS))
@@ -432,6 +494,7 @@ def test_presets_pass_check_config_on_the_tiny_pipeline(preset, sd3, tmp_path):
     assert (cfg.data.height, cfg.data.width) == (1024, 1024) and cfg.ladd.disc.blocks == "spaced:4"
     large = "3.5-large" in preset  # as SD3.5-Large-Turbo: shift 3; its teacher's card: CFG 3.5
     assert (cfg.student.shift, cfg.data.guidance) == ((3.0, 3.5) if large else (1.0, None))
+    assert cfg.student.grid == ("diffusers" if large else "uniform")  # the exported pipeline's default call
     assert cfg.ladd.disc.resolve_blocks(38 if large else 24) == ([9, 18, 27, 37] if large else [5, 11, 17, 23])
     with pytest.raises(ConfigError, match=rf"paths\.teacher: {cfg.paths.teacher} does not exist"):
         check_config(cfg)  # the placeholder teacher path

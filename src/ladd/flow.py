@@ -7,7 +7,15 @@ Model-specific scales (diffusers' ``timestep = 1000 t``, VAE factors) live in th
 
 from __future__ import annotations
 
+import functools
+
 import torch
+
+# The student grids (``student.grid``): "uniform" is {1, (n-1)/n, ..., 1/n} then shifted (the paper's, docs/method.md);
+# "diffusers" is what stock FlowMatchEulerDiscreteScheduler samples for n steps with nothing passed (as
+# SD3.5-Large-Turbo trains on its scheduler's own default grid), so that an exported pipeline's default call is the
+# trained grid for any shift. The two are the same for shift 1 and for 1 and 2 steps.
+GRIDS = ("uniform", "diffusers")
 
 
 def _bcast(t: torch.Tensor | float, x: torch.Tensor) -> torch.Tensor:
@@ -55,17 +63,41 @@ def euler_grid(steps: int, shift: float = 1.0) -> torch.Tensor:
     return shift_times(torch.linspace(1.0, 0.0, steps + 1), shift)
 
 
-def student_grid(steps: int, shift: float = 1.0) -> torch.Tensor:
-    """The student's ``steps`` input times ``{1, 1 - 1/n, ..., 1/n}``, e.g. 4 steps: ``[1, .75, .5, .25]``, then
-    shifted (SD3.5-Large-Turbo: 4 steps, shift 3: ``[1, .9, .75, .5]``)."""
+def student_grid(steps: int, shift: float = 1.0, grid: str = "uniform") -> torch.Tensor:
+    """The student's ``steps`` input times. ``uniform``: ``{1, 1 - 1/n, ..., 1/n}`` then shifted, e.g. 4 steps:
+    ``[1, .75, .5, .25]``, shift 3 ``[1, .9, .75, .5]``; ``diffusers``: the stock scheduler's default
+    (``diffusers_grid``), e.g. 4 steps shift 3 ``[1, .928, .799, .5]``."""
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
+    if grid == "diffusers":
+        return torch.tensor(diffusers_grid(steps, float(shift)))
+    if grid != "uniform":
+        raise ValueError(f"grid must be one of {GRIDS}, got {grid!r}")
     return shift_times(torch.arange(steps, 0, -1, dtype=torch.float32) / steps, shift)
 
 
-def sampling_times(sampler: str, steps: int, shift: float = 1.0) -> torch.Tensor:
+def grid_terminal(steps: int, shift: float = 1.0) -> float | None:
+    """The last time of the uniform student grid, ``shift(1/n)``: the ``shift_terminal`` of a scheduler whose default
+    ``steps``-step call ends where the student grid does (None for one step: the grid is ``[1]``)."""
+    return None if steps == 1 else float(shift_times(torch.tensor(1.0 / steps), shift))
+
+
+@functools.lru_cache(maxsize=None)
+def diffusers_grid(steps: int, shift: float = 1.0) -> tuple[float, ...]:
+    """The sigmas ``FlowMatchEulerDiscreteScheduler(shift=shift, shift_terminal=grid_terminal(steps, shift))``
+    samples for ``set_timesteps(steps)`` with nothing else passed (final 0 dropped): ``linspace(1, 1/1000, n)``,
+    shifted, stretched to end at ``shift(1/n)``. Taken from diffusers itself, so it is whatever its version does."""
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    scheduler = FlowMatchEulerDiscreteScheduler(shift=shift, shift_terminal=grid_terminal(steps, shift))
+    scheduler.set_timesteps(steps)
+    return tuple(float(t) for t in scheduler.sigmas[:-1])
+
+
+def sampling_times(sampler: str, steps: int, shift: float = 1.0, grid: str = "uniform") -> torch.Tensor:
     """The ``steps + 1`` times a sampler (ladd.sampling) runs over, ending at 0: the Euler grid for ``euler``, the
-    student grid plus 0 for ``renoise``; both shifted by ``shift``."""
-    if sampler == "euler":
+    student grid plus 0 for ``renoise``; both shifted by ``shift``. ``grid="diffusers"``: the stock scheduler's
+    default times (``student_grid``) plus 0, for either sampler."""
+    if sampler == "euler" and grid == "uniform":
         return euler_grid(steps, shift)
-    return torch.cat([student_grid(steps, shift), torch.zeros(1)])
+    return torch.cat([student_grid(steps, shift, grid), torch.zeros(1)])

@@ -24,7 +24,8 @@ def generate(gen: Generator, prompts: list[str], seeds: list[int], steps: int, g
              progress=None, shift: float | None = None) -> tuple[np.ndarray, float]:
     """uint8 images ``[N, H, W, 3]`` for ``prompts[i]`` with ``seeds[i]``; also the wall seconds spent, text encoding
     excluded (embeddings are cached per prompt, as in training). The time grid is shifted by the model's
-    recommended ``shift`` (a property of the model, like its timestep scale) unless ``shift`` is given."""
+    recommended ``shift`` (a property of the model, like its timestep scale) unless ``shift`` is given, on its
+    recommended ``grid`` (ladd.flow.GRIDS; uniform when the card names none)."""
     from ladd.images import to_uint8
 
     sample = get_sampler(sampler)
@@ -32,7 +33,8 @@ def generate(gen: Generator, prompts: list[str], seeds: list[int], steps: int, g
     c = gen.vae.latent_channels
     if shift is not None and shift <= 0:
         raise ValueError(f"shift must be > 0 (1 = no shift, > 1 = more steps at high noise), got {shift}")
-    times = flow.sampling_times(sampler, steps, gen.recommended.get("shift", 1.0) if shift is None else shift)
+    times = flow.sampling_times(sampler, steps, gen.recommended.get("shift", 1.0) if shift is None else shift,
+                                gen.recommended.get("grid", "uniform"))
     cond_all = gen.text_encoder.encode(prompts)
     uncond_one = gen.text_encoder.encode([""])
     device = torch.device(gen.device)

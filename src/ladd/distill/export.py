@@ -3,7 +3,7 @@
     export/config.json                           SD3Transformer2DModel config (diffusers' keys only)
     export/ladd.json                             ladd's keys (see below)
     export/diffusion_pytorch_model.safetensors   the weights (EMA weights when EMA is on)
-    export/scheduler/scheduler_config.json       FlowMatchEulerDiscreteScheduler with the student's shift
+    export/scheduler/scheduler_config.json       the student's FlowMatchEulerDiscreteScheduler (ladd.distill.pipeline)
     export/card.md                               teacher, steps, data, time, figures
     export/lora/pytorch_lora_weights.safetensors only for a LoRA student (student.lora_rank > 0): the adapters alone
     export/lora/scheduler/                       and the scheduler whose default call is the student's grid and sampler
@@ -17,7 +17,7 @@ make ``pipe(prompt, num_inference_steps=N, guidance_scale=1.0)`` the student (do
 ``save_pretrained`` writes config.json and the weights; ladd.json holds the keys ladd.models.registry reads
 (``ladd.models.io.read_config`` merges the two): ``ladd_recommended``
 (the method's: for a distilled student ``steps`` = the student grid, guidance 1, ``student.sampler``, ``shift`` =
-``student.shift``),
+``student.shift``, ``grid`` = ``student.grid``),
 ``ladd_text_encoder`` (the teacher's) and ``ladd_vae`` (relative to the export folder), so
 ``ladd eval --model <run>/export`` and ``ladd.models.teacher.load_teacher`` load it as they load the teacher,
 and diffusers loads config.json without warnings.
@@ -48,13 +48,14 @@ def export_student(model: torch.nn.Module, out_dir: str | Path, *, steps: int, t
     ``lora/``) to ``out_dir`` atomically (temporary folder, then rename). ``model`` is not changed. ``pipeline``:
     a complete StableDiffusion3Pipeline folder instead (ladd.distill.pipeline; the teacher's text encoders linked,
     or copied with ``copy_text_encoders``)."""
-    from diffusers import FlowMatchEulerDiscreteScheduler
+    from ladd.distill.pipeline import student_scheduler
 
     out_dir = Path(out_dir)
     tmp = out_dir.with_name(out_dir.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     transformer = lora.merged_copy(model.transformer) if lora.is_lora(model) else model.transformer
-    recommended = recommended or {"steps": steps, "guidance": 1.0, "sampler": "renoise", "shift": shift}
+    recommended = recommended or {"steps": steps, "guidance": 1.0, "sampler": "renoise", "shift": shift,
+                                  "grid": "uniform"}
     meta = dict(ladd_recommended=recommended, ladd_text_encoder=text_encoder, ladd_vae=_reference(vae_dir, out_dir),
                 ladd_teacher=_reference(teacher_dir, out_dir), ladd_trained_steps=trained_steps)
     if pipeline:
@@ -67,12 +68,10 @@ def export_student(model: torch.nn.Module, out_dir: str | Path, *, steps: int, t
     else:
         transformer.save_pretrained(tmp, safe_serialization=True)
         (tmp / LADD_META).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
-        # the student's grid is ladd.flow.student_grid(steps, shift): diffusers' pipeline shifts the sigmas it is
-        # given (sigmas=student_grid(steps)) by this shift, as SD3.5-Large-Turbo's scheduler does
-        FlowMatchEulerDiscreteScheduler(shift=shift).save_pretrained(tmp / "scheduler")
+        # the scheduler a pipeline built around this transformer should take: its default call is the student's
+        # grid (exact unless a shifted uniform grid: then pass the card's sigmas) and sampler
+        student_scheduler(steps, shift, recommended["sampler"]).save_pretrained(tmp / "scheduler")
     if lora.is_lora(model):
-        from ladd.distill.pipeline import student_scheduler
-
         lora.save_lora(model.transformer, tmp / "lora")
         # the teacher pipeline's own scheduler would sample another grid (SD3: shift 3): the student's beside it
         student_scheduler(steps, shift, recommended["sampler"]).save_pretrained(tmp / "lora" / "scheduler")

@@ -12,10 +12,12 @@
 so that ``StableDiffusion3Pipeline.from_pretrained(DIR)(prompt, num_inference_steps=N, guidance_scale=1.0)`` is
 the trained student with nothing else passed:
 
-- **grid**: diffusers' default sigmas for N steps are ``linspace(1, 1/1000, N)``, shifted; ``shift_terminal = 1/N``
-  stretches them to end at ``1/N``, which for shift 1 is exactly the student grid ``{1, (N-1)/N, ..., 1/N}``
-  (``ladd.flow.student_grid``). A shifted student grid (``student.shift != 1``) has no such default in
-  diffusers: its card and ladd.json give the ``sigmas`` to pass.
+- **grid**: diffusers' default sigmas for N steps are ``linspace(1, 1/1000, N)``, shifted; ``shift_terminal =
+  shift(1/N)`` (``ladd.flow.grid_terminal``) stretches them to end where the student grid ends, which for shift 1 is
+  exactly the uniform student grid ``{1, (N-1)/N, ..., 1/N}`` (``ladd.flow.student_grid``). A student trained on
+  ``student.grid=diffusers`` has that default as its grid for any shift. A shifted uniform grid (``student.shift !=
+  1``, ``student.grid=uniform``) is no diffusers default for 4 steps: its card and ladd.json give the ``sigmas`` to
+  pass, unshifted (``{1, .75, .5, .25}``: the scheduler shifts them, and the stretch then leaves them alone).
 - **sampler**: ``stochastic_sampling=True`` is ladd's re-noising sampler (x0 prediction, fresh noise to the next
   time); the scheduler draws that noise from torch's global generator (seed it with ``torch.manual_seed``).
 """
@@ -36,19 +38,20 @@ TEXT_PARTS = ("text_encoder", "text_encoder_2", "text_encoder_3", "tokenizer", "
 
 
 def student_scheduler(steps: int, shift: float = 1.0, sampler: str = "renoise"):
-    """A FlowMatchEulerDiscreteScheduler whose ``set_timesteps(steps)`` gives the student grid (exact for shift 1)
-    and whose step is the student's sampler."""
+    """A FlowMatchEulerDiscreteScheduler whose ``set_timesteps(steps)`` gives the ``diffusers`` student grid (for
+    shift 1 also the uniform one), whose ``set_timesteps(sigmas=<uniform times, unshifted>)`` gives the shifted
+    uniform grid, and whose step is the student's sampler."""
     from diffusers import FlowMatchEulerDiscreteScheduler
 
-    return FlowMatchEulerDiscreteScheduler(shift=shift, shift_terminal=1.0 / steps if steps > 1 else None,
+    return FlowMatchEulerDiscreteScheduler(shift=shift, shift_terminal=flow.grid_terminal(steps, shift),
                                            stochastic_sampling=sampler == "renoise")
 
 
-def default_grid_is_exact(steps: int, shift: float) -> bool:
-    """Whether ``student_scheduler(steps, shift)`` samples the student grid by default."""
+def default_grid_is_exact(steps: int, shift: float, grid: str = "uniform") -> bool:
+    """Whether ``student_scheduler(steps, shift)`` samples the student's ``grid`` by default."""
     s = student_scheduler(steps, shift)
     s.set_timesteps(steps)
-    return torch.allclose(s.sigmas[:-1], flow.student_grid(steps, shift).float(), atol=1e-5)
+    return torch.allclose(s.sigmas[:-1], flow.student_grid(steps, shift, grid).float(), atol=1e-5)
 
 
 def _place(src: Path, dst: Path, copy: bool) -> None:
@@ -84,8 +87,9 @@ def write_pipeline(transformer, tmp: Path, *, vae_dir: Path, teacher_dir: Path, 
                 _place(teacher_dir / part, tmp / part, copy)
                 index[part] = teacher_index[part]
         (tmp / "model_index.json").write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
-    grid = {"sigmas": [round(float(t), 6) for t in flow.student_grid(steps, shift)],
-            "exact": default_grid_is_exact(steps, shift)}
+    # the sigmas to pass when the default is not the grid: the scheduler shifts what it is given
+    grid = {"sigmas": [round(float(t), 6) for t in flow.student_grid(steps)],
+            "exact": default_grid_is_exact(steps, shift, recommended.get("grid", "uniform"))}
     (tmp / LADD_META).write_text(json.dumps({**meta, "ladd_pipeline_grid": grid}, indent=2, sort_keys=True) + "\n")
     return grid
 
@@ -105,5 +109,5 @@ def usage(steps: int, grid: dict, text_encoder: dict, sampler: str = "renoise") 
             + ("`torch.manual_seed(s)` (the re-noising sampler draws from torch's global generator) and "
                if sampler == "renoise" else "")
             + f"`{call}`"
-            + ("" if grid["exact"] else " (a shifted grid is not diffusers' default for this step count: pass "
-               "the sigmas)") + ".")
+            + ("" if grid["exact"] else " (a shifted uniform grid is not diffusers' default for this step count: "
+               "pass these sigmas, which the scheduler shifts; `student.grid=diffusers` trains on the default)") + ".")

@@ -261,7 +261,7 @@ def _run(cfg: DistillConfig, gen: dict, run_dir: Path, state, text_encoder, comm
     if preview is not None:
         hooks.append((cfg.train.sample_every, lambda model, step: save_preview(
             model, vae, preview, cfg.student.steps, data.latent_shape, run_dir / "samples" / f"{step:06d}.png",
-            shift=cfg.student.shift, sampler=cfg.student.sampler)))
+            shift=cfg.student.shift, sampler=cfg.student.sampler, grid=cfg.student.grid)))
     if trains and cfg.eval.val_every:
         from ladd.distill.validate import Validator
 
@@ -338,16 +338,16 @@ def _export(cfg: DistillConfig, run_dir: Path, result, info: dict, recommended: 
 
 @torch.no_grad()
 def save_preview(model, vae, cond, steps: int, latent_shape, path: Path, seed: int = 0, shift: float = 1.0,
-                 sampler: str = "renoise") -> Path:
-    """The student's samples of fixed prompts ``cond`` (its ``sampler`` over its ``steps``-step grid shifted by
-    ``shift``, no guidance, fixed noise) decoded by ``vae``, as one row of a PNG grid."""
+                 sampler: str = "renoise", grid: str = "uniform") -> Path:
+    """The student's samples of fixed prompts ``cond`` (its ``sampler`` over its ``steps``-step ``grid`` shifted
+    by ``shift``, no guidance, fixed noise) decoded by ``vae``, as one row of a PNG grid."""
     from ladd.images import save_grid, to_uint8
     from ladd.sampling import get_sampler
 
     device = next(model.parameters()).device
     gens = [torch.Generator().manual_seed(sample_seed(seed, i, 0x9E1D)) for i in range(len(cond))]
     noise = torch.stack([torch.randn(tuple(latent_shape), generator=g) for g in gens]).to(device)
-    times = flow.sampling_times(sampler, steps, shift)
+    times = flow.sampling_times(sampler, steps, shift, grid)
     x0 = get_sampler(sampler)(model, noise, times, cond.to(device), generator=gens)
     vae_device = next(vae.parameters()).device
     return save_grid(to_uint8(vae.decode(x0.to(vae_device))), path, ncols=len(cond))

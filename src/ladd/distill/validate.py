@@ -44,7 +44,7 @@ class Validator:
             gen = Generator(name=f"step {step}", path=self.run_dir, model=model, vae=self.vae,
                             text_encoder=self.text_encoder,
                             recommended={"steps": steps, "guidance": 1.0, "sampler": e.sampler or s.sampler,
-                                         "shift": s.shift},
+                                         "shift": s.shift, "grid": s.grid},
                             device=next(model.parameters()).device)
             ecfg = EvalConfig(model=f"{self.run_dir}@{step}", prompts=e.val_prompts, per_prompt=e.val_per_prompt,
                               seed=e.seed, out=str(self.run_dir / "val" / f"{step:06d}-{steps}step"),

@@ -121,7 +121,7 @@ def generator_step(student, teacher, vae, feature_net, heads, x0: torch.Tensor, 
                    generator: torch.Generator | Draws | None = None) -> tuple[PhaseOut, FakeBatch]:
     """The student's ADD loss; the heads get no gradient, the frozen networks pass it through to the student."""
     draws = as_draws(generator)
-    grid = flow.student_grid(student_cfg.steps, student_cfg.shift)
+    grid = student_cfg.times()
     x0_g, t_s = student_forward(student, x0, cond, grid, torch.tensor(student_cfg.probs_at(step)), draws)
     feats = feature_net(vae.decode(x0_g))
     real = real_features(feature_net, vae, x0) if cfg.image_conditioning else None

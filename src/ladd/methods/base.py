@@ -26,6 +26,7 @@ from typing import ClassVar
 
 import torch
 
+from ladd import flow
 from ladd.config import fail, number
 from ladd.models.lora import LORA_TARGETS
 from ladd.methods.components.student import freeze
@@ -60,6 +61,10 @@ class StudentConfig:
     warmup_probs: list[float] | None = None  # docs/method.md's optional warm-up grid, e.g. [0, 0, .5, .5]
     warmup_steps: int = 0                    # iterations that use warmup_probs (0 = no warm-up)
     shift: float = 1.0                       # time shift of the grid (ladd.flow.shift_times); SD3.5-Large-Turbo: 3
+    # which grid (ladd.flow.GRIDS): "uniform" {1, .75, .5, .25} then shifted; "diffusers" the stock scheduler's
+    # default for student.steps (the same for shift 1; for another shift the exported pipeline's default call is
+    # then the trained grid, docs/real-models.md)
+    grid: str = "uniform"
     # The sampler the student is distilled for and ships with (ladd.sampling): its backward-simulation rollouts and
     # its card's recommended sampler. "renoise": fresh noise at each step (docs/method.md, Inference); "euler": the
     # predicted noise kept (deterministic; stock diffusers' FlowMatchEulerDiscreteScheduler).
@@ -79,6 +84,8 @@ class StudentConfig:
         self.shift = number("student.shift", self.shift)
         if not self.shift > 0:
             fail("student.shift", f"got {self.shift}", "use a positive shift: 1 (none) or e.g. 3 (SD3.5-Large-Turbo)")
+        if self.grid not in flow.GRIDS:
+            fail("student.grid", f"got {self.grid!r}", f"use one of {', '.join(flow.GRIDS)}")
         if self.probs is None:
             if self.steps not in DEFAULT_PROBS:
                 fail("student.probs", f"has no default for student.steps={self.steps}",
@@ -90,6 +97,10 @@ class StudentConfig:
         if self.warmup_steps < 0 or (self.warmup_steps > 0 and self.warmup_probs is None):
             fail("student.warmup_steps", f"got {self.warmup_steps}",
                  "use 0, or a positive count together with student.warmup_probs")
+
+    def times(self) -> torch.Tensor:
+        """The student's ``steps`` input times (ladd.flow.student_grid)."""
+        return flow.student_grid(self.steps, self.shift, self.grid)
 
     def probs_at(self, step: int) -> list[float]:
         """The grid probabilities used at training iteration ``step``."""
@@ -207,4 +218,4 @@ class Method:
         ``cfg`` alone (``ladd export`` of a run folder builds no method): a distilled student takes its grid with
         no guidance and the sampler it was distilled for (``student.sampler``; docs/method.md, Inference)."""
         return {"steps": student_cfg.steps, "guidance": 1.0, "sampler": student_cfg.sampler,
-                "shift": student_cfg.shift}
+                "shift": student_cfg.shift, "grid": student_cfg.grid}

@@ -81,7 +81,7 @@ def student_sample(student, x0: torch.Tensor, cond: TextEmbeddings, cfg: DMD2Con
                    step: int, draws: Draws):
     """``(x0_G [B, C, h, w], t_s [B])``: the student's prediction at a grid time drawn with ``student.probs``, from
     its own rollout (``backward_simulation``) or from the noised data latent ``x0``."""
-    grid = flow.student_grid(student_cfg.steps, student_cfg.shift).to(x0.device, x0.dtype)
+    grid = student_cfg.times().to(x0.device, x0.dtype)
     return student_forward(student, x0, cond, grid, torch.tensor(student_cfg.probs_at(step)), draws,
                            backward=cfg.backward_simulation, sampler=student_cfg.sampler)
 

@@ -30,7 +30,6 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from ladd import flow
 from ladd.config import fail, number
 from ladd.draws import Draws, as_draws
 from ladd.methods.base import Context, Method, PhaseOut, StudentConfig, Update
@@ -166,7 +165,7 @@ def generator_step(student, teacher, disc, x0: torch.Tensor, cond: TextEmbedding
     here) by the distribution-matching term."""
     check_frozen(teacher)
     disc = _heads_for_generator(disc)
-    grid = flow.student_grid(student_cfg.steps, student_cfg.shift)
+    grid = student_cfg.times()
     probs = torch.tensor(student_cfg.probs_at(step))
     if cfg.loss.regression_weight > 0 and noise is None:
         raise ValueError("ladd.loss.regression_weight needs each latent's starting noise (paired data)")
