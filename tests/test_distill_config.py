@@ -39,7 +39,8 @@ def test_default_probs_per_grid(steps):
 
 
 @pytest.mark.parametrize("preset", ["configs/nano.yaml", "configs/nano-1step.yaml", "configs/nano-ladd-hybrid-long.yaml",
-                                    "configs/nano-ladd-real.yaml", "configs/tiny.yaml"])
+                                    "configs/nano-ladd-real.yaml", "configs/nano-ladd-long-reals.yaml",
+                                    "configs/tiny.yaml"])
 def test_presets_load(preset):
     cfg = load_distill_config(preset)
     assert cfg.optim["heads"].lr > cfg.optim["student"].lr > 0
@@ -70,6 +71,14 @@ def test_real_preset_is_the_long_hybrid_on_real_images_without_regression():
     assert real.optim == long.optim and real.train == long.train and real.student == long.student
     assert real.paths.run_dir != long.paths.run_dir
     assert not method_class(real.method).needs_pairs(real.section)  # real images have no teacher noise
+
+
+def test_long_reals_preset_is_the_long_hybrid_with_real_reals_for_the_heads():
+    reals, long = (load_distill_config(f"configs/nano-ladd-{name}.yaml") for name in ("long-reals", "hybrid-long"))
+    assert (reals.paths.reals, reals.paths.data, reals.data.source) == ("runs/nano-real", long.paths.data, "synthetic")
+    assert reals.ladd == long.ladd and reals.student == long.student and reals.optim == long.optim
+    assert reals.train == long.train and reals.paths.run_dir != long.paths.run_dir
+    assert reals.ladd.loss.regression_weight > 0  # the teacher's pairs stay; only the heads' reals are real
 
 
 def test_numeric_strings_from_the_command_line():
