@@ -33,22 +33,27 @@ def student_pipeline():
     return pipe, gen
 
 
-def test_sd3_pipeline_matches_ladd_euler(student_pipeline):
+def test_sd3_pipeline_with_the_exports_scheduler_is_the_shipped_student(student_pipeline):
+    """The plain export's transformer and scheduler in a StableDiffusion3Pipeline: the default call (only the step
+    count, no guidance) is ladd's re-noising sampler on the student grid (the scheduler's fresh noise from torch's
+    global generator, seeded alike), latents and images."""
     from ladd import flow
-    from ladd.sampling import euler
+    from ladd.sampling import get_sampler
 
     pipe, gen = student_pipeline
     cond = gen.text_encoder.encode(PROMPTS)
-    steps = gen.recommended["steps"]
+    steps, sampler = gen.recommended["steps"], gen.recommended["sampler"]
     noise = torch.randn(len(PROMPTS), 16, 8, 8, generator=torch.Generator().manual_seed(0))
-    sigmas = flow.student_grid(steps).tolist()  # [1, .75, .5, .25]: the grid the student was trained on
     kwargs = dict(prompt_embeds=cond.tokens, pooled_prompt_embeds=cond.pooled, guidance_scale=1.0,
-                  num_inference_steps=steps, sigmas=sigmas, height=64, width=64, latents=noise.clone())
+                  num_inference_steps=steps, height=64, width=64, latents=noise.clone())
+    torch.manual_seed(5)
     latents = pipe(output_type="latent", **kwargs).images
-    ours = euler(gen.model, noise, torch.tensor(sigmas + [0.0]), cond)
+    ours = get_sampler(sampler)(gen.model, noise, flow.sampling_times(sampler, steps), cond,
+                                generator=torch.Generator().manual_seed(5))
     # the pipeline's latents are in the VAE's scaled space, as ladd's are
     torch.testing.assert_close(latents, ours, atol=1e-4, rtol=1e-4)
 
+    torch.manual_seed(5)
     images = pipe(output_type="np", **kwargs).images  # [B, 64, 64, 3] in [0, 1]
     ref = ((gen.vae.decode(ours).clamp(-1, 1) + 1) / 2).permute(0, 2, 3, 1).numpy()
     assert images.shape == (3, 64, 64, 3)
