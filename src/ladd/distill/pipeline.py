@@ -66,7 +66,8 @@ def _place(src: Path, dst: Path, copy: bool) -> None:
 def write_pipeline(transformer, tmp: Path, *, vae_dir: Path, teacher_dir: Path, steps: int, shift: float,
                    recommended: dict, meta: dict, copy: bool = False) -> dict:
     """Write the pipeline folder's parts into ``tmp`` (the caller renames it into place); returns what the
-    card should say about the grid: ``{"sigmas": [...], "exact": bool}``."""
+    card should say about the grid: ``{"exact": bool}``, and ``"sigmas"`` to pass when the default call is not the
+    grid."""
     from diffusers import StableDiffusion3Pipeline
 
     from ladd.models import sd3
@@ -87,9 +88,9 @@ def write_pipeline(transformer, tmp: Path, *, vae_dir: Path, teacher_dir: Path, 
                 _place(teacher_dir / part, tmp / part, copy)
                 index[part] = teacher_index[part]
         (tmp / "model_index.json").write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
-    # the sigmas to pass when the default is not the grid: the scheduler shifts what it is given
-    grid = {"sigmas": [round(float(t), 6) for t in flow.student_grid(steps)],
-            "exact": default_grid_is_exact(steps, shift, recommended.get("grid", "uniform"))}
+    grid = {"exact": default_grid_is_exact(steps, shift, recommended.get("grid", "uniform"))}
+    if not grid["exact"]:  # a shifted uniform grid: the sigmas to pass, unshifted (the scheduler shifts them)
+        grid["sigmas"] = [round(float(t), 6) for t in flow.student_grid(steps)]
     (tmp / LADD_META).write_text(json.dumps({**meta, "ladd_pipeline_grid": grid}, indent=2, sort_keys=True) + "\n")
     return grid
 

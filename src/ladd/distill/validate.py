@@ -30,7 +30,10 @@ log = logging.getLogger(__name__)
 
 class Validator:
     def __init__(self, cfg, run_dir: str | Path, vae, text_encoder):
+        from ladd.distill.export import run_recommended
+
         self.cfg, self.run_dir, self.vae, self.text_encoder = cfg, Path(run_dir), vae, text_encoder
+        self.recommended = run_recommended(cfg)  # how the export will sample (grid, shift, sampler, guidance)
         self.first = True
 
     def __call__(self, model: torch.nn.Module, step: int) -> list[dict]:
@@ -43,8 +46,8 @@ class Validator:
         for steps in e.student_steps:
             gen = Generator(name=f"step {step}", path=self.run_dir, model=model, vae=self.vae,
                             text_encoder=self.text_encoder,
-                            recommended={"steps": steps, "guidance": 1.0, "sampler": e.sampler or s.sampler,
-                                         "shift": s.shift, "grid": s.grid},
+                            recommended={**self.recommended, "steps": steps,
+                                         "sampler": e.sampler or self.recommended["sampler"]},
                             device=next(model.parameters()).device)
             ecfg = EvalConfig(model=f"{self.run_dir}@{step}", prompts=e.val_prompts, per_prompt=e.val_per_prompt,
                               seed=e.seed, out=str(self.run_dir / "val" / f"{step:06d}-{steps}step"),
