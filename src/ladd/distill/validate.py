@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+from ladd.distill.export import run_recommended
 from ladd.evaluation.evaluate import EvalConfig, evaluate
 from ladd.models.registry import Generator
 
@@ -30,8 +31,6 @@ log = logging.getLogger(__name__)
 
 class Validator:
     def __init__(self, cfg, run_dir: str | Path, vae, text_encoder):
-        from ladd.distill.export import run_recommended
-
         self.cfg, self.run_dir, self.vae, self.text_encoder = cfg, Path(run_dir), vae, text_encoder
         self.recommended = run_recommended(cfg)  # how the export will sample (grid, shift, sampler, guidance)
         self.first = True
