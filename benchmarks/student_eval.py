@@ -41,13 +41,15 @@ def failure_counts(out: str) -> dict:
     return counts
 
 
-def run(label: str, model: str, prompts: str, steps: int | None, sampler: str | None, out: Path, seed: int) -> dict:
-    tag = f"{label}/{Path(prompts).stem}/{steps or 'card'}step" + (f"-{sampler}" if sampler else "")
-    cfg = EvalConfig(model=model, prompts=prompts, per_prompt=4, steps=steps, sampler=sampler, seed=seed,
-                     out=str(out / tag))
+def run(label: str, model: str, prompts: str, steps: int | None, sampler: str | None, out: Path, seed: int,
+        shift: float | None = None) -> dict:
+    tag = (f"{label}/{Path(prompts).stem}/{steps or 'card'}step" + (f"-{sampler}" if sampler else "")
+           + (f"-shift{shift:g}" if shift is not None else ""))
+    cfg = EvalConfig(model=model, prompts=prompts, per_prompt=4, steps=steps, sampler=sampler, shift=shift,
+                     seed=seed, out=str(out / tag))
     result = reuse(cfg, str(resolve(model))) or evaluate(cfg)
     return {"label": label, "prompts": prompts, "steps": result["steps"], "sampler": result["sampler"],
-            "alignment": result["alignment"],
+            "shift": result.get("shift"), "alignment": result["alignment"],
             "fd": result["fd"], **failure_counts(cfg.out), "out": cfg.out}
 
 
@@ -55,7 +57,8 @@ def table(rows: list[dict], prompts: str, reference: dict | None) -> str:
     head = ["model", "steps", "sampler", "alignment", "FD", *FAILURES] + (["vs teacher"] if reference else [])
     lines = [f"### {prompts}", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
-        vals = [r["label"], str(r["steps"]), r["sampler"], f"{r['alignment']:.3f}", f"{r['fd']:.2f}"]
+        sampler = r["sampler"] + (f", shift {r['shift']:g}" if r.get("shift") not in (None, 1.0) else "")
+        vals = [r["label"], str(r["steps"]), sampler, f"{r['alignment']:.3f}", f"{r['fd']:.2f}"]
         vals += [str(r[f]) for f in FAILURES]
         if reference:
             vals.append(f"{r['alignment'] / reference['alignment']:.2f}x / {r['fd'] / reference['fd']:.2f}x")
@@ -70,6 +73,8 @@ def main() -> None:
     p.add_argument("--steps", type=int, nargs="+", default=[1, 2, 4])
     p.add_argument("--sampler", choices=["renoise", "euler"], default=None,
                    help="the students' sampler (default: each one's own, from its card)")
+    p.add_argument("--shift", type=float, default=None,
+                   help="the students' time-grid shift: > 1 moves the later steps to higher noise (default: the card's)")
     p.add_argument("--teacher", default="nano-teacher")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="runs/student-eval")
@@ -89,7 +94,7 @@ def main() -> None:
             reference = run("teacher", args.teacher, prompts, None, None, out, args.seed)
             block += [reference, run("teacher", args.teacher, prompts, 4, None, out, args.seed)]
         for label, model in students:
-            block += [run(label, model, prompts, s, args.sampler, out, args.seed) for s in args.steps]
+            block += [run(label, model, prompts, s, args.sampler, out, args.seed, args.shift) for s in args.steps]
         rows += block
         parts.append(table(block, prompts, reference))
         print(parts[-1] + "\n", flush=True)
