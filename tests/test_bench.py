@@ -31,7 +31,8 @@ def test_quick_bench_of_every_method_writes_one_report_and_resumes(tmp_path, fak
 
     make_assets(tmp_path)
     cfg = BenchConfig(quick=True, max_prompts=3, data=str(tmp_path / "data"), out=str(tmp_path / "bench"),
-                      prompts="prompts/nano-eval.jsonl,prompts/nano-unseen.jsonl", steps="1,4")
+                      prompts="prompts/nano-eval.jsonl,prompts/nano-unseen.jsonl", steps="1,4",
+                      cache_dir=str(tmp_path / "cache"))
     bench(cfg, tiny(tmp_path))
     out = tmp_path / "bench"
     report = json.loads((out / "bench.json").read_text())
@@ -57,6 +58,26 @@ def test_quick_bench_of_every_method_writes_one_report_and_resumes(tmp_path, fak
     again = json.loads((out / "bench.json").read_text())
     assert again["rows"] == report["rows"] and again["runs"] == report["runs"]
     assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
+
+
+def test_bench_folders_share_the_teachers_rows(tmp_path, fake_encoder):
+    """The teacher's row is evaluated once per teacher, prompt file and number of images, then every bench folder
+    reuses it (the teacher is the slowest row: 50 steps with CFG)."""
+    from ladd.bench.run import bench, teacher_row_dir
+
+    make_assets(tmp_path)
+    kw = dict(quick=True, methods="few_step", max_prompts=2, steps="1", data=str(tmp_path / "data"),
+              prompts="prompts/nano-eval.jsonl", cache_dir=str(tmp_path / "cache"))
+    first = bench(BenchConfig(out=str(tmp_path / "a"), **kw), tiny(tmp_path))["rows"][0]
+    assert first["method"] == "teacher" and Path(first["out"]).parent == tmp_path / "cache" / "bench-teacher"
+    stamp = (Path(first["out"]) / "metrics.json").stat().st_mtime_ns
+    second = bench(BenchConfig(out=str(tmp_path / "b"), **kw), tiny(tmp_path))["rows"][0]
+    assert second == first and (Path(first["out"]) / "metrics.json").stat().st_mtime_ns == stamp
+    assert not (tmp_path / "b" / "teacher").exists()
+    teacher = str(tmp_path / "teacher")
+    other = BenchConfig(out=str(tmp_path / "c"), **{**kw, "max_prompts": 3})
+    assert teacher_row_dir(other, kw["prompts"], teacher) != teacher_row_dir(
+        BenchConfig(out=str(tmp_path / "c"), **kw), kw["prompts"], teacher)
 
 
 def test_equal_seconds_budget_is_sized_from_a_timed_probe(tmp_path, fake_encoder):
@@ -99,7 +120,7 @@ def test_a_named_recipe_runs_beside_its_method(tmp_path, fake_encoder):
     assert method_of("ladd-hybrid") == "ladd" and method_of("lcm") == "lcm"
     make_assets(tmp_path)
     cfg = BenchConfig(quick=True, methods="ladd-hybrid", max_prompts=2, steps="1", data=str(tmp_path / "data"),
-                      out=str(tmp_path / "bench"), prompts="prompts/nano-eval.jsonl")
+                      out=str(tmp_path / "bench"), prompts="prompts/nano-eval.jsonl", cache_dir=str(tmp_path / "cache"))
     report = bench(cfg, tiny(tmp_path))
     assert [r["method"] for r in report["runs"]] == ["ladd-hybrid"] and report["runs"][0]["iterations"] == 3
     lines = [json.loads(s) for s in (tmp_path / "bench" / "ladd-hybrid" / "metrics.jsonl").read_text().splitlines()]

@@ -54,6 +54,8 @@ class BenchConfig:
                             "data source (ADD: real ShapeWorld images, in OUT/data-real; the others: --data)",
                             default="same", choices=["same", "native"])
     out: str = option("bench folder: one run folder per method, bench.{md,json} and plots", default="runs/bench")
+    cache_dir: str = option("cache of FD statistics and of the teacher's rows, which every bench folder shares "
+                            "(CACHE_DIR/bench-teacher/)", default="cache/eval")
     quick: bool = option("a minutes-long smoke version: 3 iterations, 64 samples, 12 prompts x 1 image",
                          default=False)
 

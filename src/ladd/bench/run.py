@@ -9,13 +9,16 @@ redone) to ``--seconds / (seconds per iteration)`` iterations; the figure is kep
 so that re-running does not re-size it. Methods' iterations differ in cost (DMD2's holds 5 critic updates): the
 table says by how much.
 
-Folder ``--out``: ``<method>/`` (the ladd distill run folder), ``<method>/eval/<prompt file>/<n>step/``,
-``teacher/<prompt file>/`` and the report (ladd.bench.report). Re-running the same command resumes: finished
-trainings and evaluations are reused.
+Folder ``--out``: ``<method>/`` (the ladd distill run folder), ``<method>/eval/<prompt file>/<n>step/`` and the
+report (ladd.bench.report). Re-running the same command resumes: finished trainings and evaluations are reused.
+The teacher's rows (its recommended setting: ~0.35 s per nano image, 17 min for the default prompt files) are shared
+by every bench folder: ``--cache-dir``/bench-teacher/<prompt file>-<key>/, keyed by the teacher, the prompt file and
+the images per prompt, and reused while newer than the teacher's, the VAE's and the evaluator's weights.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -118,20 +121,43 @@ def evaluate_method(cfg: BenchConfig, method: str, prompts: str, teacher: str) -
     rows = []
     for steps in cfg.step_list:
         ecfg = EvalConfig(model=str(export), prompts=str(_prompt_subset(cfg, prompts)), per_prompt=cfg.per_prompt,
-                          steps=steps, sampler=sampler, save_images=True,
+                          steps=steps, sampler=sampler, save_images=True, cache_dir=cfg.cache_dir,
                           out=str(Path(cfg.out) / method / "eval" / Path(prompts).stem / f"{steps}step"))
         rows.append({"method": method, "prompt_file": prompts, "out": ecfg.out,
                      **(reuse(ecfg, str(export)) or evaluate(ecfg))})
     return rows
 
 
+def teacher_row_dir(cfg: BenchConfig, prompts: str, teacher: str) -> Path:
+    """Where the teacher's row on ``prompts`` lives, shared by bench folders (see the module docstring)."""
+    key = json.dumps([str(Path(teacher).resolve()), str(Path(prompts).resolve()), cfg.per_prompt, cfg.max_prompts])
+    digest = hashlib.sha1(key.encode()).hexdigest()[:12]
+    return Path(cfg.cache_dir) / "bench-teacher" / f"{Path(prompts).stem}-{digest}"
+
+
 def evaluate_teacher(cfg: BenchConfig, prompts: str, teacher: str) -> dict:
+    """The teacher at its recommended setting on ``prompts``: this folder's own row from before the rows were
+    shared (``OUT/teacher/<prompt file>``), else the shared row, else evaluated into the shared folder."""
     from ladd.distill.compare import reuse
     from ladd.evaluation.evaluate import EvalConfig, evaluate
 
-    ecfg = EvalConfig(model=teacher, prompts=str(_prompt_subset(cfg, prompts)), per_prompt=cfg.per_prompt,
-                      save_images=True, out=str(Path(cfg.out) / "teacher" / Path(prompts).stem))
-    return {"method": "teacher", "prompt_file": prompts, "out": ecfg.out, **(reuse(ecfg, teacher) or evaluate(ecfg))}
+    def at(out: Path, prompt_file: Path) -> EvalConfig:
+        return EvalConfig(model=teacher, prompts=str(prompt_file), per_prompt=cfg.per_prompt, save_images=True,
+                          cache_dir=cfg.cache_dir, out=str(out))
+
+    own = at(Path(cfg.out) / "teacher" / Path(prompts).stem, _prompt_subset(cfg, prompts))
+    where = teacher_row_dir(cfg, prompts, teacher)
+    if cfg.max_prompts is None:
+        shared = at(where, Path(prompts))
+    else:  # the subset beside the row, so that every folder's teacher config names the same file
+        from ladd.distill.compare import prompt_subset
+
+        where.mkdir(parents=True, exist_ok=True)
+        shared = at(where, prompt_subset(prompts, cfg.max_prompts, where / "prompts.jsonl"))
+    for ecfg in (own, shared):
+        if (result := reuse(ecfg, teacher)) is not None:
+            return {"method": "teacher", "prompt_file": prompts, "out": ecfg.out, **result}
+    return {"method": "teacher", "prompt_file": prompts, "out": shared.out, **evaluate(shared)}
 
 
 def check(cfg: BenchConfig, overrides=()) -> str:
