@@ -260,6 +260,10 @@ def test_backward_simulation_feeds_the_students_own_rollout():
     assert len(seen) > 1  # rollout forwards before the graded one (some t_s < 1 drawn with this seed)
     with pytest.raises(ConfigError, match="backward_simulation"):
         setup("ladd.backward_simulation=2")
+    with pytest.raises(ConfigError, match="rollout_paths"):
+        setup("ladd.rollout_paths=samplers")  # without backward simulation there are no rollouts
+    with pytest.raises(ConfigError, match="rollout_paths"):
+        setup("ladd.backward_simulation=true", "ladd.rollout_paths=random")
 
 
 def test_regression_along_rollouts_starts_every_chain_from_the_teachers_noise():

@@ -63,6 +63,31 @@ def test_euler_rollout_is_the_students_euler_sampler():
     assert torch.equal(out[0], renoised[0]) and not torch.allclose(out[1:], renoised[1:], atol=1e-3)
 
 
+def test_rollouts_along_the_samplers_paths():
+    """paths="samplers": a rollout to grid time 0.5 of {1, .75, .5, .25} is either the 2-step sampler's jump
+    1 -> 0.5 or the 4-step sampler's 1 -> .75 -> .5, both drawn; a rollout to 0.25 or 0.75 only has the grid's
+    path; "grid" is the grid's path for all."""
+    *_, student, _, _, x0, cond, _ = tiny()
+    grid, noise = flow.student_grid(4), torch.randn_like(x0)
+    jump = euler(student, noise, torch.stack([grid[0], grid[2]]), cond)
+    chain = euler(student, noise, grid[:3], cond)
+    idx = torch.tensor([2, 2, 2, 2])
+    seen = set()
+    for seed in range(8):
+        out = rollout(student, noise, cond, grid, idx, Draws(torch.Generator().manual_seed(seed)), "euler", "samplers")
+        for b in range(4):
+            took = [torch.allclose(out[b], ref[b], atol=1e-5) for ref in (jump, chain)]
+            assert sum(took) == 1
+            seen.add(took.index(True))
+    assert seen == {0, 1}
+    out = rollout(student, noise, cond, grid, idx, Draws(torch.Generator().manual_seed(0)), "euler", "grid")
+    assert torch.allclose(out, chain, atol=1e-5)
+    late = rollout(student, noise, cond, grid, torch.tensor([3, 1, 3, 1]), Draws(torch.Generator().manual_seed(0)),
+                   "euler", "samplers")
+    assert torch.allclose(late[0], euler(student, noise[:1], grid, cond[:1])[0], atol=1e-5)
+    assert torch.allclose(late[1], euler(student, noise[1:2], grid[:2], cond[1:2])[0], atol=1e-5)
+
+
 def test_generator_step_gives_the_student_the_distribution_matching_gradient():
     """With F equal to the unguided teacher and no guidance, x0_real = x0_fake: the DM gradient is zero; with
     guidance it is not, and only the student gets gradients."""

@@ -110,12 +110,22 @@ class LADDConfig:
     # reaches from noise (no grad), what it meets when sampling, instead of the noised data latent. Not in the
     # paper; costs up to steps - 1 no-grad student forwards for the samples drawn below t_s = 1.
     backward_simulation: bool = False
+    # Which path a backward-simulation rollout takes to its time (ladd.methods.components.student.rollout):
+    # "grid", through every grid time (the 4-step sampler's path); "samplers", the path of one of the samplers
+    # that reach that time (1, 2 or 4 steps), drawn uniformly, so that the 2-step student's second step trains on
+    # the state the 2-step sampler gives it. No extra cost (fewer rollout steps).
+    rollout_paths: str = "grid"
     # the heads' update (the discriminator phase) every N iterations, the student's every iteration: D:G = 1:N
     disc_every: int = 1
 
     def __post_init__(self):
         if not isinstance(self.backward_simulation, bool):
             fail("ladd.backward_simulation", f"got {self.backward_simulation!r}", "use true or false")
+        if self.rollout_paths not in ("grid", "samplers"):
+            fail("ladd.rollout_paths", f"got {self.rollout_paths!r}", "use 'grid' or 'samplers'")
+        if self.rollout_paths != "grid" and not self.backward_simulation:
+            fail("ladd.rollout_paths", "chooses the paths of backward-simulation rollouts",
+                 "set ladd.backward_simulation=true, or leave ladd.rollout_paths=grid")
         if self.loss.regression_on == "rollout" and not self.backward_simulation:
             fail("ladd.loss.regression_on", "'rollout' regresses along the student's backward-simulation rollouts",
                  "set ladd.backward_simulation=true, or use ladd.loss.regression_on=noise")
@@ -174,7 +184,7 @@ def generator_step(student, teacher, disc, x0: torch.Tensor, cond: TextEmbedding
     along = cfg.loss.regression_on == "rollout"
     x0_hat, t_s = student_forward(student, x0, cond, grid, probs, generator,
                                   noise if cfg.loss.regression_weight > 0 else None, cfg.backward_simulation, along,
-                                  student_cfg.sampler)
+                                  student_cfg.sampler, cfg.rollout_paths)
     fake, t_hat = renoise(x0_hat, cfg.disc.noise_m, cfg.disc.noise_s, generator)
     feats = teacher(fake, t_hat, cond, disc.blocks)
     with param_grads_off(disc):

@@ -61,7 +61,8 @@ def init_student(teacher: torch.nn.Module, cfg=None) -> torch.nn.Module:
 
 def student_forward(student, x0: torch.Tensor, cond: TextEmbeddings, grid: torch.Tensor, probs: torch.Tensor,
                     generator: torch.Generator | Draws | None = None, noise: torch.Tensor | None = None,
-                    backward: bool = False, paired_rollouts: bool = False, sampler: str = "renoise"):
+                    backward: bool = False, paired_rollouts: bool = False, sampler: str = "renoise",
+                    paths: str = "grid"):
     """``(x0_hat [B, C, h, w], t_s [B])``: ``t_s ~ probs`` over ``grid`` (e.g. ``[1, .75, .5, .25]``),
     ``x_t = (1 - t_s) x0 + t_s eps``, ``x0_hat = x_t - t_s G(x_t, t_s)`` (docs/method.md, step 2). At ``t_s = 1``
     ``x_t`` is pure noise; below, it is the noised *data* latent, as in training with the sampler's inputs.
@@ -70,7 +71,7 @@ def student_forward(student, x0: torch.Tensor, cond: TextEmbeddings, grid: torch
     DMD2): below ``t_s = 1`` the input is instead the state the student's own ``sampler`` reaches from ``eps``
     (``rollout``, no grad), what it meets when sampling. ``paired_rollouts`` (with ``backward`` and
     ``noise``): the rollouts start from ``noise`` too, so that every prediction lies on a chain that began at the
-    teacher's own starting noise of ``x0``."""
+    teacher's own starting noise of ``x0``. ``paths``: which sampler's path each rollout takes (``rollout``)."""
     draws = as_draws(generator)
     idx = draws.choice(probs, x0.shape[0])
     t_s = grid.to(idx.device)[idx].to(x0.device, x0.dtype)
@@ -79,25 +80,37 @@ def student_forward(student, x0: torch.Tensor, cond: TextEmbeddings, grid: torch
         own = torch.ones_like(t_s, dtype=torch.bool) if backward and paired_rollouts else t_s == 1
         eps = torch.where(own.view(-1, *[1] * (x0.dim() - 1)), noise.to(eps), eps)
     if backward:
-        x_t = rollout(student, eps, cond, grid.to(x0.device, x0.dtype), idx.to(x0.device), draws, sampler)
+        x_t = rollout(student, eps, cond, grid.to(x0.device, x0.dtype), idx.to(x0.device), draws, sampler, paths)
     else:
         x_t = flow.add_noise(x0, eps, t_s)
     return flow.x0_from_v(x_t, velocity(student, x_t, t_s, cond), t_s), t_s
 
 
 def rollout(student, noise: torch.Tensor, cond: TextEmbeddings, grid: torch.Tensor, idx: torch.Tensor,
-            draws: Draws, sampler: str = "renoise") -> torch.Tensor:
-    """Sample ``b`` of ``noise`` ``[B, C, h, w]`` taken through ``idx[b]`` steps of the student's ``sampler``
-    (``renoise`` or ``euler``, ladd.sampling) over ``grid`` (no grad): the state at time ``grid[idx[b]]``
-    (``idx = 0``: the noise itself)."""
+            draws: Draws, sampler: str = "renoise", paths: str = "grid") -> torch.Tensor:
+    """Sample ``b`` of ``noise`` ``[B, C, h, w]`` taken by the student's ``sampler`` (``renoise`` or ``euler``,
+    ladd.sampling) from time 1 to ``grid[idx[b]]`` (no grad; ``idx = 0``: the noise itself). ``paths``:
+    ``"grid"``, through every grid time on the way (the path of the sampler with as many steps as the grid);
+    ``"samplers"``, the path of one of the samplers with fewer steps that reach that time, drawn uniformly: for the
+    grid {1, .75, .5, .25}, half the rollouts to 0.5 jump there in one step, as the 2-step sampler (times {1, .5})
+    does, and the other half pass 0.75, as the 4-step sampler does."""
+    stride = torch.ones_like(idx)
+    if paths == "samplers":
+        n = grid.numel()
+        options = torch.tensor([s for s in range(1, n + 1) if n % s == 0], device=idx.device)
+        valid = idx[:, None] % options == 0                      # [B, S]: the samplers whose times hold grid[idx]
+        pick = (draws.uniform(idx.numel(), 0, 1, idx.device) * valid.sum(1)).long()
+        stride = options[((valid.cumsum(1) - 1 == pick[:, None]) & valid).int().argmax(1)]
     x = noise.clone()
     with torch.no_grad():
         for j in range(int(idx.max()) if idx.numel() else 0):
             eps = draws.randn(x)  # drawn for the whole batch: the same numbers at any process count
-            on = idx > j
-            xs = x[on]
-            v = student(xs, grid[j].expand(xs.shape[0]), cond[on])
-            x[on] = step(sampler, xs, v, grid[j], grid[j + 1], eps[on])
+            for s in stride.unique().tolist():
+                on = (idx > j) & (stride == s) & (j % s == 0)
+                if on.any():  # j + s <= idx: both are multiples of s
+                    xs = x[on]
+                    v = student(xs, grid[j].expand(xs.shape[0]), cond[on])
+                    x[on] = step(sampler, xs, v, grid[j], grid[j + s], eps[on])
     return x
 
 
