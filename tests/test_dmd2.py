@@ -88,6 +88,24 @@ def test_rollouts_along_the_samplers_paths():
     assert torch.allclose(late[1], euler(student, noise[1:2], grid[:2], cond[1:2])[0], atol=1e-5)
 
 
+
+@pytest.mark.parametrize("paths, calls", [("grid", 3), ("samplers", 4)])
+def test_rollouts_make_the_same_calls_whatever_the_times(paths, calls):
+    """A DDP or FSDP student syncs in its forward, so every process must call it as often as the others, though
+    its own samples' times differ: the calls are fixed by the grid, not by the batch."""
+    *_, student, _, _, x0, cond, _ = tiny()
+    grid, noise = flow.student_grid(4), torch.randn_like(x0)
+    counts = []
+    hook = student.register_forward_pre_hook(lambda m, args: counts.append(1))
+    for idx in ([0, 0, 0, 0], [3, 3, 3, 3], [2, 1, 0, 2]):
+        counts.clear()
+        out = rollout(student, noise, cond, grid, torch.tensor(idx), Draws(torch.Generator().manual_seed(0)),
+                      "renoise", paths)
+        assert len(counts) == calls
+    hook.remove()
+    assert torch.equal(out[2], noise[2])  # idx 0: the noise itself
+
+
 def test_generator_step_gives_the_student_the_distribution_matching_gradient():
     """With F equal to the unguided teacher and no guidance, x0_real = x0_fake: the DM gradient is zero; with
     guidance it is not, and only the student gets gradients."""

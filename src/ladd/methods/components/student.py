@@ -93,23 +93,30 @@ def rollout(student, noise: torch.Tensor, cond: TextEmbeddings, grid: torch.Tens
     ``"grid"``, through every grid time on the way (the path of the sampler with as many steps as the grid);
     ``"samplers"``, the path of one of the samplers with fewer steps that reach that time, drawn uniformly: for the
     grid {1, .75, .5, .25}, half the rollouts to 0.5 jump there in one step, as the 2-step sampler (times {1, .5})
-    does, and the other half pass 0.75, as the 4-step sampler does."""
+    does, and the other half pass 0.75, as the 4-step sampler does.
+
+    Every process makes the same draws and the same student calls whatever its own samples' times (a wrapped
+    student syncs in its forward: DDP's buffers, FSDP's shards): the noise of every grid step is drawn, and a
+    (step, stride) with none of this process's samples on it runs the student on one sample and drops the result."""
+    n = grid.numel()
+    strides = [s for s in range(1, n + 1) if n % s == 0] if paths == "samplers" else [1]
     stride = torch.ones_like(idx)
     if paths == "samplers":
-        n = grid.numel()
-        options = torch.tensor([s for s in range(1, n + 1) if n % s == 0], device=idx.device)
+        options = torch.tensor(strides, device=idx.device)
         valid = idx[:, None] % options == 0                      # [B, S]: the samplers whose times hold grid[idx]
         pick = (draws.uniform(idx.numel(), 0, 1, idx.device) * valid.sum(1)).long()
         stride = options[((valid.cumsum(1) - 1 == pick[:, None]) & valid).int().argmax(1)]
     x = noise.clone()
+    if idx.numel() == 0:
+        return x
     with torch.no_grad():
-        for j in range(int(idx.max()) if idx.numel() else 0):
+        for j in range(n - 1):
             eps = draws.randn(x)  # drawn for the whole batch: the same numbers at any process count
-            for s in stride.unique().tolist():
-                on = (idx > j) & (stride == s) & (j % s == 0)
-                if on.any():  # j + s <= idx: both are multiples of s
-                    xs = x[on]
-                    v = student(xs, grid[j].expand(xs.shape[0]), cond[on])
+            for s in (s for s in strides if j % s == 0 and j + s < n):
+                on = (idx > j) & (stride == s)  # then j + s <= idx: both are multiples of s
+                xs, c = (x[on], cond[on]) if on.any() else (x[:1], cond[:1])
+                v = student(xs, grid[j].expand(xs.shape[0]), c)
+                if on.any():
                     x[on] = step(sampler, xs, v, grid[j], grid[j + s], eps[on])
     return x
 
