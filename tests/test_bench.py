@@ -92,6 +92,19 @@ def test_equal_seconds_budget_is_sized_from_a_timed_probe(tmp_path, fake_encoder
     assert run["iterations"] == 2 and run["train_seconds"] > 0
 
 
+def test_quality_curves_keep_validations_between_logged_steps(tmp_path):
+    """A validation at step 135 with metrics logged every 10 steps is drawn at the interpolated training seconds."""
+    from ladd.bench.report import curve_points
+
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps({"step": s, "train_seconds": s * 2.0}) + "\n"
+                                                    for s in (10, 130, 140, 270)))
+    val = [{"step": s, "steps": k, "alignment": 0.5, "fd": 3.0} for s in (270, 135) for k in (1, 4)]
+    (tmp_path / "val.jsonl").write_text("".join(json.dumps(r) + "\n" for r in val))
+    top, seconds, rows = curve_points(tmp_path)
+    assert top == 4 and [r["step"] for r in rows] == [135, 270] and seconds == [270.0, 540.0]
+    assert curve_points(tmp_path / "missing") is None
+
+
 def test_data_modes(tmp_path):
     """same: every method on --data's synthetic data (ADD's preset says real: overridden); native: ADD on real
     images in OUT/data-real, the others on --data."""

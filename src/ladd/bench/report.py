@@ -79,6 +79,24 @@ def plot_quality(rows: list[dict], files: list[str], path: Path) -> None:
     _save(fig, path)
 
 
+def curve_points(run_dir: Path) -> tuple[int, list[float], list[dict]] | None:
+    """``(steps, seconds, rows)``: a run's validations at its largest validated step count, in order, with the
+    training seconds at each (interpolated between the logged steps of ``metrics.jsonl``: validations need not fall
+    on a logged step). None without validations."""
+    val, metrics = run_dir / "val.jsonl", run_dir / "metrics.jsonl"
+    if not val.is_file() or not metrics.is_file():
+        return None
+    logged = sorted((m["step"], m["train_seconds"]) for m in map(json.loads, metrics.read_text().splitlines())
+                    if "train_seconds" in m)
+    rows = [json.loads(s) for s in val.read_text().splitlines() if s.strip()]
+    if not rows or not logged:
+        return None
+    top = max(r["steps"] for r in rows)
+    rows = sorted((r for r in rows if r["steps"] == top), key=lambda r: r["step"])
+    seconds = np.interp([r["step"] for r in rows], *zip(*logged)).tolist()
+    return top, seconds, rows
+
+
 def plot_curves(runs: list[dict], path: Path) -> bool:
     """Validation alignment and FD at the largest validated step count against training seconds, one line per
     method that validated during training. False (nothing written) when none did."""
@@ -86,18 +104,12 @@ def plot_curves(runs: list[dict], path: Path) -> bool:
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
     drawn = False
     for run in runs:
-        run_dir = Path(run["run_dir"])
-        val, metrics = run_dir / "val.jsonl", run_dir / "metrics.jsonl"
-        if not val.is_file() or not metrics.is_file():
+        if (points := curve_points(Path(run["run_dir"]))) is None:
             continue
-        seconds = {m["step"]: m["train_seconds"] for m in map(json.loads, metrics.read_text().splitlines())}
-        rows = [json.loads(s) for s in val.read_text().splitlines() if s.strip()]
-        top = max(r["steps"] for r in rows)
-        rows = sorted((r for r in rows if r["steps"] == top and r["step"] in seconds), key=lambda r: r["step"])
+        top, seconds, rows = points
         for ax, key in zip(axes, ("alignment", "fd")):
-            ax.plot([seconds[r["step"]] for r in rows], [r[key] for r in rows], marker="o",
-                    label=f"{run['method']} ({top} steps)")
-        drawn = drawn or bool(rows)
+            ax.plot(seconds, [r[key] for r in rows], marker="o", label=f"{run['method']} ({top} steps)")
+        drawn = True
     for ax, title in zip(axes, ("validation alignment", "validation FD")):
         ax.set(xlabel="training seconds (this machine)", title=title)
         ax.grid(alpha=0.3)
