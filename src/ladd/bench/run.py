@@ -101,12 +101,14 @@ def train_method(cfg: BenchConfig, method: str, overrides=(), text_encoder=None)
             "run_dir": str(run_dir)}
 
 
-def _prompt_subset(cfg: BenchConfig, path: str) -> Path:
+def _prompt_subset(cfg: BenchConfig, path: str, folder: Path | None = None) -> Path:
+    """The prompt file to evaluate on: ``path``, or with ``--max-prompts`` its subset written to ``folder``
+    (default ``OUT/prompts``)."""
     from ladd.distill.compare import prompt_subset
 
     if cfg.max_prompts is None:
         return Path(path)
-    return prompt_subset(path, cfg.max_prompts, Path(cfg.out) / "prompts" / Path(path).name)
+    return prompt_subset(path, cfg.max_prompts, (folder or Path(cfg.out) / "prompts") / Path(path).name)
 
 
 def evaluate_method(cfg: BenchConfig, method: str, prompts: str, teacher: str) -> list[dict]:
@@ -147,13 +149,8 @@ def evaluate_teacher(cfg: BenchConfig, prompts: str, teacher: str) -> dict:
 
     own = at(Path(cfg.out) / "teacher" / Path(prompts).stem, _prompt_subset(cfg, prompts))
     where = teacher_row_dir(cfg, prompts, teacher)
-    if cfg.max_prompts is None:
-        shared = at(where, Path(prompts))
-    else:  # the subset beside the row, so that every folder's teacher config names the same file
-        from ladd.distill.compare import prompt_subset
-
-        where.mkdir(parents=True, exist_ok=True)
-        shared = at(where, prompt_subset(prompts, cfg.max_prompts, where / "prompts.jsonl"))
+    # a subset lives beside the shared row, so that every folder's teacher config names the same file
+    shared = at(where, _prompt_subset(cfg, prompts, where))
     for ecfg in (own, shared):
         if (result := reuse(ecfg, teacher)) is not None:
             return {"method": "teacher", "prompt_file": prompts, "out": ecfg.out, **result}

@@ -113,7 +113,7 @@ class LADDConfig:
     # Which path a backward-simulation rollout takes to its time (ladd.methods.components.student.rollout):
     # "grid", through every grid time (the 4-step sampler's path); "samplers", the path of one of the samplers
     # that reach that time (1, 2 or 4 steps), drawn uniformly, so that the 2-step student's second step trains on
-    # the state the 2-step sampler gives it. No extra cost (fewer rollout steps).
+    # the state the 2-step sampler gives it. No extra cost: one more student call, fewer samples in the calls.
     rollout_paths: str = "grid"
     # the heads' update (the discriminator phase) every N iterations, the student's every iteration: D:G = 1:N
     disc_every: int = 1

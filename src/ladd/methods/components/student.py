@@ -114,9 +114,10 @@ def rollout(student, noise: torch.Tensor, cond: TextEmbeddings, grid: torch.Tens
             eps = draws.randn(x)  # drawn for the whole batch: the same numbers at any process count
             for s in (s for s in strides if j % s == 0 and j + s < n):
                 on = (idx > j) & (stride == s)  # then j + s <= idx: both are multiples of s
-                xs, c = (x[on], cond[on]) if on.any() else (x[:1], cond[:1])
+                some = bool(on.any())
+                xs, c = (x[on], cond[on]) if some else (x[:1], cond[:1])
                 v = student(xs, grid[j].expand(xs.shape[0]), c)
-                if on.any():
+                if some:
                     x[on] = step(sampler, xs, v, grid[j], grid[j + s], eps[on])
     return x
 
