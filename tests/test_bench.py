@@ -139,3 +139,29 @@ def test_a_named_recipe_runs_beside_its_method(tmp_path, fake_encoder):
     lines = [json.loads(s) for s in (tmp_path / "bench" / "ladd-hybrid" / "metrics.jsonl").read_text().splitlines()]
     assert {"g_regression", "g_distill"} <= set(lines[-1])  # the recipe's terms were trained
     assert ("ladd-hybrid", 1) in {(r["method"], r["steps"]) for r in report["rows"]}
+
+
+def test_an_evaluation_is_not_reused_once_its_prompt_file_is_edited(tmp_path):
+    """ladd.distill.compare.reuse: a cached row is stale when its prompt file is newer (edited in place, it keeps
+    its name and so the row's settings); a prompt subset that is asked for again is not rewritten."""
+    import os
+    from dataclasses import asdict
+
+    from ladd.distill.compare import prompt_subset, reuse
+    from ladd.evaluation.evaluate import EvalConfig, with_size
+    from ladd.models.registry import resolve
+
+    prompts = prompt_subset("prompts/nano-eval.jsonl", 4, tmp_path / "p" / "subset.jsonl")
+    ecfg = EvalConfig(model=str(resolve("nano-teacher")), prompts=str(prompts), out=str(tmp_path / "row"))
+    Path(ecfg.out).mkdir()
+    (Path(ecfg.out) / "metrics.json").write_text(json.dumps({"alignment": 0.5, "config": asdict(with_size(ecfg))}))
+    assert reuse(ecfg, ecfg.model) == {"alignment": 0.5}
+    stamp = prompts.stat().st_mtime_ns
+    os.utime(prompts, ns=(stamp - 10**10, stamp - 10**10))  # older than the row
+    old = prompts.stat().st_mtime_ns
+    assert prompt_subset("prompts/nano-eval.jsonl", 4, prompts).stat().st_mtime_ns == old  # the same subset
+    assert reuse(ecfg, ecfg.model) is not None
+    prompt_subset("prompts/nano-eval.jsonl", 5, prompts)  # another subset under the same name
+    assert prompts.stat().st_mtime_ns != old
+    os.utime(prompts, ns=(stamp + 10**10, stamp + 10**10))  # surely newer than the row
+    assert reuse(ecfg, ecfg.model) is None

@@ -22,12 +22,15 @@ log = logging.getLogger(__name__)
 
 def prompt_subset(prompts: str | Path, n: int, out: Path) -> Path:
     """``n`` prompts of the file ``prompts`` evenly spaced over it (prompt files are grouped by category, so the
-    first N would miss categories), written to ``out``."""
+    first N would miss categories), written to ``out`` unless it already holds them (its age then stays that of
+    the evaluations made on it: ``reuse``)."""
     from ladd.models.registry import world
 
     items = world().read_prompts(prompts)
     pick = np.unique(np.linspace(0, len(items) - 1, min(n, len(items))).round().astype(int))
-    world().write_prompts([items[i] for i in pick], out)
+    subset = [items[i] for i in pick]
+    if not (out.is_file() and world().read_prompts(out) == subset):
+        world().write_prompts(subset, out)
     return out
 
 
@@ -61,14 +64,14 @@ def _jobs(cfg: DistillConfig, export_dir: Path) -> list[tuple]:
 
 def reuse(ecfg, model_dir: str) -> dict | None:
     """A previous evaluation with the same settings, newer than the weights of the model, of the VAE that decodes
-    its samples and of the evaluator (else None)."""
+    its samples, of the evaluator and of the prompt file (edited in place, it keeps its name) (else None)."""
     from ladd.evaluation.evaluate import with_size
     from ladd.models.registry import model_settings, resolve
 
     ecfg = with_size(ecfg)  # a saved config holds the size evaluate() filled in from the model
     path = Path(ecfg.out) / "metrics.json"
     inputs = [weights_file(model_dir), weights_file(model_settings(model_dir)[2]),
-              weights_file(resolve(ecfg.evaluator))]
+              weights_file(resolve(ecfg.evaluator)), Path(ecfg.prompts)]
     if not path.is_file() or path.stat().st_mtime < max(f.stat().st_mtime for f in inputs):
         return None
     old = json.loads(path.read_text())
