@@ -58,7 +58,12 @@ def _save(fig, path: Path) -> None:
     os.replace(tmp, path)
 
 
-def plot_quality(rows: list[dict], files: list[str], path: Path) -> None:
+def method_colors(runs: list[dict]) -> dict[str, str]:
+    """One matplotlib colour per method, the teacher's first, so that every plot of a bench draws a method alike."""
+    return {m: f"C{i}" for i, m in enumerate(dict.fromkeys(["teacher", *(r["method"] for r in runs)]))}
+
+
+def plot_quality(rows: list[dict], files: list[str], path: Path, colors: dict[str, str]) -> None:
     """Alignment (x) vs FD (y) per method, one point per step count, one panel per prompt file."""
     plt = _plt()
     fig, axes = plt.subplots(1, len(files), figsize=(5.5 * len(files), 4.2), squeeze=False)
@@ -68,7 +73,7 @@ def plot_quality(rows: list[dict], files: list[str], path: Path) -> None:
             pts = sorted((r for r in mine if r["method"] == method and r["fd"] is not None), key=lambda r: r["steps"])
             marker = "*" if method == "teacher" else "o"
             ax.plot([r["alignment"] for r in pts], [r["fd"] for r in pts], marker=marker, label=method,
-                    markersize=12 if method == "teacher" else 6)
+                    color=colors.get(method), markersize=12 if method == "teacher" else 6)
             for r in pts:
                 if method != "teacher":
                     ax.annotate(str(r["steps"]), (r["alignment"], r["fd"]), fontsize=8)
@@ -97,7 +102,7 @@ def curve_points(run_dir: Path) -> tuple[int, list[float], list[dict]] | None:
     return top, seconds, rows
 
 
-def plot_curves(runs: list[dict], path: Path) -> bool:
+def plot_curves(runs: list[dict], path: Path, colors: dict[str, str]) -> bool:
     """Validation alignment and FD at the largest validated step count against training seconds, one line per
     method that validated during training. False (nothing written) when none did."""
     plt = _plt()
@@ -108,7 +113,8 @@ def plot_curves(runs: list[dict], path: Path) -> bool:
             continue
         top, seconds, rows = points
         for ax, key in zip(axes, ("alignment", "fd")):
-            ax.plot(seconds, [r[key] for r in rows], marker="o", label=f"{run['method']} ({top} steps)")
+            ax.plot(seconds, [r[key] for r in rows], marker="o", label=f"{run['method']} ({top} steps)",
+                    color=colors.get(run["method"]))
         drawn = True
     for ax, title in zip(axes, ("validation alignment", "validation FD")):
         ax.set(xlabel="training seconds (this machine)", title=title)
@@ -157,7 +163,8 @@ def write_report(out: Path, cfg, runs: list[dict], rows: list[dict]) -> str:
         tmp = out / (name + ".tmp")
         tmp.write_text(text)
         os.replace(tmp, out / name)
-    plot_quality(rows, files, out / "bench_quality.png")
-    plot_curves(runs, out / "bench_curves.png")
+    colors = method_colors(runs)
+    plot_quality(rows, files, out / "bench_quality.png", colors)
+    plot_curves(runs, out / "bench_curves.png", colors)
     grid(rows, out / "bench_grid.png")
     return md
