@@ -165,6 +165,8 @@ def test_an_evaluation_is_not_reused_once_its_prompt_file_is_edited(tmp_path):
     assert prompts.stat().st_mtime_ns != old
     os.utime(prompts, ns=(stamp + 10**10, stamp + 10**10))  # surely newer than the row
     assert reuse(ecfg, ecfg.model) is None
+    prompts.unlink()  # gone: nothing to reuse (evaluate() then names the missing file)
+    assert reuse(ecfg, ecfg.model) is None
 
 
 def test_every_plot_of_a_bench_draws_a_method_in_one_colour():

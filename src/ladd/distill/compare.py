@@ -72,7 +72,9 @@ def reuse(ecfg, model_dir: str) -> dict | None:
     path = Path(ecfg.out) / "metrics.json"
     inputs = [weights_file(model_dir), weights_file(model_settings(model_dir)[2]),
               weights_file(resolve(ecfg.evaluator)), Path(ecfg.prompts)]
-    if not path.is_file() or path.stat().st_mtime < max(f.stat().st_mtime for f in inputs):
+    if not (path.is_file() and Path(ecfg.prompts).is_file()):  # a missing prompt file: evaluate() names it
+        return None
+    if path.stat().st_mtime < max(f.stat().st_mtime for f in inputs):
         return None
     old = json.loads(path.read_text())
     if old.pop("config", None) != asdict(ecfg):
