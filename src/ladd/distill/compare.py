@@ -69,11 +69,11 @@ def reuse(ecfg, model_dir: str) -> dict | None:
     from ladd.models.registry import model_settings, resolve
 
     ecfg = with_size(ecfg)  # a saved config holds the size evaluate() filled in from the model
-    path = Path(ecfg.out) / "metrics.json"
-    inputs = [weights_file(model_dir), weights_file(model_settings(model_dir)[2]),
-              weights_file(resolve(ecfg.evaluator)), Path(ecfg.prompts)]
-    if not (path.is_file() and Path(ecfg.prompts).is_file()):  # a missing prompt file: evaluate() names it
+    path, prompts = Path(ecfg.out) / "metrics.json", Path(ecfg.prompts)
+    if not (path.is_file() and prompts.is_file()):  # a missing prompt file: evaluate() names it
         return None
+    inputs = [weights_file(model_dir), weights_file(model_settings(model_dir)[2]),
+              weights_file(resolve(ecfg.evaluator)), prompts]
     if path.stat().st_mtime < max(f.stat().st_mtime for f in inputs):
         return None
     old = json.loads(path.read_text())
