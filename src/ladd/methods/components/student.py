@@ -109,16 +109,20 @@ def rollout(student, noise: torch.Tensor, cond: TextEmbeddings, grid: torch.Tens
     x = noise.clone()
     if idx.numel() == 0:
         return x
+    # Which rows each (step, stride) moves, worked out on the host from one copy of the plan: on a GPU the loop
+    # then waits for the device once per rollout, not once per group (a mask's count is a sync).
+    idx_h, stride_h = idx.cpu(), stride.cpu()
     with torch.no_grad():
         for j in range(n - 1):
             eps = draws.randn(x)  # drawn for the whole batch: the same numbers at any process count
             for s in (s for s in strides if j % s == 0 and j + s < n):
-                on = (idx > j) & (stride == s)  # then j + s <= idx: both are multiples of s
-                some = bool(on.any())
-                xs, c = (x[on], cond[on]) if some else (x[:1], cond[:1])
+                rows = ((idx_h > j) & (stride_h == s)).nonzero().squeeze(1)  # then j + s <= idx: multiples of s
+                some = rows.numel() > 0
+                rows = (rows if some else torch.zeros(1, dtype=torch.long)).to(x.device, non_blocking=True)
+                xs, c = x.index_select(0, rows), cond[rows]
                 v = student(xs, grid[j].expand(xs.shape[0]), c)
                 if some:
-                    x[on] = step(sampler, xs, v, grid[j], grid[j + s], eps[on])
+                    x.index_copy_(0, rows, step(sampler, xs, v, grid[j], grid[j + s], eps.index_select(0, rows)))
     return x
 
 
