@@ -39,3 +39,22 @@ def test_a_truncated_diffusers_transformer_is_one_error_naming_the_folder(tmp_pa
     weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
     with pytest.raises(AssetError, match=f"{tmp_path / 'student'} is not a loadable diffusers transformer folder"):
         load_teacher(tmp_path / "student")
+
+
+def test_a_model_whose_vae_has_moved_is_one_error_naming_ladd_vae(tmp_path):
+    """An export names its VAE by a path relative to itself; once the checkout it came from is gone, loading it
+    says which setting to fix instead of failing on a missing config.json deep inside."""
+    import json
+
+    import pytest
+
+    from ladd.models.io import AssetError
+    from ladd.models.registry import model_settings
+
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "config.json").write_text(json.dumps({"ladd_vae": "../gone/vae"}))
+    with pytest.raises(AssetError, match=r"names its VAE '../gone/vae' \(ladd_vae\).*point ladd_vae"):
+        model_settings(tmp_path / "m")
+    (tmp_path / "gone" / "vae").mkdir(parents=True)
+    (tmp_path / "gone" / "vae" / "config.json").write_text("{}")
+    assert model_settings(tmp_path / "m")[2] == tmp_path / "m" / "../gone/vae"

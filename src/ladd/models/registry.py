@@ -65,8 +65,13 @@ def model_settings(path: str | Path) -> tuple[dict, dict, Path]:
     else:
         config = read_config(path)
     vae = Path(config.get("ladd_vae", str(assets_dir() / "nano/vae")))
+    vae = vae if vae.is_absolute() else path / vae
+    if not (vae / "config.json").is_file():  # e.g. an export whose training checkout has moved or been deleted
+        raise AssetError(f"{path} names its VAE {config.get('ladd_vae')!r} (ladd_vae), but {vae} holds no "
+                         f"config.json; point ladd_vae in {path}'s ladd.json or config.json at the VAE folder "
+                         f"(relative to {path} or absolute)")
     return ({**DEFAULT_RECOMMENDED, **config.get("ladd_recommended", {})},
-            dict(config.get("ladd_text_encoder", DEFAULT_TEXT_ENCODER)), vae if vae.is_absolute() else path / vae)
+            dict(config.get("ladd_text_encoder", DEFAULT_TEXT_ENCODER)), vae)
 
 
 def native_size(name_or_path: str) -> tuple[int, int]:
