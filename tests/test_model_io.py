@@ -49,12 +49,14 @@ def test_a_model_whose_vae_has_moved_is_one_error_naming_ladd_vae(tmp_path):
     import pytest
 
     from ladd.models.io import AssetError
-    from ladd.models.registry import model_settings
+    from ladd.models.registry import load_generator, model_settings, native_size, vae_folder
 
     (tmp_path / "m").mkdir()
-    (tmp_path / "m" / "config.json").write_text(json.dumps({"ladd_vae": "../gone/vae"}))
-    with pytest.raises(AssetError, match=r"names its VAE '../gone/vae' \(ladd_vae\).*point ladd_vae"):
-        model_settings(tmp_path / "m")
+    (tmp_path / "m" / "config.json").write_text(json.dumps({"ladd_vae": "../gone/vae", "sample_size": 8}))
+    assert model_settings(tmp_path / "m")[2] == tmp_path / "m" / "../gone/vae"  # the JSON alone reads fine
+    for use in (native_size, load_generator):
+        with pytest.raises(AssetError, match=r"names its VAE folder .*gone/vae \(ladd_vae\).*point ladd_vae"):
+            use(str(tmp_path / "m"))
     (tmp_path / "gone" / "vae").mkdir(parents=True)
     (tmp_path / "gone" / "vae" / "config.json").write_text("{}")
-    assert model_settings(tmp_path / "m")[2] == tmp_path / "m" / "../gone/vae"
+    assert vae_folder(tmp_path / "m") == tmp_path / "m" / "../gone/vae"

@@ -65,13 +65,19 @@ def model_settings(path: str | Path) -> tuple[dict, dict, Path]:
     else:
         config = read_config(path)
     vae = Path(config.get("ladd_vae", str(assets_dir() / "nano/vae")))
-    vae = vae if vae.is_absolute() else path / vae
-    if not (vae / "config.json").is_file():  # e.g. an export whose training checkout has moved or been deleted
-        raise AssetError(f"{path} names its VAE {config.get('ladd_vae')!r} (ladd_vae), but {vae} holds no "
-                         f"config.json; point ladd_vae in {path}'s ladd.json or config.json at the VAE folder "
-                         f"(relative to {path} or absolute)")
     return ({**DEFAULT_RECOMMENDED, **config.get("ladd_recommended", {})},
-            dict(config.get("ladd_text_encoder", DEFAULT_TEXT_ENCODER)), vae)
+            dict(config.get("ladd_text_encoder", DEFAULT_TEXT_ENCODER)), vae if vae.is_absolute() else path / vae)
+
+
+def vae_folder(path: str | Path) -> Path:
+    """The VAE folder a model folder names (``model_settings``), checked: one error naming ``ladd_vae`` when it
+    is gone, e.g. an export whose training checkout has moved or been deleted (its ``ladd_vae`` is relative)."""
+    vae = model_settings(path)[2]
+    if not (vae / "config.json").is_file():
+        raise AssetError(f"{path} names its VAE folder {vae} (ladd_vae), which holds no config.json; point "
+                         f"ladd_vae in {path}'s ladd.json or config.json at the VAE folder (relative to {path} or "
+                         f"absolute)")
+    return vae
 
 
 def native_size(name_or_path: str) -> tuple[int, int]:
@@ -80,7 +86,7 @@ def native_size(name_or_path: str) -> tuple[int, int]:
     from ladd.models import sd3
 
     path = resolve(name_or_path)
-    _, _, vae_path = model_settings(path)
+    vae_path = vae_folder(path)
     transformer = read_json(path / "transformer" / "config.json") if sd3.is_pipeline_folder(path) else read_config(path)
     vae = read_json(Path(vae_path) / "config.json")
     if "sample_size" not in transformer or "block_out_channels" not in vae:
@@ -114,7 +120,8 @@ def load_generator(name_or_path: str, device=None, dtype=None) -> Generator:
     device = pick_device(device) if device is None or isinstance(device, str) else device
     dtype = dtype if dtype is not None and not isinstance(dtype, str) else pick_dtype(dtype, device)
     path = resolve(name_or_path)
-    recommended, text, vae_path = model_settings(path)
+    recommended, text, _ = model_settings(path)
+    vae_path = vae_folder(path)  # before the weights load: a moved VAE fails at once
     model = load_teacher(path, device=device).eval().requires_grad_(False).to(device, dtype)
     vae = load_vae(vae_path).eval().requires_grad_(False).to(device, dtype)
     return Generator(name=name_or_path, path=path, model=model, vae=vae,
