@@ -111,7 +111,8 @@ def rollout(student, noise: torch.Tensor, cond: TextEmbeddings, grid: torch.Tens
         return x
     # Which rows each (step, stride) moves, worked out on the host from one copy of the plan: on a GPU the loop
     # then waits for the device once per rollout, not once per group (a mask's count is a sync).
-    idx_h, stride_h = idx.cpu(), stride.cpu()
+    idx_h = idx.cpu()
+    stride_h = stride.cpu() if paths == "samplers" else torch.ones_like(idx_h)  # the plain grid: no second copy
     with torch.no_grad():
         for j in range(n - 1):
             eps = draws.randn(x)  # drawn for the whole batch: the same numbers at any process count
