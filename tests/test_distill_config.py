@@ -102,6 +102,9 @@ def test_numeric_strings_from_the_command_line():
     ("student.steps=3", "student.probs"),
     ("student.sampler=heun", "student.sampler"),
     ("student.grid=karras", "student.grid"),
+    ("student.sample_shifts=3", "student.sample_shifts"),
+    ("student.sample_shifts={0: 3}", "student.sample_shifts"),
+    ("student.sample_shifts={2: 0}", r"student.sample_shifts\[2\]"),
     ("eval.sampler=heun", "eval.sampler"),
     ("train.batch_size=30", "train.batch_size"),
     ("optim.student.lr=0", "optim.student.lr"),
@@ -141,6 +144,19 @@ def test_unknown_field_and_yaml_errors(tmp_path):
     bad.write_text("ladd:\n  disc:\n    noise_s: 0.0\n")
     with pytest.raises(ConfigError, match=r"ladd\.disc\.noise_s"):
         load_distill_config(bad)
+
+
+def test_sample_shifts_reach_the_cards_recommended_setting(tmp_path):
+    from ladd.config import to_dict
+    import yaml
+
+    cfg = load_distill_config("configs/nano.yaml", ["student.sample_shifts={2: 3}"])
+    assert cfg.student.sample_shifts == {2: 3.0}
+    rec = method_class(cfg.method).recommended(cfg.section, cfg.student, {})
+    assert rec["shifts"] == {"2": 3.0} and rec["shift"] == 1.0
+    assert "shifts" not in method_class("ladd").recommended(cfg.section, load_distill_config("configs/nano.yaml").student, {})
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg)))  # a run folder's config reloads the same
+    assert load_distill_config(tmp_path / "config.yaml").student.sample_shifts == {2: 3.0}
 
 
 def test_warmup_grid():

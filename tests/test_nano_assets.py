@@ -115,6 +115,21 @@ def test_shift_overrides_the_cards_time_grid():
     assert np.array_equal(card, one) and np.abs(card.astype(int) - three.astype(int)).mean() > 1
 
 
+def test_a_cards_per_step_count_shift_applies_at_that_count_only():
+    from ladd.generate import generate, image_seed
+    from ladd.models.registry import load_generator, recommended_shift
+
+    gen = load_generator("nano-teacher")
+    gen.recommended = {**gen.recommended, "shifts": {"2": 3.0}}
+    assert recommended_shift(gen.recommended, 2) == 3.0 and recommended_shift(gen.recommended, 3) == 1.0
+    prompts, seeds = ["a red circle", "two blue squares"], [image_seed(0, i, 0) for i in range(2)]
+    two, _ = generate(gen, prompts, seeds, steps=2, guidance=3.0)
+    assert np.array_equal(two, generate(gen, prompts, seeds, steps=2, guidance=3.0, shift=3.0)[0])
+    assert np.abs(two.astype(int) - generate(gen, prompts, seeds, steps=2, guidance=3.0, shift=1.0)[0]).mean() > 1
+    three, _ = generate(gen, prompts, seeds, steps=3, guidance=3.0)
+    assert np.array_equal(three, generate(gen, prompts, seeds, steps=3, guidance=3.0, shift=1.0)[0])
+
+
 @pytest.mark.parametrize("name, steps", [("nano-student", 4), ("nano-student-1step", 1)])
 def test_shipped_students_sample_with_their_card_setting(name, steps):
     """The shipped students load by name with their recommended setting (no guidance, their grid) and sample

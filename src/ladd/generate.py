@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from ladd import flow
-from ladd.models.registry import Generator
+from ladd.models.registry import Generator, recommended_shift
 from ladd.models.text_encoder import TextEmbeddings
 from ladd.sampling import get_sampler
 
@@ -24,7 +24,8 @@ def generate(gen: Generator, prompts: list[str], seeds: list[int], steps: int, g
              progress=None, shift: float | None = None) -> tuple[np.ndarray, float]:
     """uint8 images ``[N, H, W, 3]`` for ``prompts[i]`` with ``seeds[i]``; also the wall seconds spent, text encoding
     excluded (embeddings are cached per prompt, as in training). The time grid is shifted by the model's
-    recommended ``shift`` (a property of the model, like its timestep scale) unless ``shift`` is given, on its
+    recommended ``shift`` at ``steps`` (a property of the model, like its timestep scale; ladd.models.registry.
+    recommended_shift) unless ``shift`` is given, on its
     recommended ``grid`` (ladd.flow.GRIDS; uniform when the card names none)."""
     from ladd.images import to_uint8
 
@@ -33,7 +34,7 @@ def generate(gen: Generator, prompts: list[str], seeds: list[int], steps: int, g
     c = gen.vae.latent_channels
     if shift is not None and shift <= 0:
         raise ValueError(f"shift must be > 0 (1 = no shift, > 1 = more steps at high noise), got {shift}")
-    times = flow.sampling_times(sampler, steps, gen.recommended.get("shift", 1.0) if shift is None else shift,
+    times = flow.sampling_times(sampler, steps, recommended_shift(gen.recommended, steps) if shift is None else shift,
                                 gen.recommended.get("grid", "uniform"))
     cond_all = gen.text_encoder.encode(prompts)
     uncond_one = gen.text_encoder.encode([""])

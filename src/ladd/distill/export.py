@@ -32,6 +32,7 @@ from pathlib import Path
 
 import torch
 
+from ladd.flow import student_grid
 from ladd.methods import method_class
 from ladd.models import lora
 from ladd.models.io import LADD_META, read_config, replace_dir
@@ -119,7 +120,10 @@ def model_card(info: dict, table: str | None = None) -> str:
         f"- wall time: {info['seconds'] / 60:.1f} min on {info['device']}",
         f"- use: {info['student_steps']} step{'s' * (info['student_steps'] > 1)}, no guidance, "
         f"{SAMPLER_WORDS[info.get('student_sampler', 'renoise')]} "
-        f"(`ladd sample --model <this folder> --prompt ...`)", "",
+        f"(`ladd sample --model <this folder> --prompt ...`)"
+        + "".join(f"; at {k} step{'s' * (k > 1)} its grid shifted by {v:g} (times "
+                  f"{', '.join(format(float(t), '.3g') for t in student_grid(k, v))}; `student.sample_shifts`)"
+                  for k, v in sorted(info.get("sample_shifts", {}).items())), "",
     ]
     if table:
         lines += ["## Evaluation", "", table, ""]

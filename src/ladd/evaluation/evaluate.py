@@ -153,7 +153,7 @@ def reconstruct_real(cfg: EvalConfig, prompts, index):
 def produce(cfg: EvalConfig, prompts, index, generator=None):
     """(images, seconds spent generating, settings) for the model, image folder or real renderer."""
     from ladd.generate import generate, image_seed
-    from ladd.models.registry import load_generator
+    from ladd.models.registry import load_generator, recommended_shift
 
     if cfg.images:
         return load_images(cfg.images, index, cfg.height, cfg.width), float("nan"), {"steps": 0, "guidance": 0.0,
@@ -167,7 +167,7 @@ def produce(cfg: EvalConfig, prompts, index, generator=None):
     steps = cfg.steps or gen.recommended["steps"]
     guidance = gen.recommended["guidance"] if cfg.guidance is None else cfg.guidance
     sampler = cfg.sampler or gen.recommended["sampler"]
-    shift = gen.recommended.get("shift", 1.0) if cfg.shift is None else cfg.shift
+    shift = recommended_shift(gen.recommended, steps) if cfg.shift is None else cfg.shift
     texts = [prompts[i]["prompt"] for i, _ in index]
     seeds = [image_seed(cfg.seed, i, k) for i, k in index]
     with tqdm(total=len(index), desc=f"sampling {cfg.model}", dynamic_ncols=True, mininterval=2) as bar:

@@ -53,6 +53,23 @@ def _check_probs(name: str, probs: list, steps: int) -> list[float]:
     return probs
 
 
+def _check_shifts(shifts) -> dict[int, float]:
+    """``student.sample_shifts`` as {step count: shift}: positive integer step counts, positive shifts."""
+    example = "e.g. {2: 3} (the 2-step sampler at times {1, .75}), or {} for none"
+    if not isinstance(shifts, dict):
+        fail("student.sample_shifts", f"got {shifts!r}", f"give a mapping of step count to shift, {example}")
+    out = {}
+    for k, v in shifts.items():
+        steps = int(k) if isinstance(k, str) and k.isdigit() else k
+        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+            fail("student.sample_shifts", f"has the step count {k!r}", f"use positive integers as keys, {example}")
+        shift = number(f"student.sample_shifts[{steps}]", v)
+        if not shift > 0:
+            fail(f"student.sample_shifts[{steps}]", f"got {v!r}", "use a positive shift: 1 (none), > 1 later times")
+        out[steps] = shift
+    return out
+
+
 @dataclass
 class StudentConfig:
     """The few-step student every method trains: its grid, how training picks its input times, LoRA."""
@@ -69,6 +86,11 @@ class StudentConfig:
     # its card's recommended sampler. "renoise": fresh noise at each step (docs/method.md, Inference); "euler": the
     # predicted noise kept (deterministic; stock diffusers' FlowMatchEulerDiscreteScheduler).
     sampler: str = "renoise"
+    # The time-grid shift the exported card recommends at other step counts than student.steps (step count ->
+    # shift, ladd.flow.shift_times), e.g. {2: 3}: the 4-step student's 2-step sampler at times {1, .75} instead of
+    # {1, .5}. A sampling choice made after training on validation prompts (docs/experiments/student-gap.md,
+    # session 36); training never reads it.
+    sample_shifts: dict[int, float] = field(default_factory=dict)
     # LoRA on the copy of the teacher (ladd.models.lora; docs/method.md, Components): only the adapters train.
     lora_rank: int = 0                       # 0 = full fine-tuning of every weight
     lora_alpha: float | None = None          # LoRA scale alpha / rank; None = rank (scale 1)
@@ -84,6 +106,7 @@ class StudentConfig:
         self.shift = number("student.shift", self.shift)
         if not self.shift > 0:
             fail("student.shift", f"got {self.shift}", "use a positive shift: 1 (none) or e.g. 3 (SD3.5-Large-Turbo)")
+        self.sample_shifts = _check_shifts(self.sample_shifts)
         if self.grid not in flow.GRIDS:
             fail("student.grid", f"got {self.grid!r}", f"use one of {', '.join(flow.GRIDS)}")
         if self.probs is None:
@@ -217,5 +240,8 @@ class Method:
         """How the exported model samples by default (its ``ladd_recommended``), from the method's settings
         ``cfg`` alone (``ladd export`` of a run folder builds no method): a distilled student takes its grid with
         no guidance and the sampler it was distilled for (``student.sampler``; docs/method.md, Inference)."""
-        return {"steps": student_cfg.steps, "guidance": 1.0, "sampler": student_cfg.sampler,
-                "shift": student_cfg.shift, "grid": student_cfg.grid}
+        out = {"steps": student_cfg.steps, "guidance": 1.0, "sampler": student_cfg.sampler,
+               "shift": student_cfg.shift, "grid": student_cfg.grid}
+        if student_cfg.sample_shifts:
+            out["shifts"] = {str(k): v for k, v in sorted(student_cfg.sample_shifts.items())}
+        return out

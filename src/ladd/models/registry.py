@@ -69,6 +69,12 @@ def model_settings(path: str | Path) -> tuple[dict, dict, Path]:
             dict(config.get("ladd_text_encoder", DEFAULT_TEXT_ENCODER)), vae if vae.is_absolute() else path / vae)
 
 
+def recommended_shift(recommended: dict, steps: int) -> float:
+    """The time-grid shift a model's card recommends at ``steps`` steps: its per-step-count choice
+    (``shifts``, e.g. ``{"2": 3}``: a 4-step student's 2-step grid chosen on validation prompts) or else ``shift``."""
+    return float(recommended.get("shifts", {}).get(str(steps), recommended.get("shift", 1.0)))
+
+
 def vae_folder(path: str | Path) -> Path:
     """The VAE folder a model folder names (``model_settings``), checked: one error naming ``ladd_vae`` when it
     is gone, e.g. an export whose training checkout has moved or been deleted (its ``ladd_vae`` is relative)."""
