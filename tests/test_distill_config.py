@@ -147,14 +147,16 @@ def test_unknown_field_and_yaml_errors(tmp_path):
 
 
 def test_sample_shifts_reach_the_cards_recommended_setting(tmp_path):
-    from ladd.config import to_dict
     import yaml
+
+    from ladd.config import to_dict
 
     cfg = load_distill_config("configs/nano.yaml", ["student.sample_shifts={2: 3}"])
     assert cfg.student.sample_shifts == {2: 3.0}
     rec = method_class(cfg.method).recommended(cfg.section, cfg.student, {})
     assert rec["shifts"] == {"2": 3.0} and rec["shift"] == 1.0
-    assert "shifts" not in method_class("ladd").recommended(cfg.section, load_distill_config("configs/nano.yaml").student, {})
+    plain = load_distill_config("configs/nano.yaml")
+    assert "shifts" not in method_class(plain.method).recommended(plain.section, plain.student, {})
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg)))  # a run folder's config reloads the same
     assert load_distill_config(tmp_path / "config.yaml").student.sample_shifts == {2: 3.0}
 
