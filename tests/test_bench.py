@@ -154,8 +154,9 @@ def test_an_evaluation_is_not_reused_once_its_prompt_file_is_edited(tmp_path):
     prompts = prompt_subset("prompts/nano-eval.jsonl", 4, tmp_path / "p" / "subset.jsonl")
     ecfg = EvalConfig(model=str(resolve("nano-teacher")), prompts=str(prompts), out=str(tmp_path / "row"))
     Path(ecfg.out).mkdir()
-    (Path(ecfg.out) / "metrics.json").write_text(json.dumps({"alignment": 0.5, "config": asdict(with_size(ecfg))}))
-    assert reuse(ecfg, ecfg.model) == {"alignment": 0.5}
+    row = {"alignment": 0.5, "steps": 50, "guidance": 3.0, "sampler": "euler", "shift": 1.0}  # the card's setting
+    (Path(ecfg.out) / "metrics.json").write_text(json.dumps({**row, "config": asdict(with_size(ecfg))}))
+    assert reuse(ecfg, ecfg.model) == row
     stamp = prompts.stat().st_mtime_ns
     os.utime(prompts, ns=(stamp - 10**10, stamp - 10**10))  # older than the row
     old = prompts.stat().st_mtime_ns
@@ -167,6 +168,24 @@ def test_an_evaluation_is_not_reused_once_its_prompt_file_is_edited(tmp_path):
     assert reuse(ecfg, ecfg.model) is None
     prompts.unlink()  # gone: nothing to reuse (evaluate() then names the missing file)
     assert reuse(ecfg, ecfg.model) is None
+
+
+def test_an_evaluation_is_not_reused_once_the_models_card_samples_otherwise(tmp_path):
+    """ladd.distill.compare.reuse: a row sampled otherwise than the model's card says now (here the shipped
+    student's 2-step grid, ``ladd_recommended.shifts``; a card edited beside unchanged weights) is stale."""
+    from dataclasses import asdict
+
+    from ladd.distill.compare import reuse
+    from ladd.evaluation.evaluate import EvalConfig, with_size
+    from ladd.models.registry import resolve
+
+    ecfg = EvalConfig(model=str(resolve("nano-student")), prompts="prompts/nano-eval.jsonl", steps=2,
+                      out=str(tmp_path / "row"))
+    Path(ecfg.out).mkdir()
+    for shift, reused in ((1.0, False), (3.0, True)):
+        row = {"alignment": 0.5, "steps": 2, "guidance": 1.0, "sampler": "renoise", "shift": shift}
+        (Path(ecfg.out) / "metrics.json").write_text(json.dumps({**row, "config": asdict(with_size(ecfg))}))
+        assert (reuse(ecfg, ecfg.model) is not None) == reused
 
 
 def test_every_plot_of_a_bench_draws_a_method_in_one_colour():

@@ -64,20 +64,28 @@ def _jobs(cfg: DistillConfig, export_dir: Path) -> list[tuple]:
 
 def reuse(ecfg, model_dir: str) -> dict | None:
     """A previous evaluation with the same settings, newer than the weights of the model, of the VAE that decodes
-    its samples, of the evaluator and of the prompt file (edited in place, it keeps its name) (else None)."""
+    its samples, of the evaluator and of the prompt file (edited in place, it keeps its name), and sampled as the
+    model's card says now (its steps, guidance, sampler and shift: a card edited beside unchanged weights, e.g. a
+    new ``ladd_recommended.shifts``, is evaluated again) (else None)."""
     from ladd.evaluation.evaluate import with_size
-    from ladd.models.registry import model_settings, resolve
+    from ladd.models.registry import model_settings, recommended_shift, resolve
 
     ecfg = with_size(ecfg)  # a saved config holds the size evaluate() filled in from the model
     path, prompts = Path(ecfg.out) / "metrics.json", Path(ecfg.prompts)
     if not (path.is_file() and prompts.is_file()):  # a missing prompt file: evaluate() names it
         return None
-    inputs = [weights_file(model_dir), weights_file(model_settings(model_dir)[2]),
-              weights_file(resolve(ecfg.evaluator)), prompts]
+    rec, _, vae = model_settings(model_dir)
+    inputs = [weights_file(model_dir), weights_file(vae), weights_file(resolve(ecfg.evaluator)), prompts]
     if path.stat().st_mtime < max(f.stat().st_mtime for f in inputs):
         return None
     old = json.loads(path.read_text())
     if old.pop("config", None) != asdict(ecfg):
+        return None
+    steps = ecfg.steps or rec["steps"]
+    now = {"steps": steps, "guidance": rec["guidance"] if ecfg.guidance is None else ecfg.guidance,
+           "sampler": ecfg.sampler or rec["sampler"],
+           "shift": recommended_shift(rec, steps) if ecfg.shift is None else ecfg.shift}
+    if any(old.get(k) != v for k, v in now.items()):
         return None
     log.info("reusing %s (same settings, same model)", path)
     return old
