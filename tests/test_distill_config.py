@@ -164,6 +164,16 @@ def test_sample_shifts_reach_the_cards_recommended_setting(tmp_path):
     assert load_distill_config(tmp_path / "config.yaml").student.sample_shifts == {2: 3.0}
 
 
+def test_the_card_names_the_grids_of_sample_shifts():
+    from ladd.distill.export import model_card
+
+    info = dict(n_params=1e6, teacher="t", command="c", steps_trained=1, batch_size=2, ema_decay=0.9, seconds=60,
+                device="cpu", student_steps=4, data={"source": "real", "num_samples": 1, "seed": 0, "vae": "v"})
+    assert "sample_shifts" not in model_card(info)
+    card = model_card({**info, "sample_shifts": {2: 3.0}, "student_grid": "uniform"})
+    assert "at 2 steps its grid shifted by 3 (times 1, 0.75; `student.sample_shifts`)" in card
+
+
 def test_warmup_grid():
     cfg = load_distill_config(None, ["student.warmup_probs=[0, 0, 0.5, 0.5]", "student.warmup_steps=100"])
     assert cfg.student.probs_at(99) == [0.0, 0.0, 0.5, 0.5] and cfg.student.probs_at(100) == [0.7, 0.1, 0.1, 0.1]

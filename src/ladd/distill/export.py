@@ -120,14 +120,20 @@ def model_card(info: dict, table: str | None = None) -> str:
         f"- wall time: {info['seconds'] / 60:.1f} min on {info['device']}",
         f"- use: {info['student_steps']} step{'s' * (info['student_steps'] > 1)}, no guidance, "
         f"{SAMPLER_WORDS[info.get('student_sampler', 'renoise')]} "
-        f"(`ladd sample --model <this folder> --prompt ...`)"
-        + "".join(f"; at {k} step{'s' * (k > 1)} its grid shifted by {v:g} (times "
-                  f"{', '.join(format(float(t), '.3g') for t in student_grid(k, v))}; `student.sample_shifts`)"
-                  for k, v in sorted(info.get("sample_shifts", {}).items())), "",
+        f"(`ladd sample --model <this folder> --prompt ...`){_other_grids(info)}", "",
     ]
     if table:
         lines += ["## Evaluation", "", table, ""]
     return "\n".join(lines)
+
+
+def _other_grids(info: dict) -> str:
+    """The card's words for its grids at other step counts (``student.sample_shifts``), e.g. "; at 2 steps its
+    grid shifted by 3 (times 1, 0.75; ...)"."""
+    grid = info.get("student_grid", "uniform")
+    return "".join(f"; at {k} step{'s' * (k > 1)} its grid shifted by {v:g} (times "
+                   f"{', '.join(format(float(t), '.3g') for t in student_grid(k, v, grid))}; `student.sample_shifts`)"
+                   for k, v in sorted(info.get("sample_shifts", {}).items()))
 
 
 def load_run_student(run_dir: str | Path, use_ema: bool = True):
