@@ -67,8 +67,8 @@ def reuse(ecfg, model_dir: str) -> dict | None:
     its samples, of the evaluator and of the prompt file (edited in place, it keeps its name), and sampled as the
     model's card says now (its steps, guidance, sampler and shift: a card edited beside unchanged weights, e.g. a
     new ``ladd_recommended.shifts``, is evaluated again) (else None)."""
-    from ladd.evaluation.evaluate import with_size
-    from ladd.models.registry import model_settings, recommended_shift, resolve
+    from ladd.evaluation.evaluate import sampling_setting, with_size
+    from ladd.models.registry import model_settings, resolve
 
     ecfg = with_size(ecfg)  # a saved config holds the size evaluate() filled in from the model
     path, prompts = Path(ecfg.out) / "metrics.json", Path(ecfg.prompts)
@@ -81,11 +81,7 @@ def reuse(ecfg, model_dir: str) -> dict | None:
     old = json.loads(path.read_text())
     if old.pop("config", None) != asdict(ecfg):
         return None
-    steps = ecfg.steps or rec["steps"]
-    now = {"steps": steps, "guidance": rec["guidance"] if ecfg.guidance is None else ecfg.guidance,
-           "sampler": ecfg.sampler or rec["sampler"],
-           "shift": recommended_shift(rec, steps) if ecfg.shift is None else ecfg.shift}
-    if any(old.get(k) != v for k, v in now.items()):
+    if any(old.get(k) != v for k, v in sampling_setting(ecfg, rec).items()):
         return None
     log.info("reusing %s (same settings, same model)", path)
     return old

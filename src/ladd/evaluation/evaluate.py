@@ -153,7 +153,7 @@ def reconstruct_real(cfg: EvalConfig, prompts, index):
 def produce(cfg: EvalConfig, prompts, index, generator=None):
     """(images, seconds spent generating, settings) for the model, image folder or real renderer."""
     from ladd.generate import generate, image_seed
-    from ladd.models.registry import load_generator, recommended_shift
+    from ladd.models.registry import load_generator
 
     if cfg.images:
         return load_images(cfg.images, index, cfg.height, cfg.width), float("nan"), {"steps": 0, "guidance": 0.0,
@@ -164,19 +164,26 @@ def produce(cfg: EvalConfig, prompts, index, generator=None):
     if is_vae(cfg.model):
         return reconstruct_real(cfg, prompts, index)
     gen = generator or load_generator(cfg.model, cfg.device, cfg.dtype)
-    steps = cfg.steps or gen.recommended["steps"]
-    guidance = gen.recommended["guidance"] if cfg.guidance is None else cfg.guidance
-    sampler = cfg.sampler or gen.recommended["sampler"]
-    shift = recommended_shift(gen.recommended, steps) if cfg.shift is None else cfg.shift
+    setting = sampling_setting(cfg, gen.recommended)
     texts = [prompts[i]["prompt"] for i, _ in index]
     seeds = [image_seed(cfg.seed, i, k) for i, k in index]
     with tqdm(total=len(index), desc=f"sampling {cfg.model}", dynamic_ncols=True, mininterval=2) as bar:
-        images, seconds = generate(gen, texts, seeds, steps, guidance, sampler, cfg.height, cfg.width,
-                                   cfg.batch_size, progress=bar, shift=shift)
-    nfe = steps * (2 if guidance != 1.0 else 1)
-    return images, seconds, {"steps": steps, "guidance": guidance, "sampler": sampler, "shift": shift,
-                             "nfe_per_image": nfe, "device": str(gen.device),
+        images, seconds = generate(gen, texts, seeds, setting["steps"], setting["guidance"], setting["sampler"],
+                                   cfg.height, cfg.width, cfg.batch_size, progress=bar, shift=setting["shift"])
+    nfe = setting["steps"] * (2 if setting["guidance"] != 1.0 else 1)
+    return images, seconds, {**setting, "nfe_per_image": nfe, "device": str(gen.device),
                              "dtype": str(gen.dtype or torch.float32).removeprefix("torch.")}
+
+
+def sampling_setting(cfg: EvalConfig, recommended: dict) -> dict:
+    """The steps, guidance, sampler and shift a model samples with under ``cfg``: each option given, else the
+    model's card's (``recommended``; its shift at that step count, ladd.models.registry.recommended_shift)."""
+    from ladd.models.registry import recommended_shift
+
+    steps = cfg.steps or recommended["steps"]
+    return {"steps": steps, "guidance": recommended["guidance"] if cfg.guidance is None else cfg.guidance,
+            "sampler": cfg.sampler or recommended["sampler"],
+            "shift": recommended_shift(recommended, steps) if cfg.shift is None else cfg.shift}
 
 
 def is_vae(model: str) -> bool:
