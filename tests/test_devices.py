@@ -123,3 +123,22 @@ def test_synth_device_reaches_the_models_and_a_missing_gpu_is_one_line(tmp_path,
 
 class _Stop(Exception):
     pass
+
+
+def test_a_command_leaves_its_process_group(tmp_path, monkeypatch):
+    """Every `ladd` command, however it ends, leaves the launch's process group: a gloo group left open at exit
+    can abort a process that finished its work (exit -6, "terminate called without an active exception")."""
+    import torch.distributed as dist
+
+    import ladd.cli
+
+    def joins_then_fails(args):
+        dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+        raise ConfigError("bad input")
+
+    parser = ladd.cli.build_parser()
+    monkeypatch.setattr(ladd.cli, "build_parser", lambda: parser)
+    monkeypatch.setattr(parser, "parse_known_args", lambda argv: (SimpleNamespace(func=joins_then_fails,
+                                                                                  verbose=False), []))
+    assert main(["eval"]) == 2
+    assert not dist.is_initialized()

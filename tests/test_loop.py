@@ -130,7 +130,7 @@ from ladd.data.shards import ShardDataset
 from ladd.data.synth import synthesize
 from ladd.distill.config import load_distill_config
 from ladd.distill.run import build_method
-from ladd.runtime import process_state
+from ladd.runtime import end_processes, process_state
 from ladd.training.trainer import train
 
 root = Path({root!r})
@@ -147,6 +147,8 @@ if state.is_main_process:
 line = " ".join(map(str, [state.process_index, state.num_processes, ",".join(map(str, written)), result.step,
                           repr(checksum)]))
 (root / f"result-{{state.process_index}}.txt").write_text(line)
+state.wait_for_everyone()
+end_processes()  # as the CLI does: a gloo group left open at exit can abort the process (seen in CI)
 """
 
 

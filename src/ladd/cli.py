@@ -79,6 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING if quiet else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     from ladd.models.io import AssetError
+    from ladd.runtime import end_processes
 
     try:
         args.func(args)
@@ -91,6 +92,8 @@ def main(argv: list[str] | None = None) -> int:
         print("ladd: interrupted; what was written is complete (shards, checkpoints): re-run the same command to "
               "continue from there", file=sys.stderr)
         return 130
+    finally:
+        end_processes()
     return 0
 
 

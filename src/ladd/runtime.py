@@ -7,6 +7,7 @@ import contextlib
 import logging
 import os
 import signal
+import sys
 import threading
 from pathlib import Path
 
@@ -22,6 +23,15 @@ def process_state():
     cpu = os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true", "yes") or (
         int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available())
     return PartialState(cpu=cpu)
+
+
+def end_processes() -> None:
+    """Leave the launch's process group, if this process joined one (``torchrun`` / ``accelerate launch``). A
+    gloo group left open at interpreter exit can abort the process as its threads are torn down ("terminate called
+    without an active exception", exit -6, seen in CI) after all its work was done and written."""
+    torch = sys.modules.get("torch")  # a command that never imported torch joined no group
+    if torch is not None and torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
 
 
 def fsdp_launch() -> bool:
