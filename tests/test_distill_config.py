@@ -160,6 +160,11 @@ def test_sample_shifts_reach_the_cards_recommended_setting(tmp_path):
     assert rec["shifts"] == {"2": 3.0} and rec["shift"] == 1.0
     plain = load_distill_config("configs/nano.yaml")
     assert "shifts" not in method_class(plain.method).recommended(plain.section, plain.student, {})
+    # the teacher with few steps takes them too (its sampler's grid at that step count), beside its own shift
+    few = load_distill_config("configs/nano-few-step.yaml", ["student.sample_shifts={2: 3}"])
+    teacher = {"guidance": 3.0, "sampler": "euler", "shift": 1.5}
+    rec = method_class(few.method).recommended(few.section, few.student, teacher)
+    assert rec["shifts"] == {"2": 3.0} and rec["shift"] == 1.5
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg)))  # a run folder's config reloads the same
     assert load_distill_config(tmp_path / "config.yaml").student.sample_shifts == {2: 3.0}
 

@@ -240,8 +240,14 @@ class Method:
         """How the exported model samples by default (its ``ladd_recommended``), from the method's settings
         ``cfg`` alone (``ladd export`` of a run folder builds no method): a distilled student takes its grid with
         no guidance and the sampler it was distilled for (``student.sampler``; docs/method.md, Inference)."""
-        out = {"steps": student_cfg.steps, "guidance": 1.0, "sampler": student_cfg.sampler,
-               "shift": student_cfg.shift, "grid": student_cfg.grid}
-        if student_cfg.sample_shifts:
-            out["shifts"] = {str(k): v for k, v in sorted(student_cfg.sample_shifts.items())}
-        return out
+        return {"steps": student_cfg.steps, "guidance": 1.0, "sampler": student_cfg.sampler,
+                "shift": student_cfg.shift, "grid": student_cfg.grid, **sample_shifts(student_cfg)}
+
+
+def sample_shifts(student_cfg: StudentConfig) -> dict:
+    """``student.sample_shifts`` as a card's ``ladd_recommended`` entry (``{"shifts": {"2": 3.0}}``; empty when
+    unset): the grid shift ``ladd eval`` / ``ladd sample`` take at each of those step counts. Training never reads
+    it."""
+    if not student_cfg.sample_shifts:
+        return {}
+    return {"shifts": {str(k): v for k, v in sorted(student_cfg.sample_shifts.items())}}

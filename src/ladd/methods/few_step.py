@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ladd.config import fail, number
-from ladd.methods.base import Method
+from ladd.methods.base import Method, sample_shifts
 
 SAMPLERS = ("euler", "renoise")
 
@@ -42,4 +42,4 @@ class FewStep(Method):
         return {"steps": student_cfg.steps,
                 "guidance": teacher_recommended["guidance"] if cfg.guidance is None else cfg.guidance,
                 "sampler": cfg.sampler or teacher_recommended["sampler"],
-                "shift": teacher_recommended.get("shift", 1.0)}
+                "shift": teacher_recommended.get("shift", 1.0), **sample_shifts(student_cfg)}
