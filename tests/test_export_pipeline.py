@@ -91,6 +91,7 @@ def test_pipeline_export_default_call_is_the_student(tmp_path, monkeypatch, samp
     none = {p: None for p in ("text_encoder", "text_encoder_2", "text_encoder_3", "tokenizer", "tokenizer_2",
                               "tokenizer_3")}
     assert "text_encoder_3=None" in (out / "card.md").read_text()
+    assert "shift_terminal=None" in (out / "card.md").read_text()  # how to call it at 1-3 steps (test below)
     pipe = StableDiffusion3Pipeline.from_pretrained(out, **none)
     pipe.set_progress_bar_config(disable=True)
     pipe.scheduler.set_timesteps(4)
@@ -105,3 +106,32 @@ def test_pipeline_export_default_call_is_the_student(tmp_path, monkeypatch, samp
     ours = get_sampler(sampler)(gen.model, noise, flow.sampling_times(sampler, 4), cond,
                                 generator=torch.Generator().manual_seed(7))
     torch.testing.assert_close(latents, ours, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("shift,grid", [(1.0, "uniform"), (3.0, "uniform"), (3.0, "diffusers")])
+def test_the_cards_fewer_step_sigmas_sample_its_grid_in_diffusers(shift, grid):
+    """The export's scheduler stretches every call to end where the 4-step grid ends ([1, .5] becomes [1, .25]),
+    so the card's fewer-step grids (here 2 steps at shift 3, `student.sample_shifts`; 1 and 3 steps at the
+    student's shift) are called on the scheduler loaded with shift_terminal=None and the sigmas the card gives."""
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    from ladd import flow
+    from ladd.distill.pipeline import fewer_step_sigmas, student_scheduler, usage
+    from ladd.models.registry import recommended_shift
+
+    rec = {"steps": 4, "guidance": 1.0, "sampler": "renoise", "shift": shift, "grid": grid, "shifts": {"2": 3.0}}
+    fewer = fewer_step_sigmas(4, shift, rec)
+    assert sorted(fewer) == ["1", "2", "3"]
+    if shift == 1.0:  # what happens without shift_terminal=None
+        stretched = student_scheduler(4, shift)
+        stretched.set_timesteps(sigmas=[1.0, 0.5])
+        torch.testing.assert_close(stretched.sigmas, torch.tensor([1.0, 0.25, 0.0]))
+    plain = FlowMatchEulerDiscreteScheduler.from_config(student_scheduler(4, shift).config, shift_terminal=None)
+    for k, sigmas in fewer.items():
+        plain.set_timesteps(sigmas=sigmas)
+        expected = flow.student_grid(int(k), recommended_shift(rec, int(k)), grid).float()
+        torch.testing.assert_close(plain.sigmas[:-1], expected, atol=1e-5, rtol=0)
+    if shift == 1.0:
+        assert fewer["2"] == [1.0, 0.75] and fewer["1"] == [1.0]
+    text = usage(4, {"exact": True, "fewer_steps": fewer}, {"name": "minilm"})
+    assert "shift_terminal=None" in text and f"num_inference_steps=2, sigmas={fewer['2']}" in text

@@ -54,6 +54,22 @@ def default_grid_is_exact(steps: int, shift: float, grid: str = "uniform") -> bo
     return torch.allclose(s.sigmas[:-1], flow.student_grid(steps, shift, grid).float(), atol=1e-5)
 
 
+def fewer_step_sigmas(steps: int, shift: float, recommended: dict) -> dict[str, list[float]]:
+    """For each step count below ``steps``: the ``sigmas`` that a scheduler of ``student_scheduler(steps, shift)``
+    loaded with ``shift_terminal=None`` must be passed to sample the card's grid at that count (its
+    ``student.sample_shifts`` entry, else the student's shift; ``ladd.models.registry.recommended_shift``). The
+    stretch to the N-step grid's last time applies to every call (a 4-step export asked for 2 steps samples [1,
+    .25]), hence ``shift_terminal=None``; the scheduler still shifts what it is passed by ``shift``, hence the times
+    unshifted: ``t = T / (shift - (shift - 1) T)``."""
+    from ladd.models.registry import recommended_shift
+
+    out = {}
+    for k in range(1, steps):
+        times = flow.student_grid(k, recommended_shift(recommended, k), recommended.get("grid", "uniform"))
+        out[str(k)] = [round(float(t / (shift - (shift - 1) * t)), 6) for t in times.double()]
+    return out
+
+
 def _place(src: Path, dst: Path, copy: bool) -> None:
     if copy and src.is_dir():
         shutil.copytree(src, dst)
@@ -88,7 +104,8 @@ def write_pipeline(transformer, tmp: Path, *, vae_dir: Path, teacher_dir: Path, 
                 _place(teacher_dir / part, tmp / part, copy)
                 index[part] = teacher_index[part]
         (tmp / "model_index.json").write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
-    grid = {"exact": default_grid_is_exact(steps, shift, recommended.get("grid", "uniform"))}
+    grid = {"exact": default_grid_is_exact(steps, shift, recommended.get("grid", "uniform")),
+            "fewer_steps": fewer_step_sigmas(steps, shift, recommended)}
     if not grid["exact"]:  # a shifted uniform grid: the sigmas to pass, unshifted (the scheduler shifts them)
         grid["sigmas"] = [round(float(t), 6) for t in flow.student_grid(steps)]
     (tmp / LADD_META).write_text(json.dumps({**meta, "ladd_pipeline_grid": grid}, indent=2, sort_keys=True) + "\n")
@@ -111,4 +128,15 @@ def usage(steps: int, grid: dict, text_encoder: dict, sampler: str = "renoise") 
                if sampler == "renoise" else "")
             + f"`{call}`"
             + ("" if grid["exact"] else " (a shifted uniform grid is not diffusers' default for this step count: "
-               "pass these sigmas, which the scheduler shifts; `student.grid=diffusers` trains on the default)") + ".")
+               "pass these sigmas, which the scheduler shifts; `student.grid=diffusers` trains on the default)") + "."
+            + _fewer_steps(steps, grid.get("fewer_steps", {})))
+
+
+def _fewer_steps(steps: int, fewer: dict) -> str:
+    if not fewer:
+        return ""
+    counts = "; ".join(f"{k} step{'s' * (int(k) > 1)}: `num_inference_steps={k}, sigmas={v}`"
+                       for k, v in sorted(fewer.items(), key=lambda kv: int(kv[0])))
+    return ("\n\nFewer steps: the scheduler stretches every call to end where the "
+            f"{steps}-step grid ends, so first `pipe.scheduler = FlowMatchEulerDiscreteScheduler.from_pretrained("
+            f"<this folder>, subfolder=\"scheduler\", shift_terminal=None)`, then pass the card's grid: {counts}.")
