@@ -78,7 +78,10 @@ def recommended_shift(recommended: dict, steps: int) -> float:
 def vae_folder(path: str | Path) -> Path:
     """The VAE folder a model folder names (``model_settings``), checked: one error naming ``ladd_vae`` when it
     is gone, e.g. an export whose training checkout has moved or been deleted (its ``ladd_vae`` is relative)."""
-    vae = model_settings(path)[2]
+    return _checked_vae(path, model_settings(path)[2])
+
+
+def _checked_vae(path: str | Path, vae: Path) -> Path:
     if not (vae / "config.json").is_file():
         raise AssetError(f"{path} names its VAE folder {vae} (ladd_vae), which holds no config.json; point "
                          f"ladd_vae in {path}'s ladd.json or config.json at the VAE folder (relative to {path} or "
@@ -126,8 +129,8 @@ def load_generator(name_or_path: str, device=None, dtype=None) -> Generator:
     device = pick_device(device) if device is None or isinstance(device, str) else device
     dtype = dtype if dtype is not None and not isinstance(dtype, str) else pick_dtype(dtype, device)
     path = resolve(name_or_path)
-    recommended, text, _ = model_settings(path)
-    vae_path = vae_folder(path)  # before the weights load: a moved VAE fails at once
+    recommended, text, vae_path = model_settings(path)
+    vae_path = _checked_vae(path, vae_path)  # before the weights load: a moved VAE fails at once
     model = load_teacher(path, device=device).eval().requires_grad_(False).to(device, dtype)
     vae = load_vae(vae_path).eval().requires_grad_(False).to(device, dtype)
     return Generator(name=name_or_path, path=path, model=model, vae=vae,
