@@ -133,7 +133,10 @@ def check_config(cfg: DistillConfig, num_processes: int = 1) -> dict:
         raise ConfigError(f"the regression term (ladd.loss.regression_weight) needs teacher samples made from a "
                           f"known noise by a deterministic sampler; the data are {gen['source']} with sampler "
                           f"{gen.get('sampler')!r}: use data.source=synthetic data.sampler=euler (or set "
-                          f"ladd.loss.regression_weight=0)")
+                          f"ladd.loss.regression_weight=0)" + (
+                              ". Real images for the heads go in their own folder, paths.reals, which `ladd "
+                              "distill` makes itself (or `ladd synth --config configs/nano.yaml --source real "
+                              "paths.data=<that folder>`)" if gen["source"] == "real" else ""))
     if cfg.paths.reals is not None:
         check_reals_config(cfg, gen)
     if cfg.eval.enabled or cfg.eval.val_every:
