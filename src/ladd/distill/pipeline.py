@@ -56,17 +56,18 @@ def default_grid_is_exact(steps: int, shift: float, grid: str = "uniform") -> bo
 
 def fewer_step_sigmas(steps: int, shift: float, recommended: dict) -> dict[str, list[float]]:
     """For each step count below ``steps``: the ``sigmas`` that a scheduler of ``student_scheduler(steps, shift)``
-    loaded with ``shift_terminal=None`` must be passed to sample the card's grid at that count (its
-    ``student.sample_shifts`` entry, else the student's shift; ``ladd.models.registry.recommended_shift``). The
-    stretch to the N-step grid's last time applies to every call (a 4-step export asked for 2 steps samples [1,
-    .25]), hence ``shift_terminal=None``; the scheduler still shifts what it is passed by ``shift``, hence the times
-    unshifted: ``t = T / (shift - (shift - 1) T)``."""
+    loaded with ``shift_terminal=None`` must be passed to sample the times ``ladd sample`` takes at that count
+    (``ladd.flow.sampling_times`` at the card's shift for it: its ``student.sample_shifts`` entry, else the
+    student's shift). The stretch to the N-step grid's last time applies to every call (a 4-step export asked for 2
+    steps samples [1, .25]), hence ``shift_terminal=None``; the scheduler still shifts what it is passed by
+    ``shift``, hence the times shifted back by ``1 / shift`` (the inverse of a shift)."""
     from ladd.models.registry import recommended_shift
 
+    sampler, grid = recommended.get("sampler", "renoise"), recommended.get("grid", "uniform")
     out = {}
     for k in range(1, steps):
-        times = flow.student_grid(k, recommended_shift(recommended, k), recommended.get("grid", "uniform"))
-        out[str(k)] = [round(float(t / (shift - (shift - 1) * t)), 6) for t in times.double()]
+        times = flow.sampling_times(sampler, k, recommended_shift(recommended, k), grid)[:-1].double()
+        out[str(k)] = [round(float(t), 6) for t in flow.shift_times(times, 1 / shift)]
     return out
 
 
