@@ -47,10 +47,11 @@ def test_presets_load(preset):
     assert cfg.train.micro_batch(1) * cfg.train.grad_accum == cfg.train.batch_size
 
 
-def test_one_step_preset_is_the_hybrid_on_a_one_step_grid():
-    one, base = load_distill_config("configs/nano-1step.yaml"), load_distill_config("configs/nano-ladd-hybrid.yaml")
-    assert (one.student.steps, one.student.probs, one.ladd.disc.noise_m) == (1, [1.0], 0.0)
-    assert one.ladd.loss == base.ladd.loss and one.paths.data == base.paths.data
+def test_one_step_preset_is_the_shipped_recipe_on_a_one_step_grid():
+    one, base = (load_distill_config(f"configs/{name}.yaml") for name in ("nano-1step", "nano-ladd-long-reals"))
+    assert (one.student.steps, one.student.probs, one.eval.student_steps) == (1, [1.0], [1])
+    assert base.student.sample_shifts and one.student.sample_shifts == {}  # `null` clears the base's 2-step grid
+    assert one.ladd == base.ladd and (one.paths.data, one.paths.reals) == (base.paths.data, base.paths.reals)
     assert one.optim == base.optim and one.train == base.train and one.paths.run_dir != base.paths.run_dir
 
 
