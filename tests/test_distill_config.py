@@ -50,7 +50,7 @@ def test_presets_load(preset):
 def test_one_step_preset_is_the_shipped_recipe_on_a_one_step_grid():
     one, base = (load_distill_config(f"configs/{name}.yaml") for name in ("nano-1step", "nano-ladd-long-reals"))
     assert (one.student.steps, one.student.probs, one.eval.student_steps) == (1, [1.0], [1])
-    assert base.student.sample_shifts and one.student.sample_shifts == {}  # `null` clears the base's 2-step grid
+    assert base.student.sample_shifts and one.student.sample_shifts == {}  # `{}` clears the base's 2-step grid
     assert one.ladd == base.ladd and (one.paths.data, one.paths.reals) == (base.paths.data, base.paths.reals)
     assert one.optim == base.optim and one.train == base.train and one.paths.run_dir != base.paths.run_dir
 

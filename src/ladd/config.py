@@ -137,9 +137,11 @@ def read_preset(path: str | Path, _seen: tuple = ()) -> dict:
 
 
 def _merge(base: dict, top: dict) -> dict:
+    """``top``'s keys over ``base``'s, mapping into mapping; an empty mapping replaces (``sample_shifts: {}`` clears
+    what the base set, as the override ``student.sample_shifts={}`` does)."""
     out = dict(base)
     for k, v in top.items():
-        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and v and isinstance(out.get(k), dict) else v
     return out
 
 

@@ -54,11 +54,8 @@ def _check_probs(name: str, probs: list, steps: int) -> list[float]:
 
 
 def _check_shifts(shifts) -> dict[int, float]:
-    """``student.sample_shifts`` as {step count: shift}: positive integer step counts, positive shifts; None (a
-    preset's ``sample_shifts: null``, which clears what its base set: a merged ``{}`` keeps it) is none."""
+    """``student.sample_shifts`` as {step count: shift}: positive integer step counts, positive shifts."""
     example = "e.g. {2: 3} (the 2-step sampler at times {1, .75}), or {} for none"
-    if shifts is None:
-        return {}
     if not isinstance(shifts, dict):
         fail("student.sample_shifts", f"got {shifts!r}", f"give a mapping of step count to shift, {example}")
     out = {}
@@ -92,8 +89,8 @@ class StudentConfig:
     # The time-grid shift the exported card recommends at other step counts than student.steps (step count ->
     # shift, ladd.flow.shift_times), e.g. {2: 3}: the 4-step student's 2-step sampler at times {1, .75} instead of
     # {1, .5}. A sampling choice made after training on validation prompts (docs/experiments/student-gap.md,
-    # session 36); training never reads it. null in a preset clears its base's.
-    sample_shifts: dict[int, float] | None = field(default_factory=dict)
+    # session 36); training never reads it.
+    sample_shifts: dict[int, float] = field(default_factory=dict)
     # LoRA on the copy of the teacher (ladd.models.lora; docs/method.md, Components): only the adapters train.
     lora_rank: int = 0                       # 0 = full fine-tuning of every weight
     lora_alpha: float | None = None          # LoRA scale alpha / rank; None = rank (scale 1)
