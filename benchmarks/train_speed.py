@@ -15,8 +15,8 @@ hits all of them alike; medians reported):
 - for methods with heads on the frozen teacher: the teacher's feature pass with the backward to its input (what the
   generator phase needs on the fakes) and without (the real batch), the heads alone on a D step's batch, and the
   *floor* of the same computation: a teacher step (the student's forward and backward) + one teacher pass with the
-  backward to the input + (1 + misaligned share) no-grad passes, i.e. the iteration with free heads, optimizers
-  and EMA. No setting that keeps these passes can get below it.
+  backward to the input + (1 + misaligned share) no-grad passes every ``ladd.disc_every`` iterations, i.e. the
+  iteration with free heads, optimizers and EMA. No setting that keeps these passes can get below it.
 """
 
 from __future__ import annotations
@@ -43,14 +43,14 @@ from ladd.training.trainer import iteration, make_accelerator, prepare
 class FixedData:
     """One fixed batch in the trainer's data interface."""
 
-    def __init__(self, x0, cond):
-        self.x0, self.cond = x0, cond
+    def __init__(self, x0, cond, noise):
+        self.x0, self.cond, self.noise = x0, cond, noise
 
     def to(self, device):
-        return FixedData(self.x0.to(device), self.cond.to(device))
+        return FixedData(self.x0.to(device), self.cond.to(device), self.noise.to(device))
 
     def batch(self, size, *keys):
-        return Batch(self.x0[:size], self.cond)
+        return Batch(self.x0[:size], self.cond, self.noise[:size])
 
 
 def _timed(fn) -> float:
@@ -80,6 +80,7 @@ def main() -> None:
     b = args.batch_size
     x0 = torch.randn(b, c.in_channels, c.sample_size, c.sample_size)
     cond = TextEmbeddings(torch.randn(b, 40, c.joint_attention_dim), torch.randn(b, c.pooled_projection_dim))
+    noise = torch.randn_like(x0)  # each latent's starting noise, for a regression term (paired data)
     gen = torch.Generator().manual_seed(0)
 
     # the teacher step, on its own trainable copy
@@ -96,14 +97,14 @@ def main() -> None:
     method = build_method(cfg, teacher)
     acc = make_accelerator(cfg)
     run = prepare(acc, cfg, method)
-    data = FixedData(x0, cond)
+    data = FixedData(x0, cond, noise)
     update = method.updates(0)[0]
     store = {}
 
     def phase(name):
         def fn():
             ctx = Context(0, Draws(gen), run.ema, store)
-            method.loss(name, Batch(x0, cond), ctx).loss.backward()
+            method.loss(name, Batch(x0, cond, noise), ctx).loss.backward()
         return fn
 
     def student_alone():
@@ -169,10 +170,10 @@ def main() -> None:
     if heads is not None:
         # what any iteration that computes the same terms costs, with free heads, optimizers and EMA: the
         # student's forward + backward (a teacher step's), one teacher pass with the backward to its input and
-        # one without (the real batch, plus its misaligned share)
+        # one without (the real batch, plus its misaligned share) every ladd.disc_every iterations
         mis = cfg.section.loss.misaligned_fraction if cfg.section.loss.misaligned_weight > 0 else 0.0
         floor = (base + med["  frozen teacher features + backward to the input"]
-                 + (1 + mis) * med["  frozen teacher features (no grad)"])
+                 + (1 + mis) * med["  frozen teacher features (no grad)"] / cycle)
         print(f"floor of the same computation (heads, optimizers, EMA free): {floor / base:.2f}x")
     else:
         floor = None

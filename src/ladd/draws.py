@@ -39,10 +39,14 @@ class Draws:
         probs = probs.to(self._device(probs.device), torch.float32)
         return self._mine(torch.multinomial(probs, n * self.world, replacement=True, generator=self.generator))
 
-    def logit_normal(self, n: int, m: float, s: float, device=None) -> torch.Tensor:
-        """``n`` times ``sigmoid(m + s N(0, 1))``."""
-        return self._mine(flow.logit_normal(n * self.world, m, s, generator=self.generator,
-                                            device=self._device(device)))
+    def logit_normal(self, n: int, m: float | list[float], s: float, device=None) -> torch.Tensor:
+        """``n`` times ``sigmoid(m + s N(0, 1))``; with a list of centres ``m``, each sample's centre is drawn from
+        it with equal probability (a mixture)."""
+        device = self._device(device)
+        if isinstance(m, (list, tuple)):
+            pick = torch.randint(len(m), (n * self.world,), generator=self.generator, device=device)
+            m = torch.tensor(m, dtype=torch.float32, device=device)[pick]
+        return self._mine(flow.logit_normal(n * self.world, m, s, generator=self.generator, device=device))
 
     def uniform(self, n: int, low: float, high: float, device=None) -> torch.Tensor:
         """``n`` numbers from ``U(low, high)``."""

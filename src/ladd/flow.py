@@ -44,9 +44,10 @@ def noise_from_v(xt: torch.Tensor, v: torch.Tensor, t) -> torch.Tensor:
     return xt + (1 - _bcast(t, xt)) * v
 
 
-def logit_normal(n: int, m: float = 0.0, s: float = 1.0, generator: torch.Generator | None = None,
+def logit_normal(n: int, m: float | torch.Tensor = 0.0, s: float = 1.0, generator: torch.Generator | None = None,
                  device=None) -> torch.Tensor:
-    """``t = sigmoid(m + s * N(0, 1))``: SD3's training density, and LADD's discriminator noise density."""
+    """``t = sigmoid(m + s * N(0, 1))``: SD3's training density, and LADD's discriminator noise density (``m`` a
+    number or one centre per sample, ``[n]``)."""
     return torch.sigmoid(m + s * torch.randn(n, generator=generator, device=device))
 
 

@@ -41,7 +41,10 @@ class DiscriminatorConfig:
     head_depth: int = 2        # residual 3x3 conv blocks per head
     norm: str = "group"        # "group" (GroupNorm) or "spectral" (spectral norm on the convs)
     t_embed_dim: int = 128     # sinusoidal embedding of t_hat, concatenated with the pooled text embedding
-    noise_m: float = 1.0       # t_hat ~ LogitNormal(m, s) (docs/method.md: m = 1, s = 1; median t_hat 0.73)
+    # t_hat ~ LogitNormal(m, s) (docs/method.md: m = 1, s = 1; median t_hat 0.73). A list of centres, e.g.
+    # [1.0, 1.5], is a mixture: each sample's m is drawn from the list with equal probability (ladd.draws), so the
+    # heads see both noise levels in one batch; they are conditioned on t_hat and can tell them apart.
+    noise_m: Any = 1.0
     noise_s: float = 1.0
     shared_t: bool = False     # real and fake share t_hat (docs/method.md unconfirmed; default: independent draws)
     # A global term in each head's logit (pooled over the patch grid, conditioned like the map): the map's 3x3
@@ -56,13 +59,23 @@ class DiscriminatorConfig:
                 fail(f"ladd.disc.{name}", f"got {getattr(self, name)}", "give a positive integer")
         if self.norm not in ("group", "spectral"):
             fail("ladd.disc.norm", f"got {self.norm!r}", "use 'group' or 'spectral'")
-        self.noise_m = number("ladd.disc.noise_m", self.noise_m)
+        self.noise_m = self._check_noise_m(self.noise_m)
         self.noise_s = number("ladd.disc.noise_s", self.noise_s)
-        if not abs(self.noise_m) <= 5:
-            fail("ladd.disc.noise_m", f"got {self.noise_m}, t_hat would be almost always 0 or 1",
-                  "use -5 <= m <= 5 (docs/method.md default 1)")
         if not 0 < self.noise_s <= 5:
             fail("ladd.disc.noise_s", f"got {self.noise_s}", "use 0 < s <= 5 (docs/method.md default 1)")
+
+    @staticmethod
+    def _check_noise_m(m):
+        """A number, or a list of numbers (a mixture; a one-element list is that number)."""
+        many = isinstance(m, (list, tuple))
+        if many and len(m) == 0:
+            fail("ladd.disc.noise_m", "got an empty list", "give a number, e.g. 1, or a list of centres, e.g. [1, 1.5]")
+        ms = [number("ladd.disc.noise_m", v) for v in (m if many else [m])]
+        for v in ms:
+            if not abs(v) <= 5:
+                fail("ladd.disc.noise_m", f"got {v}, t_hat would be almost always 0 or 1",
+                     "use -5 <= m <= 5 (docs/method.md default 1)")
+        return ms if len(ms) > 1 else ms[0]
 
     def _check_blocks(self) -> None:
         b = self.blocks

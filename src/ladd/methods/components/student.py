@@ -127,9 +127,10 @@ def rollout(student, noise: torch.Tensor, cond: TextEmbeddings, grid: torch.Tens
     return x
 
 
-def renoise(x: torch.Tensor, m: float, s: float, generator: torch.Generator | Draws | None = None,
+def renoise(x: torch.Tensor, m: float | list[float], s: float, generator: torch.Generator | Draws | None = None,
             t: torch.Tensor | None = None):
-    """``(x_noisy, t_hat)``: ``t_hat ~ LogitNormal(m, s)`` ``[B]`` (or the given ``t``),
+    """``(x_noisy, t_hat)``: ``t_hat ~ LogitNormal(m, s)`` ``[B]`` (a list ``m``: a mixture, ladd.draws; or the
+    given ``t``),
     ``x_noisy = (1 - t_hat) x + t_hat eps`` (docs/method.md, steps 3-4). Differentiable w.r.t. ``x``."""
     draws = as_draws(generator)
     if t is None:
