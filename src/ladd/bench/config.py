@@ -9,10 +9,9 @@ from ladd.config import ConfigError, option
 
 
 def preset_of(method: str) -> str:
-    """The nano preset of a bench entry: configs/nano-ladd-plain.yaml for LADD (the paper's method; the default run,
-    configs/nano.yaml, adds the regression term and a cheaper discriminator phase), configs/nano-<entry>.yaml for the
-    others (a method, e.g. ``lcm``, or a named recipe of one, e.g. ``ladd-hybrid``)."""
-    return "configs/nano-ladd-plain.yaml" if method == "ladd" else f"configs/nano-{method.replace('_', '-')}.yaml"
+    """The nano preset of a bench entry: configs/nano.yaml for LADD, configs/nano-<entry>.yaml for the others (a
+    method, e.g. ``lcm``, or a named recipe of one, e.g. ``ladd-hybrid``)."""
+    return "configs/nano.yaml" if method == "ladd" else f"configs/nano-{method.replace('_', '-')}.yaml"
 
 
 def method_of(entry: str) -> str:
