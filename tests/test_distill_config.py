@@ -40,7 +40,7 @@ def test_default_probs_per_grid(steps):
 
 @pytest.mark.parametrize("preset", ["configs/nano.yaml", "configs/nano-1step.yaml", "configs/nano-ladd-hybrid-long.yaml",
                                     "configs/nano-ladd-real.yaml", "configs/nano-ladd-long-reals.yaml",
-                                    "configs/tiny.yaml"])
+                                    "configs/nano-ladd-fast.yaml", "configs/tiny.yaml"])
 def test_presets_load(preset):
     cfg = load_distill_config(preset)
     assert cfg.optim["heads"].lr > cfg.optim["student"].lr > 0
@@ -53,6 +53,17 @@ def test_one_step_preset_is_the_shipped_recipe_on_a_one_step_grid():
     assert base.student.sample_shifts and one.student.sample_shifts == {}  # `{}` clears the base's 2-step grid
     assert one.ladd == base.ladd and (one.paths.data, one.paths.reals) == (base.paths.data, base.paths.reals)
     assert one.optim == base.optim and one.train == base.train and one.paths.run_dir != base.paths.run_dir
+
+
+def test_fast_preset_is_the_default_run_with_a_cheaper_discriminator_and_the_free_terms():
+    fast, base = (load_distill_config(f"configs/{name}.yaml") for name in ("nano-ladd-fast", "nano"))
+    assert (fast.ladd.disc.blocks, fast.ladd.disc_every) == ([0, 1, 2, 3, 4], 3) and base.ladd.disc.blocks == "all"
+    assert fast.ladd.loss.misaligned_fraction == 0.25 and fast.ladd.loss.regression_weight == 1.0
+    assert fast.paths.reals == "runs/nano-real" and base.paths.reals is None
+    # nothing else differs from the default run: heads' width, noise, learning rates, budget, data
+    assert fast.ladd.disc.head_width == base.ladd.disc.head_width and fast.ladd.disc.noise_m == base.ladd.disc.noise_m
+    assert fast.optim == base.optim and fast.train == base.train and fast.data == base.data
+    assert fast.student == base.student and fast.paths.data == base.paths.data
 
 
 def test_long_preset_is_the_hybrid_at_twice_the_iterations_with_cosine_decay():
