@@ -104,7 +104,7 @@ def main() -> None:
     def phase(name):
         def fn():
             ctx = Context(0, Draws(gen), run.ema, store)
-            method.loss(name, Batch(x0, cond, noise), ctx).loss.backward()
+            method.loss(name, data.batch(b), ctx).loss.backward()
         return fn
 
     def student_alone():
