@@ -330,6 +330,28 @@ def test_misaligned_reals_on_a_fraction_of_the_batch():
         setup("ladd.loss.misaligned_fraction=0")
 
 
+def test_reals_on_a_fraction_of_the_batch():
+    """ladd.loss.real_fraction=0.25: the real branch runs the teacher on the first quarter of the batch only, beside
+    a misaligned half (B/4 + B/2 samples in the D step's forward), and the heads judge B/4 reals against all B
+    fakes; a share outside (0, 1] is refused."""
+    cfg, teacher, student, disc, x0, cond = setup("ladd.loss.misaligned_weight=0.25",
+                                                  "ladd.loss.misaligned_fraction=0.5", "ladd.loss.real_fraction=0.25")
+    fake = generator_step(student, teacher, disc, x0, cond, cfg.ladd, cfg.student,
+                          torch.Generator().manual_seed(0)).fake
+    seen, judged = [], []
+    counting = lambda x, t, c, blocks=None: seen.append(len(x)) or teacher(x, t, c, blocks)  # noqa: E731
+    counting.parameters = teacher.parameters
+    hook = disc.register_forward_hook(lambda _m, inputs, _out: judged.append(len(inputs[1])))
+    loss, metrics = discriminator_step(counting, disc, x0, cond, fake, cfg.ladd, torch.Generator().manual_seed(1))
+    hook.remove()
+    b = len(x0)
+    assert seen == [b // 4 + b // 2] and judged == [b // 4 + b + b // 2]
+    assert torch.isfinite(loss) and torch.isfinite(metrics["d_real"])
+    for bad in ("0", "1.5"):
+        with pytest.raises(ConfigError, match="real_fraction"):
+            setup(f"ladd.loss.real_fraction={bad}")
+
+
 def test_the_heads_rest_between_their_updates():
     """ladd.disc_every=2: iterations 0, 2, ... update student and heads, the others the student only."""
     from ladd.methods.ladd import LADD

@@ -51,6 +51,9 @@ class LossConfig:
     # the misaligned reals are the first ceil(f * B) of the batch: the same expected loss from a smaller extra
     # teacher forward (f = 1: the whole batch, one more forward of B samples per D step)
     misaligned_fraction: float = 1.0
+    # the D step's real branch on the first ceil(f * B) samples only: the same expected loss on reals from a smaller
+    # no-grad teacher forward (the fakes' features are the G step's, free; the misaligned reals keep their own share)
+    real_fraction: float = 1.0
     distill_weight: float = 0.0      # ADD-style MSE to the teacher's x0 at the re-noised fake (0 = off)
     # CFG scale of that target (ADD's distillation term uses the guided teacher): > 1 transfers guidance directly
     distill_guidance: float = 1.0
@@ -93,9 +96,11 @@ class LossConfig:
             if value < 0:
                 fail(f"ladd.loss.{name}", f"got {value}", "use 0 (off) or a positive weight")
             setattr(self, name, value)
-        self.misaligned_fraction = number("ladd.loss.misaligned_fraction", self.misaligned_fraction)
-        if not 0 < self.misaligned_fraction <= 1:
-            fail("ladd.loss.misaligned_fraction", f"got {self.misaligned_fraction}", "use a share in (0, 1], e.g. 0.25")
+        for name in ("misaligned_fraction", "real_fraction"):
+            value = number(f"ladd.loss.{name}", getattr(self, name))
+            if not 0 < value <= 1:
+                fail(f"ladd.loss.{name}", f"got {value}", "use a share in (0, 1], e.g. 0.25")
+            setattr(self, name, value)
         if self.misaligned_weight >= 1:
             fail("ladd.loss.misaligned_weight", f"got {self.misaligned_weight}, the student's fakes would get "
                  "no weight", "use a share in [0, 1), e.g. 0.25")
@@ -228,17 +233,17 @@ def _shuffled(cond: TextEmbeddings, generator: torch.Generator | Draws | None) -
     return shuffled_prompts(cond, as_draws(generator).integer(1, b) if b > 1 else 0)
 
 
-def _real_features(teacher, real, t_real, cond, blocks, mis_cond):
-    """No-grad teacher features of the real batch, and of its first ``len(mis_cond)`` noisy reals with misaligned
-    prompts when ``mis_cond`` is given (one batched forward). Returns (real feats, misaligned feats or None)."""
+def _real_features(teacher, real, t_real, cond, blocks, n_real, mis_cond):
+    """No-grad teacher features of the first ``n_real`` noisy reals, and of the first ``len(mis_cond)`` with
+    misaligned prompts when ``mis_cond`` is given (one batched forward). Returns (real feats, misaligned feats or
+    None)."""
     with torch.no_grad():
         if mis_cond is None:
-            return teacher(real, t_real, cond, blocks), None
+            return teacher(real[:n_real], t_real[:n_real], cond[:n_real], blocks), None
         m = len(mis_cond)
-        both = teacher(torch.cat([real, real[:m]]), torch.cat([t_real, t_real[:m]]),
-                       TextEmbeddings.cat([cond, mis_cond]), blocks)
-    b = real.shape[0]
-    return [f[:b] for f in both], [f[b:] for f in both]
+        both = teacher(torch.cat([real[:n_real], real[:m]]), torch.cat([t_real[:n_real], t_real[:m]]),
+                       TextEmbeddings.cat([cond[:n_real], mis_cond]), blocks)
+    return [f[:n_real] for f in both], [f[n_real:] for f in both]
 
 
 def _judge(disc, groups):
@@ -266,10 +271,11 @@ def discriminator_step(teacher, disc, x0: torch.Tensor, cond: TextEmbeddings, fa
     if cfg.loss.misaligned_weight > 0:
         m = max(1, math.ceil(cfg.loss.misaligned_fraction * len(cond)))
         mis_cond = _shuffled(cond, generator)[:m]
-    real_feats, mis_feats = _real_features(teacher, real, t_real, cond, blocks, mis_cond)
+    n_real = max(1, math.ceil(cfg.loss.real_fraction * len(cond)))
+    real_feats, mis_feats = _real_features(teacher, real, t_real, cond, blocks, n_real, mis_cond)
     if cfg.loss.r1_weight > 0:
         real_feats = [f.detach().requires_grad_(True) for f in real_feats]
-    groups = [(real_feats, t_real, cond.pooled), (fake.features, fake.t_hat, fake.pooled)]
+    groups = [(real_feats, t_real[:n_real], cond.pooled[:n_real]), (fake.features, fake.t_hat, fake.pooled)]
     if mis_feats is not None:
         groups.append((mis_feats, t_real[:len(mis_cond)], mis_cond.pooled))
     real_logits, fake_logits, *mis_logits = _judge(disc, groups)
