@@ -14,8 +14,9 @@ its features, detached, are the D step's fakes (``FakeBatch``, handed over in ``
 needs only one no-grad teacher forward, for the real branch. Deviation from a textbook alternation: D judges
 fakes from the student *before* this iteration's G update (one update stale); this saves a student and a teacher
 forward per iteration. What remains is student forward+backward (= one teacher training step), teacher forward
-+ input-backward on the fake, a no-grad teacher forward on the real, and the heads: ~2.2x a teacher training
-step on the nano teacher (CPU, batch 16), of which the heads are ~0.2x.
++ input-backward on the fake, a no-grad teacher forward on the real (and on the misaligned reals), and the
+heads: 2.9x a teacher training step on the nano teacher at batch 32 with configs/nano.yaml, of which the heads
+are ~0.3x; docs/experiments/speed.md measures the knobs that make the D step cheaper.
 
 The teacher is always called through ``__call__`` (``teacher(x, t, cond, blocks)`` for features), so an
 FSDP-wrapped teacher gathers its shards.
