@@ -234,6 +234,11 @@ def _shuffled(cond: TextEmbeddings, generator: torch.Generator | Draws | None) -
     return shuffled_prompts(cond, as_draws(generator).integer(1, b) if b > 1 else 0)
 
 
+def _share(fraction: float, b: int) -> int:
+    """How many of a batch of ``b`` a ``*_fraction`` setting takes: the first ceil(fraction * b), at least one."""
+    return max(1, math.ceil(fraction * b))
+
+
 def _real_features(teacher, real, t_real, cond, blocks, n_real, mis_cond):
     """No-grad teacher features of the first ``n_real`` noisy reals, and of the first ``len(mis_cond)`` with
     misaligned prompts when ``mis_cond`` is given (one batched forward). Returns (real feats, misaligned feats or
@@ -270,9 +275,8 @@ def discriminator_step(teacher, disc, x0: torch.Tensor, cond: TextEmbeddings, fa
     real, t_real = renoise(x0, cfg.disc.noise_m, cfg.disc.noise_s, generator, t=t_real)
     mis_cond = None
     if cfg.loss.misaligned_weight > 0:
-        m = max(1, math.ceil(cfg.loss.misaligned_fraction * len(cond)))
-        mis_cond = _shuffled(cond, generator)[:m]
-    n_real = max(1, math.ceil(cfg.loss.real_fraction * len(cond)))
+        mis_cond = _shuffled(cond, generator)[:_share(cfg.loss.misaligned_fraction, len(cond))]
+    n_real = _share(cfg.loss.real_fraction, len(cond))
     real_feats, mis_feats = _real_features(teacher, real, t_real, cond, blocks, n_real, mis_cond)
     if cfg.loss.r1_weight > 0:
         real_feats = [f.detach().requires_grad_(True) for f in real_feats]
