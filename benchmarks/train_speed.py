@@ -14,9 +14,10 @@ hits all of them alike; medians reported):
   the student's forward alone
 - for methods with heads on the frozen teacher: the teacher's feature pass with the backward to its input (what the
   generator phase needs on the fakes) and without (the real batch), the heads alone on a D step's batch, and the
-  *floor* of the same computation: a teacher step (the student's forward and backward) + one teacher pass with the
-  backward to the input + (real share + misaligned share) no-grad passes every ``ladd.disc_every`` iterations, i.e. the
-  iteration with free heads, optimizers and EMA. No setting that keeps these passes can get below it.
+  *floor* of the same computation: a teacher step (the student's forward and backward) + the adversarial share of
+  one teacher pass with the backward to the input + (real share + misaligned share) no-grad passes every
+  ``ladd.disc_every`` iterations, i.e. the iteration with free heads, optimizers and EMA. No setting that keeps these
+  passes can get below it.
 """
 
 from __future__ import annotations
@@ -169,11 +170,13 @@ def main() -> None:
     print(f"\n{cfg.method} iteration / teacher step: {ratio:.2f}x")
     if heads is not None:
         # what any iteration that computes the same terms costs, with free heads, optimizers and EMA: the
-        # student's forward + backward (a teacher step's), one teacher pass with the backward to its input and
-        # one without (the real batch's share, plus its misaligned share) every ladd.disc_every iterations
+        # student's forward + backward (a teacher step's), one teacher pass with the backward to its input (its
+        # adversarial share) and one without (the real batch's share, plus its misaligned share) every
+        # ladd.disc_every iterations
         mis = cfg.section.loss.misaligned_fraction if cfg.section.loss.misaligned_weight > 0 else 0.0
         reals = cfg.section.loss.real_fraction
-        floor = (base + med["  frozen teacher features + backward to the input"]
+        adv = cfg.section.loss.adversarial_fraction
+        floor = (base + adv * med["  frozen teacher features + backward to the input"]
                  + (reals + mis) * med["  frozen teacher features (no grad)"] / cycle)
         print(f"floor of the same computation (heads, optimizers, EMA free): {floor / base:.2f}x")
     else:

@@ -352,6 +352,40 @@ def test_reals_on_a_fraction_of_the_batch():
             setup(f"ladd.loss.real_fraction={bad}")
 
 
+def test_adversarial_pass_on_a_fraction_of_the_batch():
+    """ladd.loss.adversarial_fraction=0.5: the G step runs the teacher and the heads on the first half of the
+    student's outputs only, the regression term still counts the whole batch, and the D step judges those B/2 fakes;
+    at the default (1) the G step is what it was."""
+    cfg, teacher, student, disc, x0, cond = setup("ladd.loss.adversarial_fraction=0.5", "ladd.loss.regression_weight=1",
+                                                  "student.probs=[1,0,0,0]")
+    noise = torch.randn_like(x0)
+    seen = []
+    counting = lambda x, t, c, blocks=None: seen.append(len(x)) or teacher(x, t, c, blocks)  # noqa: E731
+    counting.parameters = teacher.parameters
+    out = generator_step(student, counting, disc, x0, cond, cfg.ladd, cfg.student, torch.Generator().manual_seed(0),
+                         noise=noise)
+    b = len(x0)
+    assert seen == [b // 2] and len(out.fake.t_hat) == b // 2 and len(out.fake.pooled) == b // 2
+    assert len(out.fake.x0_hat) == b
+    assert torch.allclose(out.metrics["g_regression"], (out.fake.x0_hat - x0).pow(2).mean(), rtol=1e-5)
+    out.loss.backward()
+    assert all(p.grad is not None for p in student.parameters() if p.requires_grad)
+    judged = []
+    hook = disc.register_forward_hook(lambda _m, inputs, _out: judged.append(len(inputs[1])))
+    loss, _ = discriminator_step(teacher, disc, x0, cond, out.fake, cfg.ladd, torch.Generator().manual_seed(1))
+    hook.remove()
+    assert judged == [b + b // 2] and torch.isfinite(loss)
+    full, _, _, _, _, _ = setup("ladd.loss.regression_weight=1", "student.probs=[1,0,0,0]")
+    a = generator_step(student, teacher, disc, x0, cond, full.ladd, full.student, torch.Generator().manual_seed(0),
+                       noise=noise)
+    full.ladd.loss.adversarial_fraction = 1.0 - 1e-9  # ceil(~1 * B) = B: the same draws, the same loss
+    c = generator_step(student, teacher, disc, x0, cond, full.ladd, full.student, torch.Generator().manual_seed(0),
+                       noise=noise)
+    assert torch.equal(a.loss, c.loss) and len(a.fake.t_hat) == b
+    with pytest.raises(ConfigError, match="adversarial_fraction"):
+        setup("ladd.loss.adversarial_fraction=0")
+
+
 def test_the_heads_rest_between_their_updates():
     """ladd.disc_every=2: iterations 0, 2, ... update student and heads, the others the student only."""
     from ladd.methods.ladd import LADD

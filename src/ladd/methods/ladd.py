@@ -55,6 +55,11 @@ class LossConfig:
     # the D step's real branch on the first ceil(f * B) samples only: the same expected loss on reals from a smaller
     # no-grad teacher forward (the fakes' features are the G step's, free; the misaligned reals keep their own share)
     real_fraction: float = 1.0
+    # the G step's adversarial pass (the re-noised fake through the teacher, with the backward to its input, and the
+    # heads) on the first ceil(f * B) of the student's outputs only; the student's forward and its free terms (the
+    # regression term) keep the whole batch, and the D step judges those fakes. The distillation and DM terms,
+    # which read the re-noised fake, follow it.
+    adversarial_fraction: float = 1.0
     distill_weight: float = 0.0      # ADD-style MSE to the teacher's x0 at the re-noised fake (0 = off)
     # CFG scale of that target (ADD's distillation term uses the guided teacher): > 1 transfers guidance directly
     distill_guidance: float = 1.0
@@ -97,7 +102,7 @@ class LossConfig:
             if value < 0:
                 fail(f"ladd.loss.{name}", f"got {value}", "use 0 (off) or a positive weight")
             setattr(self, name, value)
-        for name in ("misaligned_fraction", "real_fraction"):
+        for name in ("misaligned_fraction", "real_fraction", "adversarial_fraction"):
             value = number(f"ladd.loss.{name}", getattr(self, name))
             if not 0 < value <= 1:
                 fail(f"ladd.loss.{name}", f"got {value}", "use a share in (0, 1], e.g. 0.25")
@@ -151,13 +156,19 @@ def _heads_for_generator(disc: torch.nn.Module) -> torch.nn.Module:
         return copy.deepcopy(unwrap(disc)).requires_grad_(False)
 
 
+def _share(fraction: float, b: int) -> int:
+    """How many of a batch of ``b`` a ``*_fraction`` setting takes: the first ceil(fraction * b), at least one."""
+    return max(1, math.ceil(fraction * b))
+
+
 @dataclass
 class FakeBatch:
     """What the D step needs of the G step's fakes, all detached."""
-    features: list[torch.Tensor]  # teacher features of the re-noised fake, one [B, C, h, w] per tapped block
-    t_hat: torch.Tensor           # [B] the fakes' discriminator noise levels
-    pooled: torch.Tensor          # [B, P] their prompts' pooled embeddings: the heads judge fakes by their own
-    x0_hat: torch.Tensor          # [B, C, h, w] the student's predictions (previews, diagnostics)
+    # the fakes are the first n <= B of the student's outputs (ladd.loss.adversarial_fraction)
+    features: list[torch.Tensor]  # teacher features of the re-noised fake, one [n, C, h, w] per tapped block
+    t_hat: torch.Tensor           # [n] the fakes' discriminator noise levels
+    pooled: torch.Tensor          # [n, P] their prompts' pooled embeddings: the heads judge fakes by their own
+    x0_hat: torch.Tensor          # [B, C, h, w] all the student's predictions (previews, the fake score's data)
 
 
 @dataclass
@@ -191,17 +202,19 @@ def generator_step(student, teacher, disc, x0: torch.Tensor, cond: TextEmbedding
     x0_hat, t_s = student_forward(student, x0, cond, grid, probs, generator,
                                   noise if cfg.loss.regression_weight > 0 else None, cfg.backward_simulation, along,
                                   student_cfg.sampler, cfg.rollout_paths)
-    fake, t_hat = renoise(x0_hat, cfg.disc.noise_m, cfg.disc.noise_s, generator)
-    feats = teacher(fake, t_hat, cond, disc.blocks)
+    n_adv = _share(cfg.loss.adversarial_fraction, len(cond))  # the whole batch by default
+    x0_adv, cond_adv = x0_hat[:n_adv], cond[:n_adv]
+    fake, t_hat = renoise(x0_adv, cfg.disc.noise_m, cfg.disc.noise_s, generator)
+    feats = teacher(fake, t_hat, cond_adv, disc.blocks)
     with param_grads_off(disc):
-        logits = disc(feats, t_hat, cond.pooled)
+        logits = disc(feats, t_hat, cond_adv.pooled)
     adv = losses.g_loss(cfg.loss.kind, logits)
     loss, metrics = adv, {"g_adv": adv.detach()}
     if cfg.loss.distill_weight > 0 or cfg.loss.dm_weight > 0:
         # one (batched) no-grad teacher forward for both terms
-        x0_cond, x0_cfg = teacher_x0_pair(teacher, fake, t_hat, cond, uncond, cfg.loss.distill_guidance)
+        x0_cond, x0_cfg = teacher_x0_pair(teacher, fake, t_hat, cond_adv, uncond, cfg.loss.distill_guidance)
     if cfg.loss.dm_weight > 0:
-        dm = dm_loss(x0_hat, x0_cfg, teacher_x0(fake_score, fake, t_hat, cond))
+        dm = dm_loss(x0_adv, x0_cfg, teacher_x0(fake_score, fake, t_hat, cond_adv))
         loss = loss + cfg.loss.dm_weight * dm
         metrics["g_dm"] = dm.detach()
     if cfg.loss.distill_weight > 0:
@@ -210,8 +223,8 @@ def generator_step(student, teacher, disc, x0: torch.Tensor, cond: TextEmbedding
         # with synthetic data).
         if cfg.loss.distill_target == "guidance":
             # target x0_hat + (x0_cfg - x0_cond): the MSE's gradient is only the guidance direction
-            x0_cfg = x0_hat.detach() + (x0_cfg - x0_cond)
-        distill = F.mse_loss(x0_hat.float(), x0_cfg.float())
+            x0_cfg = x0_adv.detach() + (x0_cfg - x0_cond)
+        distill = F.mse_loss(x0_adv.float(), x0_cfg.float())
         loss = loss + cfg.loss.distill_weight * distill
         metrics["g_distill"] = distill.detach()
     if cfg.loss.regression_weight > 0:
@@ -224,7 +237,7 @@ def generator_step(student, teacher, disc, x0: torch.Tensor, cond: TextEmbedding
         metrics["g_regression"] = regression.detach()
     metrics.update(g_loss=loss.detach(), t_s=t_s.float().mean(), t_hat_fake=t_hat.float().mean(),
                    g_fake_score=losses.sample_scores(logits).mean())
-    out = FakeBatch([f.detach() for f in feats], t_hat.detach(), cond.pooled.detach(), x0_hat.detach())
+    out = FakeBatch([f.detach() for f in feats], t_hat.detach(), cond_adv.pooled.detach(), x0_hat.detach())
     return GeneratorOut(loss, metrics, out)
 
 
@@ -232,11 +245,6 @@ def _shuffled(cond: TextEmbeddings, generator: torch.Generator | Draws | None) -
     """Prompts rolled by a random shift in [1, B - 1] (within this process's micro-batch)."""
     b = len(cond)
     return shuffled_prompts(cond, as_draws(generator).integer(1, b) if b > 1 else 0)
-
-
-def _share(fraction: float, b: int) -> int:
-    """How many of a batch of ``b`` a ``*_fraction`` setting takes: the first ceil(fraction * b), at least one."""
-    return max(1, math.ceil(fraction * b))
 
 
 def _real_features(teacher, real, t_real, cond, blocks, n_real, mis_cond):
