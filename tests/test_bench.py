@@ -127,10 +127,12 @@ def test_bad_options_are_one_line(kwargs, message):
 def test_a_named_recipe_runs_beside_its_method(tmp_path, fake_encoder):
     """--methods ladd-hybrid: configs/nano-ladd-hybrid.yaml (method: ladd, with the regression, guided and
     backward-simulation terms) trains and is evaluated like a method, under its own name."""
-    from ladd.bench.config import method_of
+    from ladd.bench.config import method_of, preset_of
     from ladd.bench.run import bench
 
     assert method_of("ladd-hybrid") == "ladd" and method_of("lcm") == "lcm"
+    assert (preset_of("ladd"), preset_of("ladd-default")) == ("configs/nano-ladd-plain.yaml", "configs/nano.yaml")
+    assert method_of("ladd-default") == "ladd"
     make_assets(tmp_path)
     cfg = BenchConfig(quick=True, methods="ladd-hybrid", max_prompts=2, steps="1", data=str(tmp_path / "data"),
                       out=str(tmp_path / "bench"), prompts="prompts/nano-eval.jsonl", cache_dir=str(tmp_path / "cache"))

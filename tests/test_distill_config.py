@@ -40,7 +40,8 @@ def test_default_probs_per_grid(steps):
 
 @pytest.mark.parametrize("preset", ["configs/nano.yaml", "configs/nano-1step.yaml", "configs/nano-ladd-hybrid-long.yaml",
                                     "configs/nano-ladd-real.yaml", "configs/nano-ladd-long-reals.yaml",
-                                    "configs/nano-ladd-fast.yaml", "configs/tiny.yaml"])
+                                    "configs/nano-ladd-fast.yaml", "configs/nano-ladd-plain.yaml",
+                                    "configs/tiny.yaml"])
 def test_presets_load(preset):
     cfg = load_distill_config(preset)
     assert cfg.optim["heads"].lr > cfg.optim["student"].lr > 0
@@ -55,15 +56,25 @@ def test_one_step_preset_is_the_shipped_recipe_on_a_one_step_grid():
     assert one.optim == base.optim and one.train == base.train and one.paths.run_dir != base.paths.run_dir
 
 
-def test_fast_preset_is_the_default_run_with_a_cheaper_discriminator_and_the_free_terms():
-    fast, base = (load_distill_config(f"configs/{name}.yaml") for name in ("nano-ladd-fast", "nano"))
-    assert (fast.ladd.disc.blocks, fast.ladd.disc_every) == ([0, 1, 2, 3, 4], 3) and base.ladd.disc.blocks == "all"
-    assert fast.ladd.loss.misaligned_fraction == 0.25 and fast.ladd.loss.regression_weight == 1.0
-    assert fast.paths.reals == "runs/nano-real" and base.paths.reals is None
-    # nothing else differs from the default run: heads' width, noise, learning rates, budget, data
-    assert fast.ladd.disc.head_width == base.ladd.disc.head_width and fast.ladd.disc.noise_m == base.ladd.disc.noise_m
-    assert fast.optim == base.optim and fast.train == base.train and fast.data == base.data
-    assert fast.student == base.student and fast.paths.data == base.paths.data
+def test_default_run_and_fast_preset_are_plain_ladd_with_a_cheaper_game_and_the_free_terms():
+    default, fast, plain = (load_distill_config(f"configs/{name}.yaml") for name in ("nano", "nano-ladd-fast",
+                                                                                      "nano-ladd-plain"))
+    loss = plain.ladd.loss
+    assert (plain.ladd.disc.blocks, plain.ladd.disc_every, plain.paths.reals) == ("all", 1, None)
+    shares = (loss.misaligned_fraction, loss.real_fraction, loss.adversarial_fraction)
+    assert shares == (1, 1, 1) and loss.regression_weight == 0
+    for cfg in (default, fast):
+        assert cfg.ladd.disc.blocks == [0, 1, 2, 3, 4] and cfg.paths.reals == "runs/nano-real"
+        assert cfg.ladd.loss.misaligned_fraction == 0.25 and cfg.ladd.loss.regression_weight == 1.0
+        # nothing else differs from plain LADD: heads' width, noise, learning rates, budget, data
+        assert cfg.ladd.disc.head_width == plain.ladd.disc.head_width
+        assert cfg.ladd.disc.noise_m == plain.ladd.disc.noise_m
+        assert cfg.optim == plain.optim and cfg.train == plain.train and cfg.data == plain.data
+        assert cfg.student == plain.student and cfg.paths.data == plain.paths.data
+    # the default run: the heads every iteration, the game's passes on part of the batch; the fast preset: the heads
+    # every third iteration on the whole batch
+    for cfg, expected in ((default, (1, .5, .5)), (fast, (3, 1, 1))):
+        assert (cfg.ladd.disc_every, cfg.ladd.loss.real_fraction, cfg.ladd.loss.adversarial_fraction) == expected
 
 
 def test_long_preset_is_the_hybrid_at_twice_the_iterations_with_cosine_decay():

@@ -91,8 +91,6 @@ def test_the_discriminator_judges_the_reals_by_their_prompts_and_the_fakes_by_th
 
 
 @pytest.mark.parametrize("case, message", [
-    ("lcm", "has no discriminator"),
-    ("add-image", "has no discriminator"),
     ("missing", "holds no data"),
     ("same", "is paths.data"),
     ("shape", "latent shape"),
@@ -101,11 +99,7 @@ def test_the_discriminator_judges_the_reals_by_their_prompts_and_the_fakes_by_th
 ])
 def test_reals_that_cannot_serve_are_refused_by_the_config_check(root, case, message):
     reals, extra = root / "real", []
-    if case == "lcm":
-        extra = ["method=lcm"]
-    elif case == "add-image":  # ADD's heads conditioned on each fake's clean source, a data latent
-        extra = ["method=add", "add.image_conditioning=true", f"add.feature_net={save_tiny_featnet(root / 'fn')}"]
-    elif case == "missing":  # with a prompt file: the user's own images, which ladd cannot make
+    if case == "missing":  # with a prompt file: the user's own images, which ladd cannot make
         reals = root / "nothing"
         (root / "p.txt").write_text("a red circle\n")
         extra = [f"data.prompts={root / 'p.txt'}", f"paths.data={root / 'pdata'}"]
@@ -128,6 +122,18 @@ def test_reals_that_cannot_serve_are_refused_by_the_config_check(root, case, mes
     cfg = load_distill_config("configs/tiny.yaml", tiny_overrides(root, f"paths.reals={reals}", *extra))
     with pytest.raises(ConfigError, match=message):
         check_config(cfg)
+
+
+@pytest.mark.parametrize("case", ["lcm", "add-image"])
+def test_reals_are_set_aside_for_a_method_whose_discriminator_takes_none(root, case):
+    """configs/nano.yaml names the heads' reals; `ladd distill method=lcm` on it trains LCM on the data alone."""
+    extra = ["method=lcm"] if case == "lcm" else [  # ADD's heads conditioned on each fake's clean source
+        "method=add", "add.image_conditioning=true", f"add.feature_net={save_tiny_featnet(root / 'fn')}"]
+    cfg = load_distill_config("configs/tiny.yaml", tiny_overrides(root, f"paths.reals={root / 'real'}", *extra))
+    assert cfg.paths.reals is None
+    check_config(cfg)
+    assert load_distill_config("configs/nano.yaml", ["method=few_step"]).paths.reals is None
+    assert load_distill_config("configs/nano.yaml").paths.reals == "runs/nano-real"
 
 
 def test_reals_of_the_teachers_latent_space_pass_and_missing_nano_reals_are_to_be_made(root):

@@ -8,10 +8,16 @@ from pathlib import Path
 from ladd.config import ConfigError, option
 
 
+# bench entries whose preset is not configs/nano-<entry>.yaml
+_PRESETS = {"ladd": "configs/nano-ladd-plain.yaml", "ladd-default": "configs/nano.yaml"}
+
+
 def preset_of(method: str) -> str:
-    """The nano preset of a bench entry: configs/nano.yaml for LADD, configs/nano-<entry>.yaml for the others (a
-    method, e.g. ``lcm``, or a named recipe of one, e.g. ``ladd-hybrid``)."""
-    return "configs/nano.yaml" if method == "ladd" else f"configs/nano-{method.replace('_', '-')}.yaml"
+    """The nano preset of a bench entry: configs/nano-ladd-plain.yaml for ``ladd`` (the paper's method),
+    configs/nano.yaml for ``ladd-default`` (the default run: LADD's game on part of the batch beside the regression
+    term and real reals), configs/nano-<entry>.yaml for the others (a method, e.g. ``lcm``, or a named recipe of
+    one, e.g. ``ladd-hybrid``)."""
+    return _PRESETS.get(method, f"configs/nano-{method.replace('_', '-')}.yaml")
 
 
 def method_of(entry: str) -> str:
@@ -36,7 +42,9 @@ def _ints(name: str, text: str) -> list[int]:
 @dataclass
 class BenchConfig:
     methods: str = option("comma-separated methods (ladd.methods.METHODS) or named recipes (ladd-hybrid), each "
-                          "with its nano preset configs/nano-<name>.yaml", default="few_step,ladd,lcm,dmd2,add")
+                          "with its nano preset configs/nano-<name>.yaml (ladd: the paper's method, "
+                          "configs/nano-ladd-plain.yaml; ladd-default: the default run, configs/nano.yaml)",
+                          default="few_step,ladd,lcm,dmd2,add")
     budget: str = option("equal training 'seconds' (train_seconds, this machine) or equal 'iterations' per method",
                          default="seconds", choices=["seconds", "iterations"])
     seconds: float = option("training seconds per method with --budget seconds", default=900.0)

@@ -165,7 +165,8 @@ class PathsConfig:
     data: str = "runs/nano-synth"         # synthetic shards (latents + prompt embeddings)
     # the discriminator's reals from another data folder, while the student trains on paths.data; for the nano
     # world `ladd distill` makes it when missing (real ShapeWorld images of data.seed through the VAE, as
-    # `ladd synth data.source=real`); with a prompt file, the user's own images made beforehand. null = paths.data
+    # `ladd synth data.source=real`); with a prompt file, the user's own images made beforehand. null = paths.data.
+    # Set aside (null) for a method whose discriminator takes no reals (ladd.methods.base.Method.takes_reals)
     reals: str | None = None
     run_dir: str = "runs/nano-ladd"
     text_cache: str | None = None         # on-disk cache of prompt embeddings (SD3 encoders); None = in memory only
@@ -229,6 +230,10 @@ def config_from_dict(data: dict) -> DistillConfig:
     section = from_dict(cls.Config, data.pop(name, None) or {}, prefix=name + ".")
     optim = _optimizers(name, cls.optimizer_defaults(), data.pop("optim", None) or {})
     shared = from_dict(_Sections, data)
+    if shared.paths.reals is not None and not cls.takes_reals(section):
+        # the heads' reals of a preset shared by several methods (configs/nano.yaml) are set aside, like the
+        # other methods' sections: this method has no discriminator that takes them
+        shared.paths.reals = None
     return DistillConfig(**{f.name: getattr(shared, f.name) for f in dataclasses.fields(_Sections)},
                          method=name, section=section, optim=optim)
 

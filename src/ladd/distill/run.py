@@ -163,16 +163,13 @@ def reals_to_make(cfg: DistillConfig) -> DistillConfig | None:
 
 
 def check_reals_config(cfg: DistillConfig, gen: dict) -> None:
-    """``paths.reals`` goes with a method that has a discriminator, training data of one latent size and a folder
-    other than ``paths.data`` that holds complete data in the training data's latent space
-    (ladd.data.reals.check_reals), or that ``ladd distill`` can make (``reals_to_make``; a partial folder made with
-    other settings is refused)."""
+    """``paths.reals`` (the config keeps it only for a method whose discriminator takes reals) goes with training
+    data of one latent size and a folder other than ``paths.data`` that holds complete data in the training data's
+    latent space (ladd.data.reals.check_reals), or that ``ladd distill`` can make (``reals_to_make``; a partial
+    folder made with other settings is refused)."""
     from ladd.data.reals import check_reals
     from ladd.runtime import check_output
 
-    if not method_class(cfg.method).takes_reals(cfg.section):
-        raise ConfigError(f"paths.reals: method {cfg.method!r} has no discriminator that takes reals from another "
-                          f"folder (ladd does, and add without add.image_conditioning); unset paths.reals")
     if Path(cfg.paths.reals).resolve() == Path(cfg.paths.data).resolve():
         raise ConfigError(f"paths.reals: {cfg.paths.reals} is paths.data, whose latents already are the heads' "
                           f"reals; unset paths.reals (paths.reals=null) or point it at another folder")

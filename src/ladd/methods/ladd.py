@@ -15,8 +15,9 @@ needs only one no-grad teacher forward, for the real branch. Deviation from a te
 fakes from the student *before* this iteration's G update (one update stale); this saves a student and a teacher
 forward per iteration. What remains is student forward+backward (= one teacher training step), teacher forward
 + input-backward on the fake, a no-grad teacher forward on the real (and on the misaligned reals), and the
-heads: 2.9x a teacher training step on the nano teacher at batch 32 with configs/nano.yaml, of which the heads
-are ~0.3x; docs/experiments/speed.md measures the knobs that make the D step cheaper.
+heads: 2.9x a teacher training step on the nano teacher at batch 32 with configs/nano-ladd-plain.yaml, of which
+the heads are ~0.3x; docs/experiments/speed.md measures the knobs that make the game cheaper (the default run,
+configs/nano.yaml, plays it on part of the batch: 1.8x).
 
 The teacher is always called through ``__call__`` (``teacher(x, t, cond, blocks)`` for features), so an
 FSDP-wrapped teacher gathers its shards.
