@@ -384,6 +384,8 @@ def test_adversarial_pass_on_a_fraction_of_the_batch():
     assert torch.equal(a.loss, c.loss) and len(a.fake.t_hat) == b
     with pytest.raises(ConfigError, match="adversarial_fraction"):
         setup("ladd.loss.adversarial_fraction=0")
+    with pytest.raises(ConfigError, match="shared_t"):  # a real per fake's noise level: too few fakes
+        setup("ladd.loss.adversarial_fraction=0.5", "ladd.disc.shared_t=true")
 
 
 def test_the_heads_rest_between_their_updates():

@@ -141,6 +141,9 @@ class LADDConfig:
         if self.loss.regression_on == "rollout" and not self.backward_simulation:
             fail("ladd.loss.regression_on", "'rollout' regresses along the student's backward-simulation rollouts",
                  "set ladd.backward_simulation=true, or use ladd.loss.regression_on=noise")
+        if self.disc.shared_t and self.loss.adversarial_fraction < 1:
+            fail("ladd.disc.shared_t", "gives each real its fake's noise level, and ladd.loss.adversarial_fraction < 1 "
+                 "leaves fewer fakes than reals", "set ladd.disc.shared_t=false or ladd.loss.adversarial_fraction=1")
         if isinstance(self.disc_every, bool) or not isinstance(self.disc_every, int) or self.disc_every < 1:
             fail("ladd.disc_every", f"got {self.disc_every!r}", "use 1 (every iteration) or a larger integer")
 
