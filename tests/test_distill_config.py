@@ -77,6 +77,20 @@ def test_default_run_and_fast_preset_are_plain_ladd_with_a_cheaper_game_and_the_
         assert (cfg.ladd.disc_every, cfg.ladd.loss.real_fraction, cfg.ladd.loss.adversarial_fraction) == expected
 
 
+def test_guided_preset_is_the_default_run_with_the_guided_target_and_mixed_noise():
+    guided, default = (load_distill_config(f"configs/{name}.yaml") for name in ("nano-ladd-guided", "nano"))
+    loss = guided.ladd.loss
+    assert (loss.distill_weight, loss.distill_guidance, loss.distill_target) == (2.5, 3.0, "x0")
+    assert guided.ladd.disc.noise_m == [1, 0] and default.ladd.disc.noise_m == 1
+    # nothing else differs from the default run
+    for name in ("distill_weight", "distill_guidance"):
+        setattr(loss, name, getattr(default.ladd.loss, name))
+    guided.ladd.disc.noise_m = default.ladd.disc.noise_m
+    assert guided.ladd == default.ladd and guided.optim == default.optim and guided.train == default.train
+    assert guided.student == default.student and guided.data == default.data
+    assert guided.paths.reals == default.paths.reals and guided.paths.run_dir != default.paths.run_dir
+
+
 def test_long_preset_is_the_hybrid_at_twice_the_iterations_with_cosine_decay():
     long, base = (load_distill_config(f"configs/{name}.yaml") for name in ("nano-ladd-hybrid-long", "nano-ladd-hybrid"))
     assert long.train.steps == 2 * base.train.steps
