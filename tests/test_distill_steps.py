@@ -7,6 +7,7 @@ from ladd import flow
 from ladd.config import ConfigError
 from ladd.distill.config import load_distill_config
 from ladd.methods.components.heads import Discriminator, build_discriminator
+from ladd.methods.components.perceptual import feature_distance
 from ladd.methods.components.student import renoise, student_forward
 from ladd.models.text_encoder import TextEmbeddings
 from ladd.methods.ladd import discriminator_step, generator_step
@@ -133,6 +134,41 @@ def test_regression_term_pulls_the_one_step_output_to_the_teachers_sample():
     out = generator_step(student, teacher, disc, x0, cond, cfg.ladd, cfg.student, torch.Generator().manual_seed(0),
                          noise=noise)
     assert out.metrics["g_regression"] == 0 and torch.allclose(out.loss, out.metrics["g_adv"])
+
+
+def test_feature_distance_is_lpips_without_weights():
+    f = [torch.randn(3, 8, 4, 4), torch.randn(3, 16, 2, 2)]
+    assert torch.allclose(feature_distance(f, f), torch.zeros(3), atol=1e-6)
+    assert torch.allclose(feature_distance(f, [2.5 * x for x in f]), torch.zeros(3), atol=1e-6)  # scale-free
+    assert torch.allclose(feature_distance(f, [-x for x in f]), torch.full((3,), 4.0), atol=1e-5)  # opposite
+    other = [torch.randn_like(x) for x in f]
+    d = feature_distance(f, other)
+    assert d.shape == (3,) and torch.all((d > 0) & (d < 4))
+    with pytest.raises(ValueError, match="blocks"):
+        feature_distance(f, f[:1])
+
+
+def test_feature_term_compares_the_fake_with_its_teacher_sample_under_the_same_noise():
+    cfg, teacher, student, disc, x0, cond = setup("ladd.loss.feature_weight=1.5")
+    noise = torch.randn_like(x0)
+    with pytest.raises(ValueError, match="starting noise"):
+        generator_step(student, teacher, disc, x0, cond, cfg.ladd, cfg.student)
+    cfg.student.probs = [1.0, 0.0, 0.0, 0.0]
+
+    def step(data):
+        return generator_step(student, teacher, disc, data, cond, cfg.ladd, cfg.student,
+                              torch.Generator().manual_seed(0), noise=noise)
+
+    out = step(x0)
+    assert out.metrics["g_feature"] > 0
+    assert torch.allclose(out.loss, out.metrics["g_adv"] + 1.5 * out.metrics["g_feature"], rtol=1e-5)
+    # data equal to the student's own 1-step outputs from their noise: the pair is the fake itself, distance 0
+    with torch.no_grad():
+        own = noise - student(noise, torch.ones(len(noise)), cond)
+    assert torch.allclose(step(own).metrics["g_feature"], torch.zeros(()), atol=1e-6)
+    cfg.student.probs = [0.0, 0.0, 1.0, 0.0]  # no sample starts from noise: the term adds nothing
+    out = step(x0)
+    assert out.metrics["g_feature"] == 0 and torch.allclose(out.loss, out.metrics["g_adv"])
 
 
 def test_discriminator_shapes_on_non_square_latents():

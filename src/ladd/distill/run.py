@@ -130,10 +130,11 @@ def check_config(cfg: DistillConfig, num_processes: int = 1) -> dict:
     gen = generation_settings(cfg)
     check_data(cfg, gen)
     if method_class(cfg.method).needs_pairs(cfg.section) and not shards.ShardDataset.pairs_known(gen):
-        raise ConfigError(f"the regression term (ladd.loss.regression_weight) needs teacher samples made from a "
-                          f"known noise by a deterministic sampler; the data are {gen['source']} with sampler "
-                          f"{gen.get('sampler')!r}: use data.source=synthetic data.sampler=euler (or set "
-                          f"ladd.loss.regression_weight=0)" + (
+        raise ConfigError(f"the regression terms (ladd.loss.regression_weight, feature_weight) need teacher "
+                          f"samples made from a known noise by a deterministic sampler; the data are "
+                          f"{gen['source']} with sampler {gen.get('sampler')!r}: use data.source=synthetic "
+                          f"data.sampler=euler (or set "
+                          f"ladd.loss.regression_weight=0 ladd.loss.feature_weight=0)" + (
                               ". Real images for the heads go in their own folder, paths.reals, which `ladd "
                               "distill` makes itself (or `ladd synth --config configs/nano.yaml --source real "
                               "paths.data=<that folder>`)" if gen["source"] == "real" else ""))

@@ -38,6 +38,7 @@ from ladd.methods.base import Context, Method, PhaseOut, StudentConfig, Update
 from ladd.methods.components import gan_losses as losses
 from ladd.methods.components.distribution_matching import dm_loss, fake_score_loss
 from ladd.methods.components.heads import DiscriminatorConfig, build_discriminator
+from ladd.methods.components.perceptual import feature_distance
 from ladd.methods.components.student import (check_frozen, init_student, param_grads_off, renoise,
                                              shuffled_prompts, student_forward, teacher_x0, teacher_x0_pair)
 from ladd.models.text_encoder import TextEmbeddings
@@ -78,6 +79,12 @@ class LossConfig:
     # starting from the teacher's own noise of that latent, so that later steps keep the first step's layout
     # (a chain from z should end at the teacher's sample of z).
     regression_on: str = "noise"
+    # The regression in the teacher's feature space (not in the paper; 0 = off): on the adversarial pass's samples
+    # that started from their own noise (t_s = 1), the perceptual distance (ladd.methods.components.perceptual)
+    # between the teacher's block features of the re-noised fake and of its teacher sample re-noised with the same
+    # noise at the same time. Costs one no-grad teacher forward on the adversarial share; needs the pairs like
+    # regression_weight.
+    feature_weight: float = 0.0
     # DMD2's distribution-matching term (not in the paper; 0 = off): at the re-noised fake, the gradient
     # (x0_fake - x0_real) / mean|x0_hat - x0_real| with the teacher guided at distill_guidance as the real score and
     # a *fake score*, a trainable copy of the teacher (optimizer optim.critic), trained beside the heads with the
@@ -98,7 +105,8 @@ class LossConfig:
         if self.distill_target == "guidance" and self.distill_guidance == 1:
             fail("ladd.loss.distill_target", "'guidance' with ladd.loss.distill_guidance=1 has no gradient",
                  "set ladd.loss.distill_guidance above 1, e.g. 3")
-        for name in ("r1_weight", "misaligned_weight", "distill_weight", "regression_weight", "dm_weight"):
+        for name in ("r1_weight", "misaligned_weight", "distill_weight", "regression_weight", "feature_weight",
+                     "dm_weight"):
             value = number(f"ladd.loss.{name}", getattr(self, name))
             if value < 0:
                 fail(f"ladd.loss.{name}", f"got {value}", "use 0 (off) or a positive weight")
@@ -198,13 +206,15 @@ def generator_step(student, teacher, disc, x0: torch.Tensor, cond: TextEmbedding
     disc = _heads_for_generator(disc)
     grid = student_cfg.times()
     probs = torch.tensor(student_cfg.probs_at(step))
-    if cfg.loss.regression_weight > 0 and noise is None:
-        raise ValueError("ladd.loss.regression_weight needs each latent's starting noise (paired data)")
+    paired_terms = cfg.loss.regression_weight > 0 or cfg.loss.feature_weight > 0
+    if paired_terms and noise is None:
+        raise ValueError("ladd.loss.regression_weight and feature_weight need each latent's starting noise "
+                         "(paired data)")
     if cfg.loss.dm_weight > 0 and fake_score is None:
         raise ValueError("ladd.loss.dm_weight needs the fake score (the method's 'fake_score' module)")
     along = cfg.loss.regression_on == "rollout"
     x0_hat, t_s = student_forward(student, x0, cond, grid, probs, generator,
-                                  noise if cfg.loss.regression_weight > 0 else None, cfg.backward_simulation, along,
+                                  noise if paired_terms else None, cfg.backward_simulation, along,
                                   student_cfg.sampler, cfg.rollout_paths)
     n_adv = _share(cfg.loss.adversarial_fraction, len(cond))  # the whole batch by default
     x0_adv, cond_adv = x0_hat[:n_adv], cond[:n_adv]
@@ -239,6 +249,16 @@ def generator_step(student, teacher, disc, x0: torch.Tensor, cond: TextEmbedding
         regression = (per_sample * paired).sum() / paired.sum().clamp(min=1)
         loss = loss + cfg.loss.regression_weight * regression
         metrics["g_regression"] = regression.detach()
+    if cfg.loss.feature_weight > 0:
+        # the teacher sample x0 re-noised with the fake's noise at its time: fake + (1 - t)(x0 - x0_hat)
+        paired = (torch.ones_like(t_s) if along else (t_s == 1))[:n_adv].to(x0_hat.dtype)
+        shift = (1 - t_hat).view(-1, *[1] * (x0_adv.dim() - 1)) * (x0[:n_adv] - x0_adv.detach())
+        with torch.no_grad():
+            target = teacher(fake.detach() + shift, t_hat, cond_adv, disc.blocks)
+        per_sample = feature_distance(feats, target)
+        feature = (per_sample * paired).sum() / paired.sum().clamp(min=1)
+        loss = loss + cfg.loss.feature_weight * feature
+        metrics["g_feature"] = feature.detach()
     metrics.update(g_loss=loss.detach(), t_s=t_s.float().mean(), t_hat_fake=t_hat.float().mean(),
                    g_fake_score=losses.sample_scores(logits).mean())
     out = FakeBatch([f.detach() for f in feats], t_hat.detach(), cond_adv.pooled.detach(), x0_hat.detach())
@@ -351,7 +371,7 @@ class LADD(Method):
 
     @classmethod
     def needs_pairs(cls, cfg: LADDConfig) -> bool:
-        return cfg.loss.regression_weight > 0
+        return cfg.loss.regression_weight > 0 or cfg.loss.feature_weight > 0
 
     @classmethod
     def takes_reals(cls, cfg: LADDConfig) -> bool:
