@@ -77,15 +77,17 @@ def test_default_run_and_fast_preset_are_plain_ladd_with_a_cheaper_game_and_the_
         assert (cfg.ladd.disc_every, cfg.ladd.loss.real_fraction, cfg.ladd.loss.adversarial_fraction) == expected
 
 
-def test_guided_preset_is_the_default_run_with_the_guided_target_and_mixed_noise():
+def test_guided_preset_is_the_default_run_with_the_guided_target_mixed_noise_and_backward_simulation():
     guided, default = (load_distill_config(f"configs/{name}.yaml") for name in ("nano-ladd-guided", "nano"))
     loss = guided.ladd.loss
     assert (loss.distill_weight, loss.distill_guidance, loss.distill_target) == (2.5, 3.0, "x0")
     assert guided.ladd.disc.noise_m == [1, 0] and default.ladd.disc.noise_m == 1
+    assert guided.ladd.backward_simulation and not default.ladd.backward_simulation
     # nothing else differs from the default run
     for name in ("distill_weight", "distill_guidance"):
         setattr(loss, name, getattr(default.ladd.loss, name))
     guided.ladd.disc.noise_m = default.ladd.disc.noise_m
+    guided.ladd.backward_simulation = False
     assert guided.ladd == default.ladd and guided.optim == default.optim and guided.train == default.train
     assert guided.student == default.student and guided.data == default.data
     assert guided.paths.reals == default.paths.reals and guided.paths.run_dir != default.paths.run_dir
