@@ -261,6 +261,10 @@ def test_the_regression_term_refuses_data_without_pairs_before_loading_anything(
             check_config(load_distill_config("configs/nano.yaml", ["ladd.loss.regression_weight=1", unpaired, data]))
         # real data asked for with a regression preset: most likely the heads' reals, which have their own folder
         assert ("paths.reals" in str(e.value)) == (unpaired == "data.source=real")
+    # the feature-space regression reads the same pairs
+    unpaired = ["ladd.loss.regression_weight=0", "ladd.loss.feature_weight=1", "data.sampler=renoise", data]
+    with pytest.raises(ConfigError, match="feature_weight.*data.sampler=euler"):
+        check_config(load_distill_config("configs/nano.yaml", unpaired))
 
 
 def test_yaml_1_1_words_stay_strings():

@@ -21,8 +21,9 @@ def image_seed(seed: int, prompt_index: int, k: int) -> int:
 @torch.no_grad()
 def generate(gen: Generator, prompts: list[str], seeds: list[int], steps: int, guidance: float,
              sampler: str = "euler", height: int = 64, width: int = 64, batch_size: int = 64,
-             progress=None, shift: float | None = None) -> tuple[np.ndarray, float]:
-    """uint8 images ``[N, H, W, 3]`` for ``prompts[i]`` with ``seeds[i]``; also the wall seconds spent, text encoding
+             progress=None, shift: float | None = None, decode: bool = True) -> tuple[np.ndarray, float]:
+    """uint8 images ``[N, H, W, 3]`` for ``prompts[i]`` with ``seeds[i]`` (``decode=False``: the float32 latents
+    ``[N, C, h, w]`` the VAE would decode); also the wall seconds spent, text encoding
     excluded (embeddings are cached per prompt, as in training). The time grid is shifted by the model's
     recommended ``shift`` at ``steps`` (a property of the model, like its timestep scale; ladd.models.registry.
     recommended_shift) unless ``shift`` is given, on its
@@ -51,11 +52,11 @@ def generate(gen: Generator, prompts: list[str], seeds: list[int], steps: int, g
         # the sampler's state stays float32; with bf16 / fp16 weights the networks run under autocast
         with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
             x0 = sample(gen.model, noise, times, cond, uncond, guidance, gens)
-            images = gen.vae.decode(x0)
+            images = gen.vae.decode(x0) if decode else x0
         if device.type == "cuda":
             torch.cuda.synchronize(device)  # the clock counts the work, not its launch
         seconds += time.perf_counter() - t0
-        out.append(to_uint8(images))
+        out.append(to_uint8(images) if decode else images.float().cpu().numpy())
         if progress is not None:
             progress.update(len(noise))
     return np.concatenate(out), seconds

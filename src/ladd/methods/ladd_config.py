@@ -1,0 +1,119 @@
+"""LADD's settings: the ``ladd:`` section of a preset (``LADDConfig``) and its ``loss:`` part (``LossConfig``);
+the method that reads them is ladd.methods.ladd, docs/method.md says what each knob does."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ladd.config import fail, number
+from ladd.methods.components.heads import DiscriminatorConfig
+
+
+@dataclass
+class LossConfig:
+    kind: str = "hinge"              # "hinge" (docs/method.md) or "non_saturating" (softplus)
+    r1_weight: float = 0.0           # R1 on the real head inputs; docs/method.md suggests about 1e-5 when on
+    misaligned_weight: float = 0.0   # share w of D's fake side given to real latents with shuffled prompts (0 = off)
+    # the misaligned reals are the first ceil(f * B) of the batch: the same expected loss from a smaller extra
+    # teacher forward (f = 1: the whole batch, one more forward of B samples per D step)
+    misaligned_fraction: float = 1.0
+    # the D step's real branch on the first ceil(f * B) samples only: the same expected loss on reals from a smaller
+    # no-grad teacher forward (the fakes' features are the G step's, free; the misaligned reals keep their own share)
+    real_fraction: float = 1.0
+    # the G step's adversarial pass (the re-noised fake through the teacher, with the backward to its input, and the
+    # heads) on the first ceil(f * B) of the student's outputs only; the student's forward and its free terms (the
+    # regression term) keep the whole batch, and the D step judges those fakes. The distillation and DM terms,
+    # which read the re-noised fake, follow it.
+    adversarial_fraction: float = 1.0
+    distill_weight: float = 0.0      # ADD-style MSE to the teacher's x0 at the re-noised fake (0 = off)
+    # CFG scale of that target (ADD's distillation term uses the guided teacher): > 1 transfers guidance directly
+    distill_guidance: float = 1.0
+    # "x0": || x0_hat - x0_teacher_cfg ||^2 (ADD). "guidance": only the guidance part of that gradient,
+    # x0_teacher_cond - x0_teacher_cfg = -(w - 1)(x0_cond - x0_uncond), without the pull towards the teacher's
+    # (blurry, at high t_hat) conditional mean: classifier score distillation (Yu et al. 2023, arXiv 2310.19415).
+    distill_target: str = "x0"
+    # Regression to the teacher's own sample: where the student starts from pure noise (t_s = 1) it gets the noise
+    # the teacher started each data latent from, and || x0_hat - x0 ||^2 is added with this weight (a pair of the
+    # teacher's ODE; Luhman & Luhman 2021, Diffusion2GAN's regression term, here in latent space). Free: no extra
+    # forward. Needs teacher samples made by a deterministic sampler (data.sampler euler). 0 = off.
+    regression_weight: float = 0.0
+    # Where the regression term applies. "noise": only where the student starts from pure noise (t_s = 1).
+    # "rollout" (needs ladd.backward_simulation): at every grid time, the student's backward-simulation rollout
+    # starting from the teacher's own noise of that latent, so that later steps keep the first step's layout
+    # (a chain from z should end at the teacher's sample of z).
+    regression_on: str = "noise"
+    # The regression in the teacher's feature space (not in the paper; 0 = off): on the adversarial pass's samples
+    # that started from their own noise (t_s = 1), the perceptual distance (ladd.methods.components.perceptual)
+    # between the teacher's block features of the re-noised fake and of its teacher sample re-noised with the same
+    # noise at the same time. Costs one no-grad teacher forward on the adversarial share; needs the pairs like
+    # regression_weight.
+    feature_weight: float = 0.0
+    # DMD2's distribution-matching term (not in the paper; 0 = off): at the re-noised fake, the gradient
+    # (x0_fake - x0_real) / mean|x0_hat - x0_real| with the teacher guided at distill_guidance as the real score and
+    # a *fake score*, a trainable copy of the teacher (optimizer optim.critic), trained beside the heads with the
+    # flow loss on the student's outputs re-noised like the fakes. Costs one fake-score forward in the G step
+    # and one forward + backward in the D step (ladd.methods.components.distribution_matching).
+    dm_weight: float = 0.0
+
+    def __post_init__(self):
+        if self.kind not in ("hinge", "non_saturating"):
+            fail("ladd.loss.kind", f"got {self.kind!r}", "use 'hinge' or 'non_saturating'")
+        self.distill_guidance = number("ladd.loss.distill_guidance", self.distill_guidance)
+        if self.distill_guidance < 1:
+            fail("ladd.loss.distill_guidance", f"got {self.distill_guidance}", "use 1 (no guidance) or more, e.g. 3")
+        if self.regression_on not in ("noise", "rollout"):
+            fail("ladd.loss.regression_on", f"got {self.regression_on!r}", "use 'noise' or 'rollout'")
+        if self.distill_target not in ("x0", "guidance"):
+            fail("ladd.loss.distill_target", f"got {self.distill_target!r}", "use 'x0' or 'guidance'")
+        if self.distill_target == "guidance" and self.distill_guidance == 1:
+            fail("ladd.loss.distill_target", "'guidance' with ladd.loss.distill_guidance=1 has no gradient",
+                 "set ladd.loss.distill_guidance above 1, e.g. 3")
+        for name in ("r1_weight", "misaligned_weight", "distill_weight", "regression_weight", "feature_weight",
+                     "dm_weight"):
+            value = number(f"ladd.loss.{name}", getattr(self, name))
+            if value < 0:
+                fail(f"ladd.loss.{name}", f"got {value}", "use 0 (off) or a positive weight")
+            setattr(self, name, value)
+        for name in ("misaligned_fraction", "real_fraction", "adversarial_fraction"):
+            value = number(f"ladd.loss.{name}", getattr(self, name))
+            if not 0 < value <= 1:
+                fail(f"ladd.loss.{name}", f"got {value}", "use a share in (0, 1], e.g. 0.25")
+            setattr(self, name, value)
+        if self.misaligned_weight >= 1:
+            fail("ladd.loss.misaligned_weight", f"got {self.misaligned_weight}, the student's fakes would get "
+                 "no weight", "use a share in [0, 1), e.g. 0.25")
+
+
+@dataclass
+class LADDConfig:
+    """The ``ladd:`` section of a preset."""
+    disc: DiscriminatorConfig = field(default_factory=DiscriminatorConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    # Backward simulation (DMD2's): below t_s = 1 the student's input is the state its own re-noising sampler
+    # reaches from noise (no grad), what it meets when sampling, instead of the noised data latent. Not in the
+    # paper; costs up to steps - 1 no-grad student forwards for the samples drawn below t_s = 1.
+    backward_simulation: bool = False
+    # Which path a backward-simulation rollout takes to its time (ladd.methods.components.student.rollout):
+    # "grid", through every grid time (the 4-step sampler's path); "samplers", the path of one of the samplers
+    # that reach that time (1, 2 or 4 steps), drawn uniformly, so that the 2-step student's second step trains on
+    # the state the 2-step sampler gives it. No extra cost: one more student call, fewer samples in the calls.
+    rollout_paths: str = "grid"
+    # the heads' update (the discriminator phase) every N iterations, the student's every iteration: D:G = 1:N
+    disc_every: int = 1
+
+    def __post_init__(self):
+        if not isinstance(self.backward_simulation, bool):
+            fail("ladd.backward_simulation", f"got {self.backward_simulation!r}", "use true or false")
+        if self.rollout_paths not in ("grid", "samplers"):
+            fail("ladd.rollout_paths", f"got {self.rollout_paths!r}", "use 'grid' or 'samplers'")
+        if self.rollout_paths != "grid" and not self.backward_simulation:
+            fail("ladd.rollout_paths", "chooses the paths of backward-simulation rollouts",
+                 "set ladd.backward_simulation=true, or leave ladd.rollout_paths=grid")
+        if self.loss.regression_on == "rollout" and not self.backward_simulation:
+            fail("ladd.loss.regression_on", "'rollout' regresses along the student's backward-simulation rollouts",
+                 "set ladd.backward_simulation=true, or use ladd.loss.regression_on=noise")
+        if self.disc.shared_t and self.loss.adversarial_fraction < 1:
+            fail("ladd.disc.shared_t", "gives each real its fake's noise level, and ladd.loss.adversarial_fraction < 1 "
+                 "leaves fewer fakes than reals", "set ladd.disc.shared_t=false or ladd.loss.adversarial_fraction=1")
+        if isinstance(self.disc_every, bool) or not isinstance(self.disc_every, int) or self.disc_every < 1:
+            fail("ladd.disc_every", f"got {self.disc_every!r}", "use 1 (every iteration) or a larger integer")
