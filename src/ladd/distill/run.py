@@ -133,8 +133,7 @@ def check_config(cfg: DistillConfig, num_processes: int = 1) -> dict:
         raise ConfigError(f"the regression terms (ladd.loss.regression_weight, feature_weight) need teacher "
                           f"samples made from a known noise by a deterministic sampler; the data are "
                           f"{gen['source']} with sampler {gen.get('sampler')!r}: use data.source=synthetic "
-                          f"data.sampler=euler (or set "
-                          f"ladd.loss.regression_weight=0 ladd.loss.feature_weight=0)" + (
+                          f"data.sampler=euler (or set ladd.loss.regression_weight=0 ladd.loss.feature_weight=0)" + (
                               ". Real images for the heads go in their own folder, paths.reals, which `ladd "
                               "distill` makes itself (or `ladd synth --config configs/nano.yaml --source real "
                               "paths.data=<that folder>`)" if gen["source"] == "real" else ""))

@@ -131,28 +131,32 @@ def generator_step(student, teacher, disc, x0: torch.Tensor, cond: TextEmbedding
         distill = F.mse_loss(x0_adv.float(), x0_cfg.float())
         loss = loss + cfg.loss.distill_weight * distill
         metrics["g_distill"] = distill.detach()
-    if cfg.loss.regression_weight > 0:
-        # mean over the samples whose chain started from their own noise (t_s = 1, or every rollout); the others
-        # add nothing
+    if paired_terms:
+        # the paired terms average over the samples whose chain started from their own noise (t_s = 1, or every
+        # rollout); the others add nothing
         paired = (torch.ones_like(t_s) if along else (t_s == 1)).to(x0_hat.dtype)
+    if cfg.loss.regression_weight > 0:
         per_sample = (x0_hat.float() - x0.float()).pow(2).flatten(1).mean(1)
-        regression = (per_sample * paired).sum() / paired.sum().clamp(min=1)
+        regression = _masked_mean(per_sample, paired)
         loss = loss + cfg.loss.regression_weight * regression
         metrics["g_regression"] = regression.detach()
     if cfg.loss.feature_weight > 0:
         # the teacher sample x0 re-noised with the fake's noise at its time: fake + (1 - t)(x0 - x0_hat)
-        paired = (torch.ones_like(t_s) if along else (t_s == 1))[:n_adv].to(x0_hat.dtype)
         shift = (1 - t_hat).view(-1, *[1] * (x0_adv.dim() - 1)) * (x0[:n_adv] - x0_adv.detach())
         with torch.no_grad():
             target = teacher(fake.detach() + shift, t_hat, cond_adv, disc.blocks)
-        per_sample = feature_distance(feats, target)
-        feature = (per_sample * paired).sum() / paired.sum().clamp(min=1)
+        feature = _masked_mean(feature_distance(feats, target), paired[:n_adv])
         loss = loss + cfg.loss.feature_weight * feature
         metrics["g_feature"] = feature.detach()
     metrics.update(g_loss=loss.detach(), t_s=t_s.float().mean(), t_hat_fake=t_hat.float().mean(),
                    g_fake_score=losses.sample_scores(logits).mean())
     out = FakeBatch([f.detach() for f in feats], t_hat.detach(), cond_adv.pooled.detach(), x0_hat.detach())
     return GeneratorOut(loss, metrics, out)
+
+
+def _masked_mean(per_sample: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """The mean of ``per_sample`` over the samples where ``mask`` is 1 (0 when there are none)."""
+    return (per_sample * mask).sum() / mask.sum().clamp(min=1)
 
 
 def _shuffled(cond: TextEmbeddings, generator: torch.Generator | Draws | None) -> TextEmbeddings:
