@@ -221,6 +221,33 @@ def test_the_warm_up_caps_the_decay_and_a_decay_it_never_reaches_is_named(root, 
     assert "train.ema_decay=0.9 applies from update 81 on; in these 4 steps" in caplog.text
     assert "ending at 0.3077" in caplog.text
 
+
+@pytest.mark.parametrize("warmup", [0.0, 3.0])
+def test_the_warm_up_constant_sets_how_long_the_early_average_is(warmup):
+    """``train.ema_warmup`` w: the decay at update u is min(decay, u / (u + w)); 0 applies the decay at once."""
+    from ladd.training.ema import EMA, updates_to_reach, warmed_decay
+
+    model = torch.nn.Linear(1, 1, bias=False)
+    ema = EMA(model, decay=0.8, warmup=warmup)
+    applied = []
+    for _ in range(15):
+        before = ema.shadow.weight.item()
+        model.weight.data.fill_(before + 1.0)
+        ema.update(model)
+        applied.append(1 - (ema.shadow.weight.item() - before))
+    expected = [min(0.8, u / (u + warmup)) for u in range(1, 16)]
+    assert applied == pytest.approx(expected, abs=1e-6)
+    assert applied == pytest.approx([warmed_decay(0.8, u, warmup) for u in range(1, 16)], abs=1e-6)
+    assert updates_to_reach(0.8, warmup) == (1 if warmup == 0 else 12)  # 12 / 15 = 0.8
+
+
+def test_a_negative_ema_warm_up_is_refused():
+    from ladd.config import ConfigError
+    from ladd.training.config import TrainConfig
+
+    with pytest.raises(ConfigError, match="train.ema_warmup"):
+        TrainConfig(ema_warmup=-1)
+
 def test_bf16_with_gradient_checkpointing_trains(root):
     """train.mixed_precision=bf16 (teacher stored in bf16, student and heads in fp32 under autocast) with
     train.gradient_checkpointing: the large-model settings run on CPU and the student moves."""

@@ -57,6 +57,9 @@ class TrainConfig:
     mixed_precision: str = "no"   # accelerate's: "no" or "bf16" (fp16 is refused, see __post_init__)
     gradient_checkpointing: bool = False  # recompute student and teacher block activations in backward (large models)
     ema_decay: float = 0.999      # EMA of the exported module (the student); 0 = off
+    # the EMA's warm-up: its decay at update u is capped at u / (u + ema_warmup), an average over about the last
+    # u / ema_warmup updates until ema_decay takes over (ladd.training.ema); smaller = longer; 0 = no warm-up
+    ema_warmup: float = 9.0
     ckpt_every: int = 500
     sample_every: int = 250       # 0 = never
     log_every: int = 10
@@ -81,6 +84,9 @@ class TrainConfig:
         self.ema_decay = number("train.ema_decay", self.ema_decay)
         if not 0 <= self.ema_decay < 1:
             fail("train.ema_decay", f"got {self.ema_decay}", "use 0 (off) or a decay in (0, 1), e.g. 0.999")
+        self.ema_warmup = number("train.ema_warmup", self.ema_warmup)
+        if self.ema_warmup < 0:
+            fail("train.ema_warmup", f"got {self.ema_warmup}", "use 0 (no warm-up) or a positive constant, e.g. 9")
 
     def micro_batch(self, num_processes: int = 1) -> int:
         """Samples per process per accumulation micro-step; call once the process count is known."""

@@ -12,13 +12,15 @@ WARMUP = 9  # the decay at update u (from 1) is capped at u / (u + WARMUP): earl
 
 class EMA(torch.nn.Module):
     """Keeps ``shadow = decay * shadow + (1 - decay) * param`` with ``decay`` warmed up as
-    ``min(decay, (1 + n) / (10 + n))`` so early averages are not dominated by the random init. Only parameters
+    ``min(decay, (1 + n) / (1 + warmup + n))`` so early averages are not dominated by the random init: while the
+    cap holds, the shadow averages roughly the last ``n / warmup`` updates (a smaller ``warmup``, a longer
+    average; 0, no warm-up). Only parameters
     that require grad in the live model are averaged: frozen ones stay equal to their copy in the shadow. (For a
     LoRA student A and B are averaged apart, which is not the average of the product B A.)"""
 
-    def __init__(self, model: torch.nn.Module, decay: float = 0.999):
+    def __init__(self, model: torch.nn.Module, decay: float = 0.999, warmup: float = WARMUP):
         super().__init__()
-        self.decay = decay
+        self.decay, self.warmup = decay, warmup
         self.shadow = copy.deepcopy(model).eval().requires_grad_(False)
         self.register_buffer("updates", torch.zeros((), dtype=torch.long))
 
@@ -26,7 +28,7 @@ class EMA(torch.nn.Module):
     def update(self, model: torch.nn.Module) -> None:
         # the warm-up weight is computed on the counter's device: no host sync inside a training iteration
         n = self.updates.float()
-        weight = 1 - torch.clamp((1 + n) / (1 + WARMUP + n), max=self.decay)  # = warmed_decay(decay, n + 1)
+        weight = 1 - torch.clamp((1 + n) / (1 + self.warmup + n), max=self.decay)  # = warmed_decay(.., n + 1, ..)
         weights = {}  # one cast per parameter dtype, not per parameter
         for s, p in zip(self.shadow.parameters(), model.parameters()):
             if p.requires_grad:  # frozen ones (a LoRA student's base weights) never move: nothing to average
@@ -36,15 +38,15 @@ class EMA(torch.nn.Module):
         self.updates += 1
 
 
-def warmed_decay(decay: float, updates: int) -> float:
+def warmed_decay(decay: float, updates: int, warmup: float = WARMUP) -> float:
     """The decay :class:`EMA` applies at its ``updates``-th update (counting from 1): the warm-up caps it at
-    ``updates / (updates + 9)``, so a decay ``d`` takes effect only after ``updates_to_reach(d)`` updates."""
-    return min(decay, updates / (updates + WARMUP))
+    ``updates / (updates + warmup)``, so a decay ``d`` takes effect only after ``updates_to_reach(d)`` updates."""
+    return min(decay, updates / (updates + warmup))
 
 
-def updates_to_reach(decay: float) -> int:
-    """The first update at which the warm-up no longer caps ``decay`` (0.995: 1,791; 0.999: 8,991)."""
-    n = max(1, int(WARMUP * decay / (1 - decay)))  # n / (n + WARMUP) >= d  <=>  n >= WARMUP d / (1 - d)
-    while warmed_decay(decay, n) < decay:  # the float estimate may fall one short
+def updates_to_reach(decay: float, warmup: float = WARMUP) -> int:
+    """The first update at which the warm-up no longer caps ``decay`` (warm-up 9: 0.995 at 1,791; 0.999 at 8,991)."""
+    n = max(1, int(warmup * decay / (1 - decay)))  # n / (n + warmup) >= d  <=>  n >= warmup d / (1 - d)
+    while warmed_decay(decay, n, warmup) < decay:  # the float estimate may fall one short
         n += 1
     return n

@@ -174,11 +174,13 @@ def prepare(acc, cfg, method) -> _Run:
     owners = method.optimizers()
     optimizers = {name: build_optimizer([modules[m] for m in mods], cfg.optim[name]) for name, mods in owners.items()}
     schedules = {name: build_schedule(opt, cfg.optim[name], cfg.train.steps) for name, opt in optimizers.items()}
-    ema = EMA(modules[method.export], cfg.train.ema_decay) if cfg.train.ema_decay > 0 and modules else None
-    if ema is not None and warmed_decay(ema.decay, cfg.train.steps) < ema.decay:  # e.g. nano.yaml's 0.995 in 800
+    ema = (EMA(modules[method.export], cfg.train.ema_decay, cfg.train.ema_warmup)
+           if cfg.train.ema_decay > 0 and modules else None)
+    if ema is not None and warmed_decay(ema.decay, cfg.train.steps, ema.warmup) < ema.decay:  # nano.yaml's 0.995
         log.info("EMA: train.ema_decay=%g applies from update %d on; in these %d steps the warm-up min(decay, "
-                 "(1 + n) / (10 + n)) sets it, ending at %.4f, so a higher decay would give the same student",
-                 ema.decay, updates_to_reach(ema.decay), cfg.train.steps, warmed_decay(ema.decay, cfg.train.steps))
+                 "n / (n + train.ema_warmup)) sets it, ending at %.4f, so a higher decay would give the same student",
+                 ema.decay, updates_to_reach(ema.decay, ema.warmup), cfg.train.steps,
+                 warmed_decay(ema.decay, cfg.train.steps, ema.warmup))
     prepared = acc.prepare(*modules.values(), *optimizers.values()) if modules else ()
     if len(modules) + len(optimizers) == 1:
         prepared = (prepared,)  # accelerate returns a single object unwrapped
