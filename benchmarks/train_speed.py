@@ -14,7 +14,8 @@ hits all of them alike; medians reported):
   the student's forward alone
 - for methods with heads on the frozen teacher: the teacher's feature pass with the backward to its input (what the
   generator phase needs on the fakes) and without (the real batch), the heads alone on a D step's batch, and the
-  *floor* of the same computation: a teacher step (the student's forward and backward) + the adversarial share of
+  *floor* of the same computation: a teacher step (the student's forward and backward) on the rows the student runs
+  (with the game on part of the batch, its share and the rest's rows at t_s = 1) + the adversarial share of
   one teacher pass with the backward to the input + (real share + misaligned share) no-grad passes every
   ``ladd.disc_every`` iterations, i.e. the iteration with free heads, optimizers and EMA. No setting that keeps these
   passes can get below it.
@@ -185,7 +186,10 @@ def main() -> None:
         mis = cfg.section.loss.misaligned_fraction if cfg.section.loss.misaligned_weight > 0 else 0.0
         reals = cfg.section.loss.real_fraction
         adv = cfg.section.loss.adversarial_fraction
-        floor = (base + adv * med["  frozen teacher features + backward to the input"]
+        # the student runs the rows that reach a loss: below t_s = 1 the adversarial share's only (generator_step)
+        along = getattr(cfg.section.loss, "regression_on", "noise") == "rollout"
+        student = 1.0 if adv >= 1 or along else adv + (1 - adv) * cfg.student.probs[0]
+        floor = (student * base + adv * med["  frozen teacher features + backward to the input"]
                  + (reals + mis) * med["  frozen teacher features (no grad)"] / cycle)
         print(f"floor of the same computation (heads, optimizers, EMA free): {floor / base:.2f}x")
     else:

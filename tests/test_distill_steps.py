@@ -424,6 +424,45 @@ def test_adversarial_pass_on_a_fraction_of_the_batch():
         setup("ladd.loss.adversarial_fraction=0.5", "ladd.disc.shared_t=true")
 
 
+@pytest.mark.parametrize("backward", [False, True])
+def test_the_student_runs_only_the_rows_that_reach_a_loss(monkeypatch, backward):
+    """The game on part of the batch: below t_s = 1 only the adversarial share's predictions reach a loss, so the
+    other rows drawn there are neither run nor (with backward simulation) rolled out; the loss, the predictions that
+    count and every student gradient are those of the step that runs the whole batch, for fewer student rows."""
+    import ladd.methods.ladd as ladd_method
+
+    cfg, teacher, student, disc, x0, cond = setup(
+        f"ladd.backward_simulation={str(backward).lower()}", "ladd.loss.adversarial_fraction=0.5",
+        "ladd.loss.regression_weight=1", "student.probs=[0.25,0.25,0.25,0.25]")
+    noise, b = torch.randn_like(x0), len(x0)
+    rows = []
+
+    def counting(x, t, c):
+        rows.append(len(x))
+        return student(x, t, c)
+
+    counting.parameters = student.parameters
+
+    def step():
+        rows.clear()
+        student.zero_grad()
+        out = generator_step(counting, teacher, disc, x0, cond, cfg.ladd, cfg.student,
+                             torch.Generator().manual_seed(3), noise=noise)
+        out.loss.backward()
+        return out, sum(rows), [p.grad.clone() for p in student.parameters()]
+
+    skipped, n_skipped, g_skipped = step()
+    full_forward = ladd_method.student_forward
+    monkeypatch.setattr(ladd_method, "student_forward", lambda *a: full_forward(*a[:-1], None))
+    full, n_full, g_full = step()
+    assert n_skipped < n_full and torch.equal(skipped.metrics["t_s"], full.metrics["t_s"])
+    assert torch.allclose(skipped.loss, full.loss, atol=1e-6)
+    for name in ("g_adv", "g_regression"):
+        assert torch.allclose(skipped.metrics[name], full.metrics[name], atol=1e-6)
+    assert torch.allclose(skipped.fake.x0_hat[:b // 2], full.fake.x0_hat[:b // 2], atol=1e-6)
+    assert all(torch.allclose(a, c, atol=1e-6) for a, c in zip(g_skipped, g_full))
+
+
 def test_the_heads_rest_between_their_updates():
     """ladd.disc_every=2: iterations 0, 2, ... update student and heads, the others the student only."""
     from ladd.methods.ladd import LADD

@@ -70,7 +70,8 @@ class FakeBatch:
     features: list[torch.Tensor]  # teacher features of the re-noised fake, one [n, C, h, w] per tapped block
     t_hat: torch.Tensor           # [n] the fakes' discriminator noise levels
     pooled: torch.Tensor          # [n, P] their prompts' pooled embeddings: the heads judge fakes by their own
-    x0_hat: torch.Tensor          # [B, C, h, w] all the student's predictions (previews, the fake score's data)
+    x0_hat: torch.Tensor          # [B, C, h, w] the student's predictions (the fake score's data; rows that reach no
+    #                               loss, outside the adversarial share below t_s = 1, hold their data latent)
 
 
 @dataclass
@@ -103,10 +104,15 @@ def generator_step(student, teacher, disc, x0: torch.Tensor, cond: TextEmbedding
     if cfg.loss.dm_weight > 0 and fake_score is None:
         raise ValueError("ladd.loss.dm_weight needs the fake score (the method's 'fake_score' module)")
     along = cfg.loss.regression_on == "rollout"
+    n_adv = _share(cfg.loss.adversarial_fraction, len(cond))  # the whole batch by default
+    needed = None
+    if not along and cfg.loss.dm_weight == 0 and n_adv < len(cond):
+        # below t_s = 1 only the adversarial share's predictions reach a loss (the paired terms take t_s = 1, the
+        # fake score none here): the student's forward, backward and rollouts of the other rows would be thrown away
+        needed = torch.arange(len(cond)) < n_adv
     x0_hat, t_s = student_forward(student, x0, cond, grid, probs, generator,
                                   noise if paired_terms else None, cfg.backward_simulation, along,
-                                  student_cfg.sampler, cfg.rollout_paths)
-    n_adv = _share(cfg.loss.adversarial_fraction, len(cond))  # the whole batch by default
+                                  student_cfg.sampler, cfg.rollout_paths, needed)
     x0_adv, cond_adv = x0_hat[:n_adv], cond[:n_adv]
     fake, t_hat = renoise(x0_adv, cfg.disc.noise_m, cfg.disc.noise_s, generator)
     feats = teacher(fake, t_hat, cond_adv, disc.blocks)

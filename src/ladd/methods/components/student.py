@@ -62,7 +62,7 @@ def init_student(teacher: torch.nn.Module, cfg=None) -> torch.nn.Module:
 def student_forward(student, x0: torch.Tensor, cond: TextEmbeddings, grid: torch.Tensor, probs: torch.Tensor,
                     generator: torch.Generator | Draws | None = None, noise: torch.Tensor | None = None,
                     backward: bool = False, paired_rollouts: bool = False, sampler: str = "renoise",
-                    paths: str = "grid"):
+                    paths: str = "grid", needed: torch.Tensor | None = None):
     """``(x0_hat [B, C, h, w], t_s [B])``: ``t_s ~ probs`` over ``grid`` (e.g. ``[1, .75, .5, .25]``),
     ``x_t = (1 - t_s) x0 + t_s eps``, ``x0_hat = x_t - t_s G(x_t, t_s)`` (docs/method.md, step 2). At ``t_s = 1``
     ``x_t`` is pure noise; below, it is the noised *data* latent, as in training with the sampler's inputs.
@@ -71,7 +71,10 @@ def student_forward(student, x0: torch.Tensor, cond: TextEmbeddings, grid: torch
     DMD2): below ``t_s = 1`` the input is instead the state the student's own ``sampler`` reaches from ``eps``
     (``rollout``, no grad), what it meets when sampling. ``paired_rollouts`` (with ``backward`` and
     ``noise``): the rollouts start from ``noise`` too, so that every prediction lies on a chain that began at the
-    teacher's own starting noise of ``x0``. ``paths``: which sampler's path each rollout takes (``rollout``)."""
+    teacher's own starting noise of ``x0``. ``paths``: which sampler's path each rollout takes (``rollout``).
+    ``needed`` (bool ``[B]``): the rows whose prediction reaches a loss below ``t_s = 1``; the others drawn below
+    it are neither rolled out nor run, and their ``x0_hat`` is their data latent (detached). The draws are the same
+    either way, so the computed rows' predictions, and every gradient through them, are those of the whole batch."""
     draws = as_draws(generator)
     idx = draws.choice(probs, x0.shape[0])
     t_s = grid.to(idx.device)[idx].to(x0.device, x0.dtype)
@@ -79,11 +82,19 @@ def student_forward(student, x0: torch.Tensor, cond: TextEmbeddings, grid: torch
     if noise is not None:
         own = torch.ones_like(t_s, dtype=torch.bool) if backward and paired_rollouts else t_s == 1
         eps = torch.where(own.view(-1, *[1] * (x0.dim() - 1)), noise.to(eps), eps)
+    if needed is not None:
+        needed = needed.to(idx.device) | (grid.to(idx.device)[idx] == 1)  # t_s = 1: run in any case (paired terms)
     if backward:
-        x_t = rollout(student, eps, cond, grid.to(x0.device, x0.dtype), idx.to(x0.device), draws, sampler, paths)
+        idx_r = idx if needed is None else torch.where(needed, idx, torch.zeros_like(idx))  # skipped: no rollout
+        x_t = rollout(student, eps, cond, grid.to(x0.device, x0.dtype), idx_r.to(x0.device), draws, sampler, paths)
     else:
         x_t = flow.add_noise(x0, eps, t_s)
-    return flow.x0_from_v(x_t, velocity(student, x_t, t_s, cond), t_s), t_s
+    if needed is None:
+        return flow.x0_from_v(x_t, velocity(student, x_t, t_s, cond), t_s), t_s
+    rows = needed.cpu().nonzero().squeeze(1).to(x0.device)  # the batch's shape depends on the draws: one host sync
+    x_r, t_r = x_t.index_select(0, rows), t_s.index_select(0, rows)
+    x0_r = flow.x0_from_v(x_r, velocity(student, x_r, t_r, cond[rows]), t_r)
+    return x0.detach().to(x0_r.dtype).index_copy(0, rows, x0_r), t_s
 
 
 def rollout(student, noise: torch.Tensor, cond: TextEmbeddings, grid: torch.Tensor, idx: torch.Tensor,
