@@ -75,19 +75,21 @@ def test_default_run_and_fast_preset_are_plain_ladd_with_a_cheaper_game_and_the_
     # every third iteration on the whole batch
     for cfg, expected in ((default, (1, .5, .5)), (fast, (3, 1, 1))):
         assert (cfg.ladd.disc_every, cfg.ladd.loss.real_fraction, cfg.ladd.loss.adversarial_fraction) == expected
+    # the default run's student meets its own rollouts below t_s = 1 (session 45); plain LADD and the fast preset the
+    # noised data latents
+    assert default.ladd.backward_simulation and not (plain.ladd.backward_simulation or fast.ladd.backward_simulation)
 
 
-def test_guided_preset_is_the_default_run_with_the_guided_target_mixed_noise_and_backward_simulation():
+def test_guided_preset_is_the_default_run_with_the_guided_target_and_mixed_noise():
     guided, default = (load_distill_config(f"configs/{name}.yaml") for name in ("nano-ladd-guided", "nano"))
     loss = guided.ladd.loss
     assert (loss.distill_weight, loss.distill_guidance, loss.distill_target) == (2.5, 3.0, "x0")
     assert guided.ladd.disc.noise_m == [1, 0] and default.ladd.disc.noise_m == 1
-    assert guided.ladd.backward_simulation and not default.ladd.backward_simulation
+    assert guided.ladd.backward_simulation and default.ladd.backward_simulation  # the default run's since session 45
     # nothing else differs from the default run
     for name in ("distill_weight", "distill_guidance"):
         setattr(loss, name, getattr(default.ladd.loss, name))
     guided.ladd.disc.noise_m = default.ladd.disc.noise_m
-    guided.ladd.backward_simulation = False
     assert guided.ladd == default.ladd and guided.optim == default.optim and guided.train == default.train
     assert guided.student == default.student and guided.data == default.data
     assert guided.paths.reals == default.paths.reals and guided.paths.run_dir != default.paths.run_dir
