@@ -14,9 +14,9 @@ class EMA(torch.nn.Module):
     """Keeps ``shadow = decay * shadow + (1 - decay) * param`` with ``decay`` warmed up as
     ``min(decay, (1 + n) / (1 + warmup + n))`` so early averages are not dominated by the random init: while the
     cap holds, the shadow averages roughly the last ``n / warmup`` updates (a smaller ``warmup``, a longer
-    average; 0, no warm-up). Only parameters
-    that require grad in the live model are averaged: frozen ones stay equal to their copy in the shadow. (For a
-    LoRA student A and B are averaged apart, which is not the average of the product B A.)"""
+    average; 0, no warm-up). Only parameters that require grad in the live model are averaged: frozen ones stay
+    equal to their copy in the shadow. (For a LoRA student A and B are averaged apart, which is not the average of
+    the product B A.)"""
 
     def __init__(self, model: torch.nn.Module, decay: float = 0.999, warmup: float = WARMUP):
         super().__init__()
