@@ -21,9 +21,10 @@ class LossConfig:
     # no-grad teacher forward (the fakes' features are the G step's, free; the misaligned reals keep their own share)
     real_fraction: float = 1.0
     # the G step's adversarial pass (the re-noised fake through the teacher, with the backward to its input, and the
-    # heads) on the first ceil(f * B) of the student's outputs only; the student's forward and its free terms (the
-    # regression term) keep the whole batch, and the D step judges those fakes. The distillation and DM terms,
-    # which read the re-noised fake, follow it.
+    # heads) on the first ceil(f * B) of the student's outputs only; the free regression term keeps every sample at
+    # t_s = 1, the D step judges those fakes, and the student runs only the samples that reach a loss (the others
+    # drawn below t_s = 1 would get no gradient). The distillation and DM terms, which read the re-noised fake,
+    # follow it.
     adversarial_fraction: float = 1.0
     distill_weight: float = 0.0      # ADD-style MSE to the teacher's x0 at the re-noised fake (0 = off)
     # CFG scale of that target (ADD's distillation term uses the guided teacher): > 1 transfers guidance directly
