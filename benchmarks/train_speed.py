@@ -37,6 +37,7 @@ from ladd.distill.run import build_method
 from ladd.draws import Draws
 from ladd.methods import method_class
 from ladd.methods.components.student import freeze, init_student, student_forward
+from ladd.methods.ladd import rows_below_one
 from ladd.models.text_encoder import TextEmbeddings
 from ladd.models.wrap import unwrap
 from ladd.training.contract import Context
@@ -186,9 +187,10 @@ def main() -> None:
         mis = cfg.section.loss.misaligned_fraction if cfg.section.loss.misaligned_weight > 0 else 0.0
         reals = cfg.section.loss.real_fraction
         adv = cfg.section.loss.adversarial_fraction
-        # the student runs the rows that reach a loss: below t_s = 1 the adversarial share's only (generator_step)
-        along = getattr(cfg.section.loss, "regression_on", "noise") == "rollout"
-        student = 1.0 if adv >= 1 or along else adv + (1 - adv) * cfg.student.probs[0]
+        # the student runs the rows that reach a loss: below t_s = 1 only these (the grid's first time is 1)
+        rows = rows_below_one(cfg.section, b)
+        share = 1.0 if rows is None else rows.float().mean().item()
+        student = share + (1 - share) * cfg.student.probs[0]
         floor = (student * base + adv * med["  frozen teacher features + backward to the input"]
                  + (reals + mis) * med["  frozen teacher features (no grad)"] / cycle)
         print(f"floor of the same computation (heads, optimizers, EMA free): {floor / base:.2f}x")

@@ -105,14 +105,9 @@ def generator_step(student, teacher, disc, x0: torch.Tensor, cond: TextEmbedding
         raise ValueError("ladd.loss.dm_weight needs the fake score (the method's 'fake_score' module)")
     along = cfg.loss.regression_on == "rollout"
     n_adv = _share(cfg.loss.adversarial_fraction, len(cond))  # the whole batch by default
-    needed = None
-    if not along and cfg.loss.dm_weight == 0 and n_adv < len(cond):
-        # below t_s = 1 only the adversarial share's predictions reach a loss (the paired terms take t_s = 1, the
-        # fake score none here): the student's forward, backward and rollouts of the other rows would be thrown away
-        needed = torch.arange(len(cond)) < n_adv
     x0_hat, t_s = student_forward(student, x0, cond, grid, probs, generator,
                                   noise if paired_terms else None, cfg.backward_simulation, along,
-                                  student_cfg.sampler, cfg.rollout_paths, needed)
+                                  student_cfg.sampler, cfg.rollout_paths, rows_below_one(cfg, len(cond)))
     x0_adv, cond_adv = x0_hat[:n_adv], cond[:n_adv]
     fake, t_hat = renoise(x0_adv, cfg.disc.noise_m, cfg.disc.noise_s, generator)
     feats = teacher(fake, t_hat, cond_adv, disc.blocks)
@@ -158,6 +153,17 @@ def generator_step(student, teacher, disc, x0: torch.Tensor, cond: TextEmbedding
                    g_fake_score=losses.sample_scores(logits).mean())
     out = FakeBatch([f.detach() for f in feats], t_hat.detach(), cond_adv.pooled.detach(), x0_hat.detach())
     return GeneratorOut(loss, metrics, out)
+
+
+def rows_below_one(cfg: LADDConfig, b: int) -> torch.Tensor | None:
+    """Which of a batch of ``b`` need the student's prediction when drawn below t_s = 1 (bool ``[b]``; None: all):
+    with the game on part of the batch, the adversarial share's only, since the paired terms take t_s = 1 and the
+    fake score (which reads every prediction) is off; the others' forward, backward and rollouts would be thrown
+    away (ladd.methods.components.student.student_forward skips them)."""
+    n_adv = _share(cfg.loss.adversarial_fraction, b)
+    if cfg.loss.regression_on == "rollout" or cfg.loss.dm_weight > 0 or n_adv == b:
+        return None
+    return torch.arange(b) < n_adv
 
 
 def _masked_mean(per_sample: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

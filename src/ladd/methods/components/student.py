@@ -83,15 +83,18 @@ def student_forward(student, x0: torch.Tensor, cond: TextEmbeddings, grid: torch
         own = torch.ones_like(t_s, dtype=torch.bool) if backward and paired_rollouts else t_s == 1
         eps = torch.where(own.view(-1, *[1] * (x0.dim() - 1)), noise.to(eps), eps)
     if needed is not None:
-        needed = needed.to(idx.device) | (grid.to(idx.device)[idx] == 1)  # t_s = 1: run in any case (paired terms)
+        # worked out on the host from one copy of the draws (the batch's shape depends on them: one host sync, and
+        # the rollout's own copy of its plan is then of host-made indices)
+        idx_h = idx.cpu()
+        needed = needed.cpu() | (grid.cpu()[idx_h] == 1)  # t_s = 1: run in any case (the paired terms)
+        idx = torch.where(needed, idx_h, torch.zeros_like(idx_h))  # the skipped rows: no rollout
     if backward:
-        idx_r = idx if needed is None else torch.where(needed, idx, torch.zeros_like(idx))  # skipped: no rollout
-        x_t = rollout(student, eps, cond, grid.to(x0.device, x0.dtype), idx_r.to(x0.device), draws, sampler, paths)
+        x_t = rollout(student, eps, cond, grid.to(x0.device, x0.dtype), idx.to(x0.device), draws, sampler, paths)
     else:
         x_t = flow.add_noise(x0, eps, t_s)
     if needed is None:
         return flow.x0_from_v(x_t, velocity(student, x_t, t_s, cond), t_s), t_s
-    rows = needed.cpu().nonzero().squeeze(1).to(x0.device)  # the batch's shape depends on the draws: one host sync
+    rows = needed.nonzero().squeeze(1).to(x0.device)
     x_r, t_r = x_t.index_select(0, rows), t_s.index_select(0, rows)
     x0_r = flow.x0_from_v(x_r, velocity(student, x_r, t_r, cond[rows]), t_r)
     return x0.detach().to(x0_r.dtype).index_copy(0, rows, x0_r), t_s
