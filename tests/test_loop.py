@@ -294,3 +294,48 @@ def test_heads_updated_every_other_iteration(root):
     assert [("d_loss" in line) for line in lines] == [True, False, True, False]  # log_every 1
     assert all(line["d_loss"] > 0.5 for line in lines if "d_loss" in line)  # hinge: ~2 at the start, not halved
     assert result.step == 4
+
+
+def test_extra_emas_are_the_averages_their_own_runs_would_ship(root, straight):
+    """train.extra_emas: an extra [decay, warmup] EMA, over a run resumed halfway, holds what a run with that
+    EMA as its own ships, and nothing else of the run changes (training never reads it); `ladd export --ema`
+    ships it and names the kept ones when asked for another."""
+    from ladd.config import ConfigError
+    from ladd.distill.export import load_run_student
+
+    extra = "train.extra_emas=[[0.5, 1]]"
+    run(root, "extra-ema", "train.steps=2", extra)
+    both = run(root, "extra-ema", extra)
+    assert both.step == 4
+    assert_same(straight, both)  # student, heads and the shipped EMA (0.9) as without the extra one
+    run(root, "own-ema", "train.ema_decay=0.5", "train.ema_warmup=1")
+    kept, step, _, _ = load_run_student(root / "extra-ema", extra_ema="0.5:1")
+    own, _, _, _ = load_run_student(root / "own-ema")
+    assert step == 4
+    for p, q in zip(kept.parameters(), own.parameters(), strict=True):
+        torch.testing.assert_close(p, q, atol=ATOL, rtol=0)
+    shipped, _, _, _ = load_run_student(root / "extra-ema")
+    assert max((p - q).abs().max() for p, q in zip(kept.parameters(), shipped.parameters())) > 1e-6
+    with pytest.raises(ConfigError, match="keeps no such EMA; its train.extra_emas: 0.5:1"):
+        load_run_student(root / "extra-ema", extra_ema="0.9:3")
+
+
+def test_resuming_with_another_set_of_emas_is_refused_and_moves_nothing(root):
+    """A checkpoint without the EMA the resumed run asks for is a changed config, not a damaged checkpoint: the
+    run stops with the setting named and the checkpoints stay where they are."""
+    from ladd.training.checkpoint import CheckpointError
+
+    run(root, "ema-changed", "train.steps=2")
+    with pytest.raises(CheckpointError, match="train.extra_emas changed"):
+        run(root, "ema-changed", "train.extra_emas=[[0.5, 1]]")
+    assert [p.name for p in (root / "ema-changed" / "checkpoints").iterdir()] == ["step-000002"]
+
+
+@pytest.mark.parametrize("pairs, match", [([[0.5]], "pairs"), ([[1.0, 3]], "decay in"), ([[0.5, -1]], "decay in"),
+                                          ([[0.999, 9]], "already kept"), ([[0.5, 1], [0.5, 1]], "already kept")])
+def test_bad_extra_emas_are_refused(pairs, match):
+    from ladd.config import ConfigError
+    from ladd.training.config import TrainConfig
+
+    with pytest.raises(ConfigError, match=rf"train.extra_emas\[\d\].*{match}"):
+        TrainConfig(extra_emas=pairs)

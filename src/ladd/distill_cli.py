@@ -54,7 +54,10 @@ def add(sub) -> None:
                                                 "(replaced atomically); never the run folder")
     p.add_argument("--overwrite", action="store_true",
                    help="replace a non-empty --out that is not an export of RUN_DIR")
-    p.add_argument("--raw", action="store_true", help="the raw student weights instead of the EMA")
+    weights = p.add_mutually_exclusive_group()
+    weights.add_argument("--raw", action="store_true", help="the raw student weights instead of the EMA")
+    weights.add_argument("--ema", metavar="DECAY:WARMUP",
+                         help="one of the run's train.extra_emas instead of its EMA, e.g. 0.999:3")
     p.add_argument("--pipeline", action="store_true",
                    help="a complete StableDiffusion3Pipeline folder (model_index.json, transformer/, a scheduler whose "
                         "default call is the student's grid and re-noising sampler, vae/, the teacher's text encoders "
@@ -105,5 +108,5 @@ def run_export(args) -> None:
     from ladd.distill.export import export_run
 
     out = export_run(args.run_dir, args.out, use_ema=not args.raw, overwrite=args.overwrite,
-                     pipeline=args.pipeline, copy_text_encoders=args.copy_text_encoders)
+                     pipeline=args.pipeline, copy_text_encoders=args.copy_text_encoders, extra_ema=args.ema)
     print(f"wrote {out}")

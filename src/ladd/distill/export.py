@@ -136,16 +136,17 @@ def _other_grids(info: dict) -> str:
                    for k, v in sorted(info.get("sample_shifts", {}).items()))
 
 
-def load_run_student(run_dir: str | Path, use_ema: bool = True):
+def load_run_student(run_dir: str | Path, use_ema: bool = True, extra_ema: str | None = None):
     """``(student, step, cfg, checkpoint folder)`` from the newest checkpoint of a ``ladd distill`` run folder: the
-    EMA weights (``use_ema`` and EMA on) else the raw student, as a plain (unsharded) module on CPU. A LoRA run's
-    student is rebuilt from its config (teacher + adapters) before the checkpoint is loaded."""
+    EMA weights (``use_ema`` and EMA on) else the raw student, or with ``extra_ema`` ("DECAY:WARMUP", one of the
+    run's ``train.extra_emas``) that average, as a plain (unsharded) module on CPU. A LoRA run's student is rebuilt
+    from its config (teacher + adapters) before the checkpoint is loaded."""
     from ladd.config import ConfigError
     from ladd.distill.config import load_distill_config
     from ladd.methods.components.student import init_student
     from ladd.models.teacher import load_teacher
     from ladd.training.checkpoint import newest_good, restore_module
-    from ladd.training.ema import EMA
+    from ladd.training.ema import EMA, ema_name
 
     run_dir = Path(run_dir)
     if not (run_dir / "config.yaml").is_file():
@@ -153,18 +154,35 @@ def load_run_student(run_dir: str | Path, use_ema: bool = True):
                           f"of a run, e.g. runs/nano-ladd")
     cfg = load_distill_config(run_dir / "config.yaml")
     ema = use_ema and cfg.train.ema_decay > 0
-    ckpt = newest_good(run_dir / "checkpoints", ["ema" if ema else "student"])  # damaged newer ones: skipped
+    name = "ema" if ema else "student"
+    if extra_ema is not None:
+        name = ema = ema_name(*_extra_ema(extra_ema, cfg.train.extra_emas, run_dir))
+    ckpt = newest_good(run_dir / "checkpoints", [name])  # damaged newer ones: skipped
     if ckpt is None:
         raise ConfigError(f"{run_dir}/checkpoints holds no complete checkpoint yet; train first (ladd distill)")
     step = json.loads((ckpt / "state.json").read_text())["step"]
     model = init_student(load_teacher(cfg.paths.teacher), cfg.student).eval()  # the checkpoint's own layout
     if ema:
         ema = EMA(model)  # the checkpoint's own layout (shadow.* and the update counter), checked key by key
-        restore_module(ema, ckpt, "ema")
+        restore_module(ema, ckpt, name)
         model = ema.shadow
     else:
         restore_module(model, ckpt, "student")
     return model, step, cfg, ckpt
+
+
+def _extra_ema(spec: str, kept: list, run_dir: Path) -> tuple[float, float]:
+    """``"DECAY:WARMUP"`` as one of ``kept`` (the run's ``train.extra_emas``), or a ConfigError naming them."""
+    from ladd.config import ConfigError
+
+    try:
+        decay, warmup = (float(v) for v in spec.split(":"))
+    except ValueError:
+        decay = warmup = None
+    if [decay, warmup] not in kept:
+        have = ", ".join(f"{d:g}:{w:g}" for d, w in kept) or "none (train.extra_emas is empty)"
+        raise ConfigError(f"--ema {spec}: {run_dir} keeps no such EMA; its train.extra_emas: {have}")
+    return decay, warmup
 
 
 MARKER = "ladd_export.json"  # in every export folder: which run and iteration it holds
@@ -199,7 +217,7 @@ def run_recommended(cfg) -> dict:
 
 
 def export_run(run_dir: str | Path, out_dir: str | Path, use_ema: bool = True, overwrite: bool = False,
-               pipeline: bool = False, copy_text_encoders: bool = False) -> Path:
+               pipeline: bool = False, copy_text_encoders: bool = False, extra_ema: str | None = None) -> Path:
     """Export the newest checkpoint of a ``ladd distill`` run folder to ``out_dir`` (e.g. to ship it, or after an
     interrupted run; ``load_run_student``), with the run's card when ``run_dir/export`` holds the same training
     state, else a card built from the run's config. ``out_dir`` is checked first (``check_export_target``)."""
@@ -207,12 +225,15 @@ def export_run(run_dir: str | Path, out_dir: str | Path, use_ema: bool = True, o
 
     run_dir = Path(run_dir)
     check_export_target(run_dir, out_dir, overwrite)
-    model, step, cfg, ckpt = load_run_student(run_dir, use_ema)
+    model, step, cfg, ckpt = load_run_student(run_dir, use_ema, extra_ema)
     old = run_dir / "export"
-    same = (old / "card.md").is_file() and read_config(old).get("ladd_trained_steps") == step
+    shipped = use_ema and extra_ema is None  # the weights the run's own export holds
+    same = shipped and (old / "card.md").is_file() and read_config(old).get("ladd_trained_steps") == step
+    weights = (f"the EMA {extra_ema} (train.extra_emas)" if extra_ema else
+               "the EMA" if use_ema and cfg.train.ema_decay > 0 else "the raw student weights")
     card = (old / "card.md").read_text() if same else (
-        f"# LADD student\n\nExported by `ladd export {run_dir}` from {ckpt.name} ({step} iterations) of the run "
-        f"configured in {run_dir / 'config.yaml'}; not evaluated.\n")
+        f"# LADD student\n\nExported by `ladd export {run_dir}` from {ckpt.name} ({step} iterations, {weights}) of "
+        f"the run configured in {run_dir / 'config.yaml'}; not evaluated.\n")
     return export_student(model, out_dir, steps=cfg.student.steps, teacher_dir=cfg.paths.teacher,
                           vae_dir=cfg.paths.vae, trained_steps=step, card=card, shift=cfg.student.shift,
                           recommended=run_recommended(cfg), text_encoder=teacher_text_encoder(cfg.paths.teacher),

@@ -298,13 +298,26 @@ def newest_good(ckpt_dir: str | Path, names) -> Path | None:
     return None
 
 
+def _check_modules(path: Path, modules: dict) -> None:
+    """Raise CheckpointError when ``path``'s state.json (if readable) names other modules than ``modules``."""
+    try:
+        saved = json.loads((path / "state.json").read_text())["modules"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return  # unreadable: verify reports it as damage
+    if saved != sorted(modules):
+        raise CheckpointError(f"{path} holds modules {saved}, the run has {sorted(modules)} (train.ema_decay or "
+                              f"train.extra_emas changed?); restore the old setting or use a new paths.run_dir")
+
+
 def load_latest_good(ckpt_dir: str | Path, modules: dict, optimizers: dict) -> dict | None:
     """``load_checkpoint`` of the newest checkpoint that ``verify`` passes; a damaged one (a truncated or missing
     file: a full disk, a copy cut short) is reported by name, renamed ``step-XXXXXX.bad`` and the next older one
     is tried, so nothing of a damaged checkpoint is ever loaded. Returns its state.json, or None when there is no
     good checkpoint. A checkpoint of another model or config still raises CheckpointError from the load: that
-    is no damage but a wrong run folder."""
+    is no damage but a wrong run folder, and so does one that holds other modules (an EMA switched on or off):
+    checked before the files, so that such a checkpoint is not taken for a damaged one and moved aside."""
     for path in reversed(checkpoint_dirs(ckpt_dir)):
+        _check_modules(path, modules)
         try:
             verify(path, [*modules, "optim", "rng"])
         except CheckpointError as e:

@@ -60,6 +60,10 @@ class TrainConfig:
     # the EMA's warm-up: its decay at update u is capped at u / (u + ema_warmup), an average over about the last
     # u / ema_warmup updates until ema_decay takes over (ladd.training.ema); smaller = longer; 0 = no warm-up
     ema_warmup: float = 9.0
+    # More EMAs of the same module beside the shipped one, each [decay, warmup] (e.g. [[0.999, 3]]): nothing in
+    # training reads them, every checkpoint holds them (ema-<decay>-<warmup>), and `ladd export --ema DECAY:WARMUP`
+    # ships one instead, so one run compares EMA horizons on validation (docs/method.md, item 8)
+    extra_emas: list[list[float]] = field(default_factory=list)
     ckpt_every: int = 500
     sample_every: int = 250       # 0 = never
     log_every: int = 10
@@ -87,6 +91,22 @@ class TrainConfig:
         self.ema_warmup = number("train.ema_warmup", self.ema_warmup)
         if self.ema_warmup < 0:
             fail("train.ema_warmup", f"got {self.ema_warmup}", "use 0 (no warm-up) or a positive constant, e.g. 9")
+        self._check_extra_emas()
+
+    def _check_extra_emas(self) -> None:
+        seen = {(self.ema_decay, self.ema_warmup)} if self.ema_decay > 0 else set()
+        for i, pair in enumerate(self.extra_emas):
+            name = f"train.extra_emas[{i}]"
+            if len(pair) != 2:
+                fail(name, f"got {pair!r}", "give [decay, warmup] pairs, e.g. [[0.999, 3]]")
+            decay, warmup = (number(name, v) for v in pair)
+            if not 0 < decay < 1 or warmup < 0:
+                fail(name, f"got decay {decay}, warmup {warmup}", "use a decay in (0, 1) and a warm-up >= 0")
+            if (decay, warmup) in seen:
+                fail(name, f"[{decay:g}, {warmup:g}] is already kept (train.ema_decay / ema_warmup or an earlier "
+                     "pair)", "drop it")
+            seen.add((decay, warmup))
+            self.extra_emas[i] = [decay, warmup]
 
     def micro_batch(self, num_processes: int = 1) -> int:
         """Samples per process per accumulation micro-step; call once the process count is known."""
@@ -97,6 +117,7 @@ class TrainConfig:
         return self.batch_size // n
 
 
-FSDP_EMA = ("train.ema_decay: the EMA keeps a full copy of the student on every process, which FSDP is there to "
-            "avoid (an EMA of a sharded student is not implemented); use train.ema_decay=0 with FSDP, or DDP "
+FSDP_EMA = ("train.ema_decay / train.extra_emas: an EMA keeps a full copy of the student on every process, which "
+            "FSDP is there to avoid (an EMA of a sharded student is not implemented); use train.ema_decay=0 and no "
+            "train.extra_emas with FSDP, or DDP "
             "(e.g. with a LoRA student)")

@@ -38,6 +38,11 @@ class EMA(torch.nn.Module):
         self.updates += 1
 
 
+def ema_name(decay: float, warmup: float) -> str:
+    """The checkpoint name of an extra EMA (``train.extra_emas``), e.g. ``ema-0.999-3``."""
+    return f"ema-{decay:g}-{warmup:g}"
+
+
 def warmed_decay(decay: float, updates: int, warmup: float = WARMUP) -> float:
     """The decay :class:`EMA` applies at its ``updates``-th update (counting from 1): the warm-up caps it at
     ``updates / (updates + warmup)``, so a decay ``d`` takes effect only after ``updates_to_reach(d)`` updates."""

@@ -37,7 +37,7 @@ from ladd.runtime import deferred_interrupt, process_state
 from ladd.training.checkpoint import latest_checkpoint, load_latest_good, save_checkpoint
 from ladd.training.config import FSDP_EMA
 from ladd.training.contract import Context
-from ladd.training.ema import EMA, updates_to_reach, warmed_decay
+from ladd.training.ema import EMA, ema_name, updates_to_reach, warmed_decay
 from ladd.training.optim import build_optimizer, build_schedule
 
 log = logging.getLogger(__name__)
@@ -69,10 +69,11 @@ class _Run:
     owners: dict               # optimizer name -> names of the modules it steps
     ema: EMA | None
     sharded: bool = field(default=False)
+    extra_emas: dict = field(default_factory=dict)  # train.extra_emas by checkpoint name (ladd.training.ema.ema_name)
 
     def checkpoint_modules(self) -> dict:
         mods = {name: without_ddp(m) for name, m in self.modules.items()}
-        return mods if self.ema is None else {**mods, "ema": self.ema}
+        return {**mods, **({} if self.ema is None else {"ema": self.ema}), **self.extra_emas}
 
     def checkpoint_optimizers(self) -> dict:
         return {name: (without_ddp(self.modules[self.owners[name][0]]), opt)
@@ -160,7 +161,7 @@ def prepare(acc, cfg, method) -> _Run:
     modules placed. ``train`` calls it; benchmarks time ``iteration`` on what it returns."""
     from accelerate.utils import DistributedType
 
-    if acc.distributed_type == DistributedType.FSDP and cfg.train.ema_decay > 0:
+    if acc.distributed_type == DistributedType.FSDP and (cfg.train.ema_decay > 0 or cfg.train.extra_emas):
         raise C.ConfigError(FSDP_EMA)
     if cfg.train.gradient_checkpointing:  # set before the method copies the teacher: the student inherits it
         for m in method.frozen().values():
@@ -181,13 +182,14 @@ def prepare(acc, cfg, method) -> _Run:
                  "n / (n + train.ema_warmup)) sets it, ending at %.4f, so a higher decay would give the same student",
                  ema.decay, updates_to_reach(ema.decay, ema.warmup), cfg.train.steps,
                  warmed_decay(ema.decay, cfg.train.steps, ema.warmup))
+    extra = {ema_name(d, w): EMA(modules[method.export], d, w) for d, w in cfg.train.extra_emas} if modules else {}
     prepared = acc.prepare(*modules.values(), *optimizers.values()) if modules else ()
     if len(modules) + len(optimizers) == 1:
         prepared = (prepared,)  # accelerate returns a single object unwrapped
     modules = dict(zip(modules, prepared[:len(modules)]))
     optimizers = dict(zip(optimizers, prepared[len(modules):]))
     method.attach(modules, {name: _prepare_frozen(acc, m) for name, m in method.frozen().items()})
-    return _Run(modules, optimizers, schedules, owners, ema, any(is_sharded(m) for m in modules.values()))
+    return _Run(modules, optimizers, schedules, owners, ema, any(is_sharded(m) for m in modules.values()), extra)
 
 
 def _prepare_frozen(acc, module: torch.nn.Module) -> torch.nn.Module:
@@ -272,8 +274,8 @@ def iteration(acc, method, run: _Run, data, cfg, step: int, micro_bs: int) -> tu
             run.schedules[name].step()
         for name in update.optimizers:
             run.optimizers[name].zero_grad(set_to_none=True)
-    if run.ema is not None:
-        run.ema.update(unwrap(run.modules[method.export]))
+    for ema in ([run.ema] if run.ema is not None else []) + list(run.extra_emas.values()):
+        ema.update(unwrap(run.modules[method.export]))
     return out, losses
 
 
