@@ -100,6 +100,9 @@ def test_distill_end_to_end(tmp_path, fake_text_encoder):
     assert (tmp_path / "shipped" / "card.md").read_text() == (run / "export" / "card.md").read_text()
     assert main(["export", str(tmp_path), "--out", str(tmp_path / "x")]) == 2  # not a run folder
     assert main(["export", str(run), "--out", str(tmp_path / "shipped")]) == 0  # an earlier export of this run
+    assert main(["export", str(run), "--out", str(tmp_path / "x"), "--ema", "0.9:3"]) == 2  # no train.extra_emas
+    assert main(["export", str(run), "--out", str(tmp_path / "raw"), "--raw"]) == 0
+    assert "the raw student weights" in (tmp_path / "raw" / "card.md").read_text()  # not the EMA's card
 
     # exports never lose data: not into the run folder (or one holding it), not over other files
     before = sorted(p.relative_to(run) for p in run.rglob("*"))
