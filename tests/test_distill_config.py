@@ -248,8 +248,9 @@ def test_an_fsdp_launch_refuses_the_ema_before_loading_anything(monkeypatch, tmp
 
     monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")  # what `accelerate launch` with an FSDP config sets
     data = f"paths.data={tmp_path / 'data'}"  # not the checkout's runs/nano-synth, which may hold older data
-    with pytest.raises(ConfigError, match=r"train\.ema_decay: .*FSDP"):
-        check_config(load_distill_config("configs/nano.yaml", [data]))
+    for ema in ([], ["train.ema_decay=0", "train.extra_emas=[[0.999, 3]]"]):
+        with pytest.raises(ConfigError, match=r"train\.ema_decay / train\.extra_emas: .*FSDP"):
+            check_config(load_distill_config("configs/nano.yaml", [*ema, data]))
     check_config(load_distill_config("configs/nano.yaml", ["train.ema_decay=0", data]))
 
 

@@ -113,7 +113,7 @@ def check_config(cfg: DistillConfig, num_processes: int = 1) -> dict:
 
     check_output(cfg.paths.run_dir, "paths.run_dir")
     check_output(cfg.paths.data, "paths.data")
-    if fsdp_launch() and cfg.train.ema_decay > 0:
+    if fsdp_launch() and cfg.train.keeps_ema():
         raise ConfigError(FSDP_EMA)
     check_model_paths(cfg)
     teacher_cfg = teacher_config(cfg.paths.teacher)

@@ -108,6 +108,10 @@ class TrainConfig:
             seen.add((decay, warmup))
             self.extra_emas[i] = [decay, warmup]
 
+    def keeps_ema(self) -> bool:
+        """Whether the run keeps any EMA (``ema_decay`` or ``extra_emas``): a full copy of the student each."""
+        return self.ema_decay > 0 or bool(self.extra_emas)
+
     def micro_batch(self, num_processes: int = 1) -> int:
         """Samples per process per accumulation micro-step; call once the process count is known."""
         n = self.grad_accum * num_processes

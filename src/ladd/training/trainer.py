@@ -161,7 +161,7 @@ def prepare(acc, cfg, method) -> _Run:
     modules placed. ``train`` calls it; benchmarks time ``iteration`` on what it returns."""
     from accelerate.utils import DistributedType
 
-    if acc.distributed_type == DistributedType.FSDP and (cfg.train.ema_decay > 0 or cfg.train.extra_emas):
+    if acc.distributed_type == DistributedType.FSDP and cfg.train.keeps_ema():
         raise C.ConfigError(FSDP_EMA)
     if cfg.train.gradient_checkpointing:  # set before the method copies the teacher: the student inherits it
         for m in method.frozen().values():
