@@ -153,16 +153,15 @@ def load_run_student(run_dir: str | Path, use_ema: bool = True, extra_ema: str |
         raise ConfigError(f"{run_dir} is not a ladd distill run folder (no config.yaml); pass the paths.run_dir "
                           f"of a run, e.g. runs/nano-ladd")
     cfg = load_distill_config(run_dir / "config.yaml")
-    ema = use_ema and cfg.train.ema_decay > 0
-    name = "ema" if ema else "student"
+    name = "ema" if use_ema and cfg.train.ema_decay > 0 else "student"
     if extra_ema is not None:
-        name = ema = ema_name(*_extra_ema(extra_ema, cfg.train.extra_emas, run_dir))
+        name = ema_name(*_extra_ema(extra_ema, cfg.train.extra_emas, run_dir))
     ckpt = newest_good(run_dir / "checkpoints", [name])  # damaged newer ones: skipped
     if ckpt is None:
         raise ConfigError(f"{run_dir}/checkpoints holds no complete checkpoint yet; train first (ladd distill)")
     step = json.loads((ckpt / "state.json").read_text())["step"]
     model = init_student(load_teacher(cfg.paths.teacher), cfg.student).eval()  # the checkpoint's own layout
-    if ema:
+    if name != "student":
         ema = EMA(model)  # the checkpoint's own layout (shadow.* and the update counter), checked key by key
         restore_module(ema, ckpt, name)
         model = ema.shadow

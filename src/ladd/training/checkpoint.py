@@ -219,14 +219,7 @@ def load_checkpoint(path: str | Path, modules: dict[str, torch.nn.Module],
     checked); returns state.json."""
     path = Path(path)
     state = json.loads((path / "state.json").read_text())
-    if state.get("format") != FORMAT or state.get("version") != VERSION:
-        raise CheckpointError(f"{path} is a {state.get('format')} v{state.get('version')} checkpoint, not "
-                              f"{FORMAT} v{VERSION}; use a new paths.run_dir")
-    saved_optimizers = sorted([*state["optimizers"], *state.get("sharded_optimizers", [])])
-    if sorted(modules) != state["modules"] or sorted(optimizers) != saved_optimizers:
-        raise CheckpointError(f"{path} holds modules {state['modules']} and optimizers {sorted(state['optimizers'])}"
-                              f", the run has {sorted(modules)} and {sorted(optimizers)} (e.g. EMA switched on or "
-                              f"off); use a new paths.run_dir or restore the old setting")
+    _check_contents(path, state, modules, optimizers)
     for name, module in modules.items():
         restore_module(module, path, name)
     opt_tensors = load_file(path / "optim.safetensors")
@@ -298,15 +291,17 @@ def newest_good(ckpt_dir: str | Path, names) -> Path | None:
     return None
 
 
-def _check_modules(path: Path, modules: dict) -> None:
-    """Raise CheckpointError when ``path``'s state.json (if readable) names other modules than ``modules``."""
-    try:
-        saved = json.loads((path / "state.json").read_text())["modules"]
-    except (OSError, ValueError, KeyError, TypeError):
-        return  # unreadable: verify reports it as damage
-    if saved != sorted(modules):
-        raise CheckpointError(f"{path} holds modules {saved}, the run has {sorted(modules)} (train.ema_decay or "
-                              f"train.extra_emas changed?); restore the old setting or use a new paths.run_dir")
+def _check_contents(path: Path, state: dict, modules: dict, optimizers: dict) -> None:
+    """Raise CheckpointError when the checkpoint's state.json names another format, other modules or other
+    optimizers than the run has: a changed config or another run's folder, not damage."""
+    if state.get("format") != FORMAT or state.get("version") != VERSION:
+        raise CheckpointError(f"{path} is a {state.get('format')} v{state.get('version')} checkpoint, not "
+                              f"{FORMAT} v{VERSION}; use a new paths.run_dir")
+    saved_optimizers = sorted([*state["optimizers"], *state.get("sharded_optimizers", [])])
+    if sorted(modules) != state["modules"] or sorted(optimizers) != saved_optimizers:
+        raise CheckpointError(f"{path} holds modules {state['modules']} and optimizers {sorted(state['optimizers'])}"
+                              f", the run has {sorted(modules)} and {sorted(optimizers)} (e.g. train.ema_decay or "
+                              f"train.extra_emas changed); use a new paths.run_dir or restore the old setting")
 
 
 def load_latest_good(ckpt_dir: str | Path, modules: dict, optimizers: dict) -> dict | None:
@@ -314,10 +309,16 @@ def load_latest_good(ckpt_dir: str | Path, modules: dict, optimizers: dict) -> d
     file: a full disk, a copy cut short) is reported by name, renamed ``step-XXXXXX.bad`` and the next older one
     is tried, so nothing of a damaged checkpoint is ever loaded. Returns its state.json, or None when there is no
     good checkpoint. A checkpoint of another model or config still raises CheckpointError from the load: that
-    is no damage but a wrong run folder, and so does one that holds other modules (an EMA switched on or off):
+    is no damage but a wrong run folder, and so does one that holds other modules or optimizers (an EMA switched
+    on or off):
     checked before the files, so that such a checkpoint is not taken for a damaged one and moved aside."""
     for path in reversed(checkpoint_dirs(ckpt_dir)):
-        _check_modules(path, modules)
+        try:
+            state = json.loads((path / "state.json").read_text())
+        except (OSError, ValueError):
+            state = None
+        if isinstance(state, dict) and {"modules", "optimizers"} <= state.keys():  # else verify reports the damage
+            _check_contents(path, state, modules, optimizers)
         try:
             verify(path, [*modules, "optim", "rng"])
         except CheckpointError as e:
