@@ -281,6 +281,30 @@ def test_guidance_only_distillation_target():
         setup("ladd.loss.distill_target=cfg")
 
 
+def test_guidance_interval_guides_only_the_rows_whose_time_lies_in_it():
+    """ladd.loss.distill_guidance_interval: rows with t in [low, high] get the guided x0, the others the
+    conditional one; [0, 1] is guidance everywhere; bad intervals are refused before any model is built."""
+    from ladd.methods.components.student import teacher_x0_pair
+
+    _, teacher, _, _, x0, cond = setup()
+    uncond = TextEmbeddings(torch.randn(1, 5, 32), torch.randn(1, 32))
+    t = torch.tensor([0.2, 0.5, 0.7, 0.95])
+    fake = flow.add_noise(x0, torch.randn_like(x0), t)
+    x0_cond, x0_cfg = teacher_x0_pair(teacher, fake, t, cond, uncond, 3.0)
+    assert not torch.allclose(x0_cond, x0_cfg)
+    cond_i, cfg_i = teacher_x0_pair(teacher, fake, t, cond, uncond, 3.0, [0.5, 0.8])
+    torch.testing.assert_close(cond_i, x0_cond)
+    torch.testing.assert_close(cfg_i[1:3], x0_cfg[1:3])  # 0.5 (the edge) and 0.7 inside: guided
+    torch.testing.assert_close(cfg_i[[0, 3]], x0_cond[[0, 3]])  # 0.2 and 0.95 outside: conditional
+    torch.testing.assert_close(teacher_x0_pair(teacher, fake, t, cond, uncond, 3.0, [0, 1])[1], x0_cfg)
+    cfg = setup("ladd.loss.distill_weight=1", "ladd.loss.distill_guidance=3",
+                "ladd.loss.distill_guidance_interval=[0.5,1]")[0]
+    assert cfg.ladd.loss.distill_guidance_interval == [0.5, 1.0]
+    for bad in ("[0.5]", "[0.8,0.2]", "[-0.1,1]", "0.5"):
+        with pytest.raises(ConfigError, match="distill_guidance_interval"):
+            setup(f"ladd.loss.distill_guidance_interval={bad}")
+
+
 def test_backward_simulation_feeds_the_students_own_rollout():
     """ladd.backward_simulation: at t_s < 1 the student's input is its own re-noising rollout from noise (the
     data latent does not enter), at t_s = 1 the noise itself; off, the noised data latent."""

@@ -117,7 +117,8 @@ def generator_step(student, teacher, disc, x0: torch.Tensor, cond: TextEmbedding
     loss, metrics = adv, {"g_adv": adv.detach()}
     if cfg.loss.distill_weight > 0 or cfg.loss.dm_weight > 0:
         # one (batched) no-grad teacher forward for both terms
-        x0_cond, x0_cfg = teacher_x0_pair(teacher, fake, t_hat, cond_adv, uncond, cfg.loss.distill_guidance)
+        x0_cond, x0_cfg = teacher_x0_pair(teacher, fake, t_hat, cond_adv, uncond, cfg.loss.distill_guidance,
+                                         cfg.loss.distill_guidance_interval)
     if cfg.loss.dm_weight > 0:
         dm = dm_loss(x0_adv, x0_cfg, teacher_x0(fake_score, fake, t_hat, cond_adv))
         loss = loss + cfg.loss.dm_weight * dm

@@ -4,6 +4,7 @@ the method that reads them is ladd.methods.ladd, docs/method.md says what each k
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from ladd.config import fail, number
 from ladd.methods.components.heads import DiscriminatorConfig
@@ -29,6 +30,9 @@ class LossConfig:
     distill_weight: float = 0.0      # ADD-style MSE to the teacher's x0 at the re-noised fake (0 = off)
     # CFG scale of that target (ADD's distillation term uses the guided teacher): > 1 transfers guidance directly
     distill_guidance: float = 1.0
+    # the times t_hat (inclusive) at which that guidance applies, elsewhere the conditional teacher's x0 (guidance in a
+    # limited interval, Kynkaanniemi et al. 2024); read by the DM term's real score too. [0, 1]: everywhere
+    distill_guidance_interval: Any = (0.0, 1.0)  # stored as a list [low, high]
     # "x0": || x0_hat - x0_teacher_cfg ||^2 (ADD). "guidance": only the guidance part of that gradient,
     # x0_teacher_cond - x0_teacher_cfg = -(w - 1)(x0_cond - x0_uncond), without the pull towards the teacher's
     # (blurry, at high t_hat) conditional mean: classifier score distillation (Yu et al. 2023, arXiv 2310.19415).
@@ -62,6 +66,7 @@ class LossConfig:
         self.distill_guidance = number("ladd.loss.distill_guidance", self.distill_guidance)
         if self.distill_guidance < 1:
             fail("ladd.loss.distill_guidance", f"got {self.distill_guidance}", "use 1 (no guidance) or more, e.g. 3")
+        self.distill_guidance_interval = self._check_interval(self.distill_guidance_interval)
         if self.regression_on not in ("noise", "rollout"):
             fail("ladd.loss.regression_on", f"got {self.regression_on!r}", "use 'noise' or 'rollout'")
         if self.distill_target not in ("x0", "guidance"):
@@ -83,6 +88,16 @@ class LossConfig:
         if self.misaligned_weight >= 1:
             fail("ladd.loss.misaligned_weight", f"got {self.misaligned_weight}, the student's fakes would get "
                  "no weight", "use a share in [0, 1), e.g. 0.25")
+
+    @staticmethod
+    def _check_interval(interval) -> list[float]:
+        name = "ladd.loss.distill_guidance_interval"
+        if not isinstance(interval, (list, tuple)) or len(interval) != 2:
+            fail(name, f"got {interval!r}", "give two times [low, high] in [0, 1], e.g. [0.5, 1]")
+        lo, hi = (number(name, v) for v in interval)
+        if not 0 <= lo <= hi <= 1:
+            fail(name, f"got [{lo}, {hi}]", "give 0 <= low <= high <= 1, e.g. [0.5, 1]; [0, 1] guides at every time")
+        return [lo, hi]
 
 
 @dataclass

@@ -161,9 +161,12 @@ def teacher_x0(teacher, x_noisy: torch.Tensor, t: torch.Tensor, cond: TextEmbedd
 
 
 def teacher_x0_pair(teacher, x_noisy: torch.Tensor, t: torch.Tensor, cond: TextEmbeddings,
-                    uncond: TextEmbeddings | None = None, guidance: float = 1.0):
+                    uncond: TextEmbeddings | None = None, guidance: float = 1.0,
+                    interval: tuple[float, float] = (0.0, 1.0)):
     """``(x0_cond, x0_guided)``: the teacher's conditional and classifier-free guided x0 predictions, no grad,
-    from one batched forward (the same tensor twice without ``uncond`` or at ``guidance == 1``)."""
+    from one batched forward (the same tensor twice without ``uncond`` or at ``guidance == 1``). Guidance applies
+    to the rows whose time lies in ``interval`` (inclusive), the others get the conditional prediction (guidance
+    in a limited interval, Kynkaanniemi et al. 2024, arXiv 2404.07724)."""
     with torch.no_grad():
         x_noisy = x_noisy.detach()
         if uncond is None or guidance == 1.0:
@@ -172,7 +175,11 @@ def teacher_x0_pair(teacher, x_noisy: torch.Tensor, t: torch.Tensor, cond: TextE
         b = x_noisy.shape[0]
         u = TextEmbeddings(uncond.tokens.expand(b, -1, -1), uncond.pooled.expand(b, -1)).to(cond.tokens)
         v_c, v_u = teacher(torch.cat([x_noisy, x_noisy]), torch.cat([t, t]), TextEmbeddings.cat([cond, u])).chunk(2)
-        return flow.x0_from_v(x_noisy, v_c, t), flow.x0_from_v(x_noisy, v_u + guidance * (v_c - v_u), t)
+        w = guidance
+        if tuple(interval) != (0.0, 1.0):
+            inside = (t >= interval[0]) & (t <= interval[1])
+            w = torch.where(inside, guidance, 1.0).to(v_c.dtype).view(-1, *[1] * (v_c.dim() - 1))
+        return flow.x0_from_v(x_noisy, v_c, t), flow.x0_from_v(x_noisy, v_u + w * (v_c - v_u), t)
 
 
 def shuffled_prompts(cond: TextEmbeddings, shift: int = 1) -> TextEmbeddings:
