@@ -302,7 +302,9 @@ def test_guidance_interval_guides_only_the_rows_whose_time_lies_in_it():
     assert cfg.ladd.loss.distill_guidance_interval == [0.5, 1.0]
     for bad in ("[0.5]", "[0.8,0.2]", "[-0.1,1]", "0.5"):
         with pytest.raises(ConfigError, match="distill_guidance_interval"):
-            setup(f"ladd.loss.distill_guidance_interval={bad}")
+            setup("ladd.loss.distill_guidance=3", f"ladd.loss.distill_guidance_interval={bad}")
+    with pytest.raises(ConfigError, match="guidance that is off"):
+        setup("ladd.loss.distill_guidance_interval=[0,0.8]")  # nothing to limit without guidance
 
 
 def test_backward_simulation_feeds_the_students_own_rollout():

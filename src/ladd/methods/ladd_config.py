@@ -67,6 +67,9 @@ class LossConfig:
         if self.distill_guidance < 1:
             fail("ladd.loss.distill_guidance", f"got {self.distill_guidance}", "use 1 (no guidance) or more, e.g. 3")
         self.distill_guidance_interval = self._check_interval(self.distill_guidance_interval)
+        if self.distill_guidance_interval != [0, 1] and self.distill_guidance == 1:
+            fail("ladd.loss.distill_guidance_interval", "limits a guidance that is off (ladd.loss.distill_guidance=1)",
+                 "set ladd.loss.distill_guidance above 1, e.g. 3, or leave the interval at [0, 1]")
         if self.regression_on not in ("noise", "rollout"):
             fail("ladd.loss.regression_on", f"got {self.regression_on!r}", "use 'noise' or 'rollout'")
         if self.distill_target not in ("x0", "guidance"):
