@@ -60,7 +60,7 @@ def test_quick_bench_of_every_method_writes_one_report_and_resumes(tmp_path, fak
     assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
 
 
-def test_bench_folders_share_the_teachers_rows(tmp_path, fake_encoder):
+def test_bench_folders_share_the_teachers_rows(tmp_path, fake_encoder, caplog):
     """The teacher's row is evaluated once per teacher, prompt file and number of images, then every bench folder
     reuses it (the teacher is the slowest row: 50 steps with CFG)."""
     from ladd.bench.run import bench, teacher_row_dir
@@ -74,6 +74,11 @@ def test_bench_folders_share_the_teachers_rows(tmp_path, fake_encoder):
     second = bench(BenchConfig(out=str(tmp_path / "b"), **kw), tiny(tmp_path))["rows"][0]
     assert second == first and (Path(first["out"]) / "metrics.json").stat().st_mtime_ns == stamp
     assert not (tmp_path / "b" / "teacher").exists()
+    # a folder that holds another entry's run: the report will cover the listed methods only, and says so
+    (tmp_path / "b" / "ladd" / "export").mkdir(parents=True)
+    with caplog.at_level("WARNING", logger="ladd.bench.run"):
+        bench(BenchConfig(out=str(tmp_path / "b"), **kw), tiny(tmp_path))
+    assert "also holds ladd, not in --methods" in caplog.text
     teacher = str(tmp_path / "teacher")
     other = BenchConfig(out=str(tmp_path / "c"), **{**kw, "max_prompts": 3})
     assert teacher_row_dir(other, kw["prompts"], teacher) != teacher_row_dir(

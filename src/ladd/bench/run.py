@@ -181,6 +181,17 @@ def check(cfg: BenchConfig, overrides=()) -> str:
     return teachers.pop()
 
 
+def _warn_unlisted(cfg: BenchConfig) -> None:
+    """The report covers the listed methods only: say so when the folder holds other entries' runs."""
+    out = Path(cfg.out)
+    others = sorted(p.name for p in out.iterdir() if (p / "export").is_dir() and p.name not in cfg.method_list) \
+        if out.is_dir() else []
+    if others:
+        log.warning("%s also holds %s, not in --methods: bench.md and bench.json will cover %s only; list every "
+                    "entry in --methods to report them together (finished runs are reused)", out,
+                    ", ".join(others), ",".join(cfg.method_list))
+
+
 def bench(cfg: BenchConfig, overrides=(), text_encoder=None) -> dict:
     """Train, evaluate and report every method (see the module docstring); returns ``{"runs", "rows"}``."""
     from ladd.bench.report import write_report
@@ -188,6 +199,7 @@ def bench(cfg: BenchConfig, overrides=(), text_encoder=None) -> dict:
 
     teacher = check(cfg, overrides)
     with folder_lock(cfg.out, "a ladd bench run"):
+        _warn_unlisted(cfg)
         runs = [train_method(cfg, m, overrides, text_encoder) for m in cfg.method_list]
         rows = []
         for prompts in cfg.prompt_files:
