@@ -175,6 +175,21 @@ def test_cli_bad_config_exit_code(tmp_path, capsys, request):
     assert code == 2 and "data.num_samples" in capsys.readouterr().err
 
 
+def test_synth_makes_real_images_under_a_preset_whose_method_needs_pairs(tmp_path, capsys, fake_text_encoder):
+    """The heads' reals folder as ladd distill's message says to make it: `ladd synth --config <a preset with the
+    regression term> --source real paths.data=<folder>` (the pairs rule binds training on the data, not the reals);
+    the same preset still refuses to synthesise teacher samples that have no pairs."""
+    make_assets(tmp_path)
+    reals = tmp_path / "reals"
+    common = ["ladd.loss.regression_weight=1", "data.num_samples=4", "data.shard_size=4"]
+    code = main(["synth", "--config", "configs/tiny.yaml", "--source", "real",
+                 *tiny_overrides(tmp_path, f"paths.data={reals}", *common)])
+    assert code == 0 and (reals / "dataset.json").is_file()
+    code = main(["synth", "--config", "configs/tiny.yaml",
+                 *tiny_overrides(tmp_path, "data.sampler=renoise", *common)])
+    assert code == 2 and "regression" in capsys.readouterr().err
+
+
 def test_few_step_method_trains_nothing_and_exports_the_teacher_at_few_steps(tmp_path, fake_text_encoder):
     """The interface is not LADD-shaped: a method without trainable modules runs through the same pipeline."""
     from ladd.models.registry import load_generator

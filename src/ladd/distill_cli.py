@@ -82,7 +82,8 @@ def run_synth(args) -> None:
                           "and each process of a launch samples on its own GPU; drop --device")
     device = pick_device(args.device) if args.device else None  # a GPU asked for without one: an error, here
     cfg.eval.enabled = False  # synth needs no evaluation files
-    check_config(cfg, state.num_processes)
+    # real images are also the heads' reals (paths.reals) of a preset whose method needs teacher pairs as its data
+    check_config(cfg, state.num_processes, trains=cfg.data.source != "real")
     with folder_lock(cfg.paths.data, "ladd synth data", state.is_main_process), sigterm_as_interrupt():
         written = synthesize(cfg, rank=state.process_index, world_size=state.num_processes, device=device)
     state.wait_for_everyone()

@@ -103,11 +103,13 @@ def check_vae_matches_teacher(cfg: DistillConfig) -> None:
                           f"({', '.join(diff)}); set paths.vae={own}")
 
 
-def check_config(cfg: DistillConfig, num_processes: int = 1) -> dict:
+def check_config(cfg: DistillConfig, num_processes: int = 1, trains: bool = True) -> dict:
     """Every check that needs no model weights: the config itself (done while parsing), the batch split over
     processes, the tapped blocks and LoRA targets against the teacher's config.json, teacher vs VAE latent
     channels, existing data made with other settings, the evaluation prompts and evaluator. The model folders
-    first (``check_model_paths``). Returns the data's generation settings."""
+    first (``check_model_paths``). ``trains=False`` (``ladd synth`` of real images, e.g. the heads' reals of
+    ``paths.reals``) skips what only training on these data asks of them. Returns the data's generation
+    settings."""
     cfg.train.micro_batch(num_processes)
     from ladd.runtime import check_output, fsdp_launch
 
@@ -129,7 +131,7 @@ def check_config(cfg: DistillConfig, num_processes: int = 1) -> dict:
                           f"use the VAE the teacher was trained with")
     gen = generation_settings(cfg)
     check_data(cfg, gen)
-    if method_class(cfg.method).needs_pairs(cfg.section) and not shards.ShardDataset.pairs_known(gen):
+    if trains and method_class(cfg.method).needs_pairs(cfg.section) and not shards.ShardDataset.pairs_known(gen):
         raise ConfigError(f"the regression terms (ladd.loss.regression_weight, feature_weight) need teacher "
                           f"samples made from a known noise by a deterministic sampler; the data are "
                           f"{gen['source']} with sampler {gen.get('sampler')!r}: use data.source=synthetic "
