@@ -175,10 +175,8 @@ def teacher_x0_pair(teacher, x_noisy: torch.Tensor, t: torch.Tensor, cond: TextE
         b = x_noisy.shape[0]
         u = TextEmbeddings(uncond.tokens.expand(b, -1, -1), uncond.pooled.expand(b, -1)).to(cond.tokens)
         v_c, v_u = teacher(torch.cat([x_noisy, x_noisy]), torch.cat([t, t]), TextEmbeddings.cat([cond, u])).chunk(2)
-        w = guidance
-        if tuple(interval) != (0.0, 1.0):
-            inside = (t >= interval[0]) & (t <= interval[1])
-            w = torch.where(inside, guidance, 1.0).to(v_c.dtype).view(-1, *[1] * (v_c.dim() - 1))
+        inside = (t >= interval[0]) & (t <= interval[1])  # every row at [0, 1]
+        w = torch.where(inside, guidance, 1.0).to(v_c.dtype).view(-1, *[1] * (v_c.dim() - 1))
         return flow.x0_from_v(x_noisy, v_c, t), flow.x0_from_v(x_noisy, v_u + w * (v_c - v_u), t)
 
 
