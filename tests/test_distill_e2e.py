@@ -150,6 +150,7 @@ def no_model_loading(monkeypatch):
     ("eval.sampler=ddim", r"eval\.sampler"),
     ("eval.student_steps=[0]", r"eval\.student_steps"),
     ("eval.prompts=nowhere.jsonl", r"nowhere\.jsonl does not exist"),
+    ("student.init=nowhere", r"student\.init: nowhere does not exist"),
 ])
 def test_bad_config_fails_before_any_model_is_loaded(tmp_path, override, field, request):
     make_assets(tmp_path)
@@ -164,6 +165,47 @@ def test_vae_that_does_not_fit_the_teacher(tmp_path, request):
     request.getfixturevalue("no_model_loading")
     with pytest.raises(ConfigError, match=r"paths\.vae.*latent_channels 16 vs 4.*set paths\.vae="):
         distill("configs/tiny.yaml", tiny_overrides(tmp_path) + ["paths.vae=assets/nano/vae"])
+
+
+def test_student_init_of_another_architecture_fails_before_any_model_is_loaded(tmp_path, request):
+    make_assets(tmp_path)
+    config = json.loads((tmp_path / "teacher" / "config.json").read_text())
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "config.json").write_text(json.dumps({**config, "num_layers": 3}))
+    request.getfixturevalue("no_model_loading")
+    with pytest.raises(ConfigError, match=r"student\.init: .*other is not a model of the teacher's architecture "
+                                          r"\(num_layers 3 vs 2\)"):
+        distill("configs/tiny.yaml", tiny_overrides(tmp_path, f"student.init={tmp_path / 'other'}"))
+    with pytest.raises(ConfigError, match=r"student\.init: .*vae is not a teacher"):
+        distill("configs/tiny.yaml", tiny_overrides(tmp_path, f"student.init={tmp_path / 'vae'}"))
+    assert not (tmp_path / "run").exists()
+
+
+def test_student_init_starts_the_student_from_that_model(tmp_path, fake_text_encoder):
+    """student.init: the student (of every method, through init_student) starts from the folder's weights, not the
+    teacher's; its export rebuilds the student from the teacher and the checkpoint (the init folder not read)."""
+    import shutil
+
+    from ladd.distill.config import load_distill_config
+    from ladd.distill.run import build_method
+    from ladd.models.teacher import load_teacher
+
+    make_assets(tmp_path)
+    distill("configs/tiny.yaml", tiny_overrides(tmp_path, "train.steps=2"))
+    first = tmp_path / "first"
+    shutil.move(tmp_path / "run" / "export", first)
+    init = load_teacher(first).state_dict()
+    teacher = load_teacher(tmp_path / "teacher").state_dict()
+    assert any(not torch.equal(init[k], teacher[k]) for k in init)
+    overrides = tiny_overrides(tmp_path, f"student.init={first}", "train.steps=2", f"paths.run_dir={tmp_path / 'b'}")
+    for method in ("method=ladd", "method=lcm lcm.guidance=1"):
+        cfg = load_distill_config("configs/tiny.yaml", [*overrides, *method.split()])
+        student = build_method(cfg).modules("cpu")["student"]
+        assert all(torch.equal(v, init[k]) for k, v in student.state_dict().items())
+    distill("configs/tiny.yaml", overrides)
+    shutil.rmtree(first)
+    assert main(["export", str(tmp_path / "b"), "--out", str(tmp_path / "again")]) == 0
+    assert load_teacher(tmp_path / "again").state_dict().keys() == init.keys()
 
 
 def test_cli_bad_config_exit_code(tmp_path, capsys, request):

@@ -28,6 +28,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -160,7 +161,8 @@ def load_run_student(run_dir: str | Path, use_ema: bool = True, extra_ema: str |
     if ckpt is None:
         raise ConfigError(f"{run_dir}/checkpoints holds no complete checkpoint yet; train first (ladd distill)")
     step = json.loads((ckpt / "state.json").read_text())["step"]
-    model = init_student(load_teacher(cfg.paths.teacher), cfg.student).eval()  # the checkpoint's own layout
+    # the checkpoint's own layout (student.init's weights are the checkpoint's to replace: not read)
+    model = init_student(load_teacher(cfg.paths.teacher), replace(cfg.student, init=None)).eval()
     if name != "student":
         ema = EMA(model)  # the checkpoint's own layout (shadow.* and the update counter), checked key by key
         restore_module(ema, ckpt, name)

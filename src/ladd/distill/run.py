@@ -82,6 +82,23 @@ def check_model_paths(cfg: DistillConfig) -> None:
                           "eval.enabled=false (or --no-eval) and eval.val_every=0 for an SD3 teacher")
 
 
+def check_student_init(init: str, teacher: str, teacher_cfg: dict) -> None:
+    """``student.init`` is a model folder of the teacher's architecture (every config.json key but the ``_`` and
+    ``ladd_`` ones), read without its weights."""
+    if not Path(init).is_dir():
+        raise ConfigError(f"student.init: {init} does not exist; give the folder of a model distilled from "
+                          f"{teacher} (e.g. assets/nano/student, or a run's export), or student.init=null")
+    try:
+        own = teacher_config(init)
+    except AssetError as e:
+        raise ConfigError(f"student.init: {e}") from e
+    keys = sorted(k for k in {**own, **teacher_cfg} if not k.startswith(("_", "ladd_")))
+    diff = [f"{k} {own.get(k)!r} vs {teacher_cfg.get(k)!r}" for k in keys if own.get(k) != teacher_cfg.get(k)]
+    if diff:
+        raise ConfigError(f"student.init: {init} is not a model of the teacher's architecture ({', '.join(diff[:4])}"
+                          f"); give a model distilled from {teacher}, or student.init=null")
+
+
 def check_vae_matches_teacher(cfg: DistillConfig) -> None:
     """``paths.vae`` has the latent space of the teacher's own VAE (the one its folder names or holds), when that
     one is known: same channels, scaling and shift factors (a 16-channel VAE of another model family passes a
@@ -120,6 +137,8 @@ def check_config(cfg: DistillConfig, num_processes: int = 1, trains: bool = True
     check_model_paths(cfg)
     teacher_cfg = teacher_config(cfg.paths.teacher)
     method_class(cfg.method).check(cfg.section, teacher_cfg)
+    if cfg.student.init is not None:
+        check_student_init(cfg.student.init, cfg.paths.teacher, teacher_cfg)
     if cfg.student.lora_rank > 0:
         from ladd.models.lora import check_targets_in_config
 

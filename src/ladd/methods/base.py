@@ -96,9 +96,16 @@ class StudentConfig:
     lora_alpha: float | None = None          # LoRA scale alpha / rank; None = rank (scale 1)
     # module names or name suffixes; default: the joint blocks' attention projections (diffusers' SD3 LoRA script)
     lora_targets: list[str] = field(default_factory=lambda: list(LORA_TARGETS))
+    # The weights the student starts from: null = the teacher's (docs/method.md, Components); a folder holding a
+    # model of the teacher's architecture (an exported student such as assets/nano/student, a diffusers transformer
+    # or pipeline folder) to go on distilling it, or to start a student of fewer steps from one of more
+    # (progressive distillation). Read once, when the run starts; a resumed run takes its checkpoint's weights.
+    init: str | None = None
 
     def __post_init__(self):
         self._check_lora()
+        if self.init is not None and (not isinstance(self.init, str) or not self.init.strip()):
+            fail("student.init", f"got {self.init!r}", "give a model folder, e.g. assets/nano/student, or null")
         if self.sampler not in ("renoise", "euler"):
             fail("student.sampler", f"got {self.sampler!r}", "use renoise or euler")
         if isinstance(self.steps, bool) or self.steps < 1:

@@ -16,6 +16,7 @@ import torch
 from ladd import flow
 from ladd.draws import Draws, as_draws
 from ladd.models.lora import add_lora
+from ladd.models.teacher import load_teacher
 from ladd.models.text_encoder import TextEmbeddings
 from ladd.models.wrap import unwrap
 from ladd.sampling import step
@@ -51,12 +52,24 @@ def check_frozen(teacher) -> None:
 
 
 def init_student(teacher: torch.nn.Module, cfg=None) -> torch.nn.Module:
-    """The student G: a copy of the teacher's weights (docs/method.md, Components), all trainable, or with
-    ``cfg.lora_rank > 0`` (a StudentConfig) frozen under trainable LoRA adapters (ladd.models.lora)."""
+    """The student G: a copy of the teacher's weights (docs/method.md, Components), or with ``cfg.init`` (a
+    StudentConfig) of that folder's model, all trainable, or with ``cfg.lora_rank > 0`` frozen under trainable LoRA
+    adapters (ladd.models.lora)."""
     student = copy.deepcopy(unwrap(teacher)).train().requires_grad_(True)
+    if cfg is not None and cfg.init is not None:
+        load_init(student, cfg.init)
     if cfg is not None and cfg.lora_rank > 0:
         add_lora(student, cfg.lora_rank, cfg.lora_alpha, cfg.lora_targets)
     return student
+
+
+def load_init(student: torch.nn.Module, folder: str) -> None:
+    """``student.init``: the weights of the model in ``folder`` (its architecture is checked against the teacher's
+    before training, ladd.distill.run.check_config). A copy of a teacher built without weights (the other processes
+    of an FSDP launch that loads on rank 0 only) stays so: rank 0's weights reach it as the teacher's do."""
+    if any(p.is_meta for p in student.parameters()):
+        return
+    student.load_state_dict(load_teacher(folder).state_dict())
 
 
 def student_forward(student, x0: torch.Tensor, cond: TextEmbeddings, grid: torch.Tensor, probs: torch.Tensor,
