@@ -219,11 +219,13 @@ def test_cli_bad_config_exit_code(tmp_path, capsys, request):
 
 def test_synth_makes_real_images_under_a_preset_whose_method_needs_pairs(tmp_path, capsys, fake_text_encoder):
     """The heads' reals folder as ladd distill's message says to make it: `ladd synth --config <a preset with the
-    regression term> --source real paths.data=<folder>` (the pairs rule binds training on the data, not the reals);
+    regression term> --source real paths.data=<folder>`, also the folder the preset's paths.reals names (the pairs
+    rule and the reals' checks bind training on the data, not making them);
     the same preset still refuses to synthesise teacher samples that have no pairs."""
     make_assets(tmp_path)
     reals = tmp_path / "reals"
-    common = ["ladd.loss.regression_weight=1", "data.num_samples=4", "data.shard_size=4"]
+    # the folder the preset names as its heads' reals (configs/nano.yaml's paths.reals): made under that preset
+    common = ["ladd.loss.regression_weight=1", "data.num_samples=4", "data.shard_size=4", f"paths.reals={reals}"]
     code = main(["synth", "--config", "configs/tiny.yaml", "--source", "real",
                  *tiny_overrides(tmp_path, f"paths.data={reals}", *common)])
     assert code == 0 and (reals / "dataset.json").is_file()

@@ -124,9 +124,9 @@ def check_config(cfg: DistillConfig, num_processes: int = 1, trains: bool = True
     """Every check that needs no model weights: the config itself (done while parsing), the batch split over
     processes, the tapped blocks and LoRA targets against the teacher's config.json, teacher vs VAE latent
     channels, existing data made with other settings, the evaluation prompts and evaluator. The model folders
-    first (``check_model_paths``). ``trains=False`` (``ladd synth`` of real images, e.g. the heads' reals of
-    ``paths.reals``) skips what only training on these data asks of them. Returns the data's generation
-    settings."""
+    first (``check_model_paths``). ``trains=False`` (``ladd synth`` of real images, e.g. the heads' reals, even
+    into the folder the preset's ``paths.reals`` names) skips what only training on these data asks of them.
+    Returns the data's generation settings."""
     cfg.train.micro_batch(num_processes)
     from ladd.runtime import check_output, fsdp_launch
 
@@ -158,7 +158,7 @@ def check_config(cfg: DistillConfig, num_processes: int = 1, trains: bool = True
                               ". Real images for the heads go in their own folder, paths.reals, which `ladd "
                               "distill` makes itself (or `ladd synth --config configs/nano.yaml --source real "
                               "paths.data=<that folder>`)" if gen["source"] == "real" else ""))
-    if cfg.paths.reals is not None:
+    if trains and cfg.paths.reals is not None:
         check_reals_config(cfg, gen)
     if cfg.eval.enabled or cfg.eval.val_every:
         from ladd.models.registry import resolve, world
