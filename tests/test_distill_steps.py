@@ -369,7 +369,7 @@ def test_distribution_matching_term_and_its_fake_score():
                          uncond=uncond, fake_score=fake_score)
     assert out.metrics["g_dm"] > 0
     before_s, before_f = snapshot(student), snapshot(fake_score)
-    loss, metrics = critic_step(fake_score, cond, out.fake, cfg.ladd, torch.Generator().manual_seed(1))
+    loss, metrics = critic_step(fake_score, cond, out.fake.x0_hat, cfg.ladd, torch.Generator().manual_seed(1))
     loss.backward()
     assert metrics["critic_flow"] > 0 and all(p.grad is None for p in student.parameters())
     build_optimizer([fake_score], cfg.optim["critic"]).step()

@@ -178,3 +178,28 @@ def test_ladd_with_a_distribution_matching_term_through_the_pipeline(tmp_path, m
     lines = [json.loads(s) for s in (run / "metrics.jsonl").read_text().splitlines()]
     assert all(x["critic_flow"] > 0 and x["g_dm"] > 0 and "d_loss" in x for x in lines)
     assert (run / "checkpoints" / "step-000004" / "fake_score.safetensors").is_file()
+
+
+def test_ladd_fake_score_updates_per_iteration(tmp_path, monkeypatch):
+    """ladd.critic_updates=3: per iteration the fake score steps three times (two updates of its own, on samples
+    the student draws under no_grad, then the D step's), the student and the heads once; refused without the DM
+    term."""
+    from safetensors.torch import load_file
+
+    from ladd.config import ConfigError
+    from ladd.distill.run import distill
+    from ladd.models import text_encoder as te
+    from helpers import FakeEncoder
+
+    with pytest.raises(ConfigError, match=r"ladd\.critic_updates.*set ladd\.loss\.dm_weight above 0"):
+        load_distill_config("configs/tiny.yaml", ["ladd.critic_updates=3"])
+    with pytest.raises(ConfigError, match=r"ladd\.critic_updates: got 0"):
+        load_distill_config("configs/tiny.yaml", ["ladd.loss.dm_weight=1", "ladd.critic_updates=0"])
+    monkeypatch.setattr(te, "load_text_encoder", lambda name="minilm", max_length=32, **_: FakeEncoder(max_length))
+    make_assets(tmp_path)
+    distill("configs/tiny.yaml", tiny_overrides(tmp_path, "ladd.loss.dm_weight=1", "ladd.loss.distill_guidance=2",
+                                                "ladd.critic_updates=3", "ladd.backward_simulation=true",
+                                                "train.steps=2", "train.ckpt_every=2"))
+    optim = load_file(tmp_path / "run" / "checkpoints" / "step-000002" / "optim.safetensors")
+    assert optim["critic/0/step"].item() == 6
+    assert optim["student/0/step"].item() == 2 and optim["heads/0/step"].item() == 2

@@ -1,11 +1,12 @@
 """LADD (Sauer et al. 2024, arXiv 2403.12015): the student against heads on the frozen teacher's features.
 
-docs/method.md, "One training iteration". One iteration is one update of two phases, both backpropagated over
-every micro-batch before the student's and the heads' optimizers step:
+docs/method.md, "One training iteration". One iteration is one update of two phases (three with the DM term),
+each backpropagated over every micro-batch before the student's and the heads' optimizers step:
 
     generator       the student's loss through the frozen teacher's features (``generator_step``)
     discriminator   heads on re-noised real latents vs the generator phase's fakes (``discriminator_step``)
-    critic          only with ``ladd.loss.dm_weight``: the fake score's flow loss on the fakes (``critic_step``)
+    critic          only with ``ladd.loss.dm_weight``: the fake score's flow loss on the fakes (``critic_step``);
+                    ``ladd.critic_updates`` - 1 updates of it alone come first, on fresh samples (DMD2's rule)
 
 Both steps are plain functions a test can call without the trainer; neither calls ``backward``.
 
@@ -247,15 +248,26 @@ def discriminator_step(teacher, disc, x0: torch.Tensor, cond: TextEmbeddings, fa
     return loss, metrics
 
 
-def critic_step(fake_score, cond: TextEmbeddings, fake: FakeBatch, cfg: LADDConfig,
+def critic_step(fake_score, cond: TextEmbeddings, x0_hat: torch.Tensor, cfg: LADDConfig,
                 generator: torch.Generator | Draws | None = None):
-    """``(loss, metrics)`` of the fake score (``ladd.loss.dm_weight``): its flow loss on the G step's student
-    outputs (detached), re-noised like the heads' fakes (t ~ LogitNormal(noise_m, noise_s)), where the G step
-    queries it."""
+    """``(loss, metrics)`` of the fake score (``ladd.loss.dm_weight``): its flow loss on student outputs
+    ``x0_hat`` (detached: the G step's, or ``student_samples``), re-noised like the heads' fakes (t ~
+    LogitNormal(noise_m, noise_s)), where the G step queries it."""
     draws = as_draws(generator)
-    t = draws.logit_normal(fake.x0_hat.shape[0], cfg.disc.noise_m, cfg.disc.noise_s, device=fake.x0_hat.device)
-    loss = fake_score_loss(fake_score, fake.x0_hat, draws.randn(fake.x0_hat), t.to(fake.x0_hat.dtype), cond)
+    t = draws.logit_normal(x0_hat.shape[0], cfg.disc.noise_m, cfg.disc.noise_s, device=x0_hat.device)
+    loss = fake_score_loss(fake_score, x0_hat, draws.randn(x0_hat), t.to(x0_hat.dtype), cond)
     return loss, {"critic_flow": loss.detach()}
+
+
+def student_samples(student, x0: torch.Tensor, cond: TextEmbeddings, cfg: LADDConfig, student_cfg: StudentConfig,
+                    generator: torch.Generator | Draws | None = None, step: int = 0) -> torch.Tensor:
+    """The student's outputs as the G step draws them (its grid times, inputs by backward simulation or noised
+    ``x0``), under no_grad: the data of a fake-score update that follows no G step (``ladd.critic_updates``)."""
+    with torch.no_grad():
+        x0_hat, _ = student_forward(student, x0, cond, student_cfg.times(), torch.tensor(student_cfg.probs_at(step)),
+                                    generator, backward=cfg.backward_simulation, sampler=student_cfg.sampler,
+                                    paths=cfg.rollout_paths)
+    return x0_hat
 
 
 class LADD(Method):
@@ -309,13 +321,15 @@ class LADD(Method):
         self.fake_score = modules.get("fake_score")
         # the G step's no-grad use takes no part in the gradient sync: DDP's wrapper off, FSDP's kept (it gathers)
         self.fake_score_g = None if self.fake_score is None else without_ddp(self.fake_score)
+        self.student_g = without_ddp(self.student)  # the fake score's own updates sample it under no_grad
         self.place_uncond(self.student)
 
     def updates(self, step: int) -> list[Update]:
         if step % self.cfg.disc_every:  # ladd.disc_every: the heads (and the fake score) rest this iteration
             return [Update(("generator",), ("student",))]
-        if self.cfg.loss.dm_weight > 0:
-            return [Update(("generator", "discriminator", "critic"), ("student", "heads", "critic"))]
+        if self.cfg.loss.dm_weight > 0:  # ladd.critic_updates - 1 fake-score updates first, on fresh samples
+            return [Update(("critic",), ("critic",))] * (self.cfg.critic_updates - 1) + [
+                Update(("generator", "discriminator", "critic"), ("student", "heads", "critic"))]
         return [Update(("generator", "discriminator"), ("student", "heads"))]
 
     def loss(self, phase: str, batch, ctx: Context) -> PhaseOut:
@@ -331,5 +345,8 @@ class LADD(Method):
                                                self.cfg, ctx.draws)
             return PhaseOut(loss, metrics)
         if phase == "critic":
-            return PhaseOut(*critic_step(self.fake_score, cond, ctx.store["fake"], self.cfg, ctx.draws))
+            fake = ctx.store.get("fake")  # None: an update of the fake score alone, on samples drawn here
+            x0_hat = fake.x0_hat if fake is not None else student_samples(
+                self.student_g, x0, cond, self.cfg, self.student_cfg, ctx.draws, ctx.step)
+            return PhaseOut(*critic_step(self.fake_score, cond, x0_hat, self.cfg, ctx.draws))
         return super().loss(phase, batch, ctx)

@@ -119,6 +119,10 @@ class LADDConfig:
     rollout_paths: str = "grid"
     # the heads' update (the discriminator phase) every N iterations, the student's every iteration: D:G = 1:N
     disc_every: int = 1
+    # With ladd.loss.dm_weight: the fake score's updates per iteration (DMD2's two time-scale rule, its default 5).
+    # The first is the D step's (on the G step's outputs); each other one comes before it, on samples the student
+    # draws afresh under no_grad, as DMD2's critic updates do.
+    critic_updates: int = 1
 
     def __post_init__(self):
         if not isinstance(self.backward_simulation, bool):
@@ -136,3 +140,9 @@ class LADDConfig:
                  "leaves fewer fakes than reals", "set ladd.disc.shared_t=false or ladd.loss.adversarial_fraction=1")
         if isinstance(self.disc_every, bool) or not isinstance(self.disc_every, int) or self.disc_every < 1:
             fail("ladd.disc_every", f"got {self.disc_every!r}", "use 1 (every iteration) or a larger integer")
+        if isinstance(self.critic_updates, bool) or not isinstance(self.critic_updates, int) \
+                or self.critic_updates < 1:
+            fail("ladd.critic_updates", f"got {self.critic_updates!r}", "use a positive integer (DMD2: 5)")
+        if self.critic_updates > 1 and self.loss.dm_weight == 0:
+            fail("ladd.critic_updates", "updates the fake score of the distribution-matching term, which is off",
+                 "set ladd.loss.dm_weight above 0, or leave ladd.critic_updates=1")
