@@ -83,8 +83,9 @@ def check_model_paths(cfg: DistillConfig) -> None:
 
 
 def check_student_init(init: str, teacher: str, teacher_cfg: dict) -> None:
-    """``student.init`` is a model folder of the teacher's architecture (every config.json key but the ``_`` and
-    ``ladd_`` ones), read without its weights."""
+    """``student.init`` is a model folder of the teacher's architecture (the config.json keys both hold but the
+    ``_`` and ``ladd_`` ones: another diffusers version may write keys the other lacks), read without its
+    weights; the weights' names and shapes are checked when they load."""
     if not Path(init).is_dir():
         raise ConfigError(f"student.init: {init} does not exist; give the folder of a model distilled from "
                           f"{teacher} (e.g. assets/nano/student, or a run's export), or student.init=null")
@@ -92,7 +93,7 @@ def check_student_init(init: str, teacher: str, teacher_cfg: dict) -> None:
         own = teacher_config(init)
     except AssetError as e:
         raise ConfigError(f"student.init: {e}") from e
-    keys = sorted(k for k in {**own, **teacher_cfg} if not k.startswith(("_", "ladd_")))
+    keys = sorted(k for k in own.keys() & teacher_cfg.keys() if not k.startswith(("_", "ladd_")))
     diff = [f"{k} {own.get(k)!r} vs {teacher_cfg.get(k)!r}" for k in keys if own.get(k) != teacher_cfg.get(k)]
     if diff:
         raise ConfigError(f"student.init: {init} is not a model of the teacher's architecture ({', '.join(diff[:4])}"

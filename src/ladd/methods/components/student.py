@@ -69,7 +69,11 @@ def load_init(student: torch.nn.Module, folder: str) -> None:
     of an FSDP launch that loads on rank 0 only) stays so: rank 0's weights reach it as the teacher's do."""
     if any(p.is_meta for p in student.parameters()):
         return
-    student.load_state_dict(load_teacher(folder).state_dict())
+    try:
+        student.load_state_dict(load_teacher(folder).state_dict())
+    except RuntimeError as e:  # names or shapes (its config.json matched the teacher's: a damaged folder)
+        raise ValueError(f"student.init: the weights in {folder} do not fit the teacher's architecture "
+                         f"({str(e).splitlines()[0]}); give a model distilled from the teacher") from e
 
 
 def student_forward(student, x0: torch.Tensor, cond: TextEmbeddings, grid: torch.Tensor, probs: torch.Tensor,
