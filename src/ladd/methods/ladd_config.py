@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from ladd.config import fail, number
+from ladd.config import fail, number, positive_ints
 from ladd.methods.components.heads import DiscriminatorConfig
 
 
@@ -140,9 +140,7 @@ class LADDConfig:
                  "leaves fewer fakes than reals", "set ladd.disc.shared_t=false or ladd.loss.adversarial_fraction=1")
         if isinstance(self.disc_every, bool) or not isinstance(self.disc_every, int) or self.disc_every < 1:
             fail("ladd.disc_every", f"got {self.disc_every!r}", "use 1 (every iteration) or a larger integer")
-        if isinstance(self.critic_updates, bool) or not isinstance(self.critic_updates, int) \
-                or self.critic_updates < 1:
-            fail("ladd.critic_updates", f"got {self.critic_updates!r}", "use a positive integer (DMD2: 5)")
+        positive_ints("ladd", self, ("critic_updates",))
         if self.critic_updates > 1 and self.loss.dm_weight == 0:
             fail("ladd.critic_updates", "updates the fake score of the distribution-matching term, which is off",
                  "set ladd.loss.dm_weight above 0, or leave ladd.critic_updates=1")
