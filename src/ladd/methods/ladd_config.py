@@ -138,9 +138,7 @@ class LADDConfig:
         if self.disc.shared_t and self.loss.adversarial_fraction < 1:
             fail("ladd.disc.shared_t", "gives each real its fake's noise level, and ladd.loss.adversarial_fraction < 1 "
                  "leaves fewer fakes than reals", "set ladd.disc.shared_t=false or ladd.loss.adversarial_fraction=1")
-        if isinstance(self.disc_every, bool) or not isinstance(self.disc_every, int) or self.disc_every < 1:
-            fail("ladd.disc_every", f"got {self.disc_every!r}", "use 1 (every iteration) or a larger integer")
-        positive_ints("ladd", self, ("critic_updates",))
+        positive_ints("ladd", self, ("disc_every", "critic_updates"))
         if self.critic_updates > 1 and self.loss.dm_weight == 0:
             fail("ladd.critic_updates", "updates the fake score of the distribution-matching term, which is off",
                  "set ladd.loss.dm_weight above 0, or leave ladd.critic_updates=1")
