@@ -136,6 +136,20 @@ def test_regression_term_pulls_the_one_step_output_to_the_teachers_sample():
     assert out.metrics["g_regression"] == 0 and torch.allclose(out.loss, out.metrics["g_adv"])
 
 
+def test_regression_with_a_huber_c_is_the_pseudo_huber_distance():
+    """ladd.loss.regression_huber_c > 0: the term is sqrt(d^2 + c^2) - c per element, about |d| beyond c (the
+    median's loss), and a negative c is refused."""
+    cfg, teacher, student, disc, x0, cond = setup("ladd.loss.regression_weight=1", "ladd.loss.regression_huber_c=0.1",
+                                                  "student.probs=[1,0,0,0]")
+    out = generator_step(student, teacher, disc, x0, cond, cfg.ladd, cfg.student, torch.Generator().manual_seed(0),
+                         noise=torch.randn_like(x0))
+    d = out.fake.x0_hat - x0
+    assert torch.allclose(out.metrics["g_regression"], ((d * d + 0.01).sqrt() - 0.1).mean(), rtol=1e-5)
+    assert d.abs().mean() - 0.1 <= out.metrics["g_regression"] <= d.abs().mean()  # |d| within c
+    with pytest.raises(ConfigError, match="regression_huber_c"):
+        setup("ladd.loss.regression_huber_c=-1")
+
+
 def test_feature_distance_is_lpips_without_weights():
     f = [torch.randn(3, 8, 4, 4), torch.randn(3, 16, 2, 2)]
     assert torch.allclose(feature_distance(f, f), torch.zeros(3), atol=1e-6)

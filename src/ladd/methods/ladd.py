@@ -139,7 +139,7 @@ def generator_step(student, teacher, disc, x0: torch.Tensor, cond: TextEmbedding
         # rollout); the others add nothing
         paired = (torch.ones_like(t_s) if along else (t_s == 1)).to(x0_hat.dtype)
     if cfg.loss.regression_weight > 0:
-        per_sample = (x0_hat.float() - x0.float()).pow(2).flatten(1).mean(1)
+        per_sample = regression_distance(x0_hat.float() - x0.float(), cfg.loss.regression_huber_c).flatten(1).mean(1)
         regression = _masked_mean(per_sample, paired)
         loss = loss + cfg.loss.regression_weight * regression
         metrics["g_regression"] = regression.detach()
@@ -166,6 +166,14 @@ def rows_below_one(cfg: LADDConfig, b: int) -> torch.Tensor | None:
     if cfg.loss.regression_on == "rollout" or cfg.loss.dm_weight > 0 or n_adv == b:
         return None
     return torch.arange(b) < n_adv
+
+
+def regression_distance(d: torch.Tensor, huber_c: float) -> torch.Tensor:
+    """The regression term's per-element distance of the difference ``d``: ``d^2``, or with ``huber_c > 0`` the
+    pseudo-Huber ``sqrt(d^2 + c^2) - c`` (ladd.loss.regression_huber_c)."""
+    if huber_c > 0:
+        return torch.sqrt(d * d + huber_c * huber_c) - huber_c
+    return d * d
 
 
 def _masked_mean(per_sample: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

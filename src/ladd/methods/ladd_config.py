@@ -47,6 +47,11 @@ class LossConfig:
     # starting from the teacher's own noise of that latent, so that later steps keep the first step's layout
     # (a chain from z should end at the teacher's sample of z).
     regression_on: str = "noise"
+    # The regression's per-element distance. 0: squared error, whose minimiser is the mean of the teacher's samples
+    # the student cannot tell apart (faint "ghost" objects where some of them have one). c > 0: pseudo-Huber,
+    # sqrt(d^2 + c^2) - c, absolute error beyond c, whose minimiser is their median (an object drawn in full or not
+    # at all); LCM's loss (Song et al. 2023), here on the regression pairs.
+    regression_huber_c: float = 0.0
     # The regression in the teacher's feature space (not in the paper; 0 = off): on the adversarial pass's samples
     # that started from their own noise (t_s = 1), the perceptual distance (ladd.methods.components.perceptual)
     # between the teacher's block features of the re-noised fake and of its teacher sample re-noised with the same
@@ -77,8 +82,8 @@ class LossConfig:
         if self.distill_target == "guidance" and self.distill_guidance == 1:
             fail("ladd.loss.distill_target", "'guidance' with ladd.loss.distill_guidance=1 has no gradient",
                  "set ladd.loss.distill_guidance above 1, e.g. 3")
-        for name in ("r1_weight", "misaligned_weight", "distill_weight", "regression_weight", "feature_weight",
-                     "dm_weight"):
+        for name in ("r1_weight", "misaligned_weight", "distill_weight", "regression_weight", "regression_huber_c",
+                     "feature_weight", "dm_weight"):
             value = number(f"ladd.loss.{name}", getattr(self, name))
             if value < 0:
                 fail(f"ladd.loss.{name}", f"got {value}", "use 0 (off) or a positive weight")
