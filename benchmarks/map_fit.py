@@ -25,17 +25,20 @@ from ladd.methods.components.student import freeze, init_student
 from ladd.models.teacher import load_teacher
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def pair_arguments(p: argparse.ArgumentParser, lr: float, steps: int, held: int) -> None:
+    """The arguments of a fit of a teacher copy on a paired set (this script's and benchmarks/reflow.py's)."""
     p.add_argument("--data", required=True, help="synthetic shards with pairs (made by a deterministic sampler)")
     p.add_argument("--teacher", default="assets/nano/teacher")
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--steps", type=int, default=800)
+    p.add_argument("--lr", type=float, default=lr)
+    p.add_argument("--steps", type=int, default=steps)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--n-train", type=int, default=None, help="train on the first N pairs (default: all but --held)")
-    p.add_argument("--held", type=int, default=128, help="the last HELD pairs are held out")
-    p.add_argument("--out", required=True, help="the JSON file to write")
-    a = p.parse_args()
+    p.add_argument("--held", type=int, default=held, help="the last HELD pairs are held out")
+
+
+def pairs_and_copy(p: argparse.ArgumentParser, a: argparse.Namespace):
+    """The paired set of ``a.data``, the number of pairs to train on, a trainable copy of ``a.teacher`` and its
+    AdamW; argument errors through ``p``."""
     torch.manual_seed(0)  # the teacher's random init before its weights load draws from it too
     data = ShardDataset.load(a.data, pairs=True)
     if not data.paired:
@@ -43,9 +46,18 @@ def main() -> None:
     n_train = a.n_train or len(data) - a.held
     if not 0 < n_train <= len(data) - a.held:
         p.error(f"--n-train {n_train} and --held {a.held} do not fit in {len(data)} samples")
+    model = init_student(freeze(load_teacher(a.teacher)))
+    opt = torch.optim.AdamW(model.parameters(), lr=a.lr, betas=(0.9, 0.99), weight_decay=0.0)
+    return data, n_train, model, opt
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    pair_arguments(p, lr=1e-3, steps=800, held=128)
+    p.add_argument("--out", required=True, help="the JSON file to write")
+    a = p.parse_args()
+    data, n_train, student, opt = pairs_and_copy(p, a)
     x0, noise = data.latents, data.noise
-    student = init_student(freeze(load_teacher(a.teacher)))
-    opt = torch.optim.AdamW(student.parameters(), lr=a.lr, betas=(0.9, 0.99), weight_decay=0.0)
 
     def predict(idx):
         t = torch.ones(len(idx))

@@ -29,53 +29,32 @@ from pathlib import Path
 import torch
 
 from ladd import flow
-from ladd.data.shards import ShardDataset
-from ladd.methods.components.student import freeze, init_student
 from ladd.models.io import read_config, save_model
-from ladd.models.teacher import load_teacher
+from ladd.sampling import euler  # no_grad
 
-
-def euler(model, z, cond, steps: int) -> torch.Tensor:
-    times = flow.euler_grid(steps)
-    x = z
-    for t, t_next in zip(times[:-1], times[1:]):
-        x = x + (t_next - t) * model(x, t.expand(len(x)), cond)
-    return x
+from map_fit import pair_arguments, pairs_and_copy  # benchmarks/, the folder of this script
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--data", required=True, help="synthetic shards with pairs (made by a deterministic sampler)")
-    p.add_argument("--teacher", default="assets/nano/teacher")
-    p.add_argument("--lr", type=float, default=1e-4)
-    p.add_argument("--steps", type=int, default=2000)
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--held", type=int, default=512, help="the last HELD pairs are held out")
+    pair_arguments(p, lr=1e-4, steps=2000, held=512)
     p.add_argument("--euler-steps", type=int, default=25, help="the reflowed model's own multi-step sample")
     p.add_argument("--report-every", type=int, default=500)
     p.add_argument("--out", required=True, help="the model folder to write (and OUT.json)")
     a = p.parse_args()
-    torch.manual_seed(0)
-    data = ShardDataset.load(a.data, pairs=True)
-    if not data.paired:
-        p.error(f"{a.data} has no pairs: make it with a deterministic sampler (data.sampler euler)")
-    n_train = len(data) - a.held
-    if n_train < a.batch_size:
-        p.error(f"--held {a.held} leaves {n_train} of {len(data)} pairs to train on")
+    data, n_train, model, opt = pairs_and_copy(p, a)
     x0, noise = data.latents, data.noise
-    model = init_student(freeze(load_teacher(a.teacher)))
-    opt = torch.optim.AdamW(model.parameters(), lr=a.lr, betas=(0.9, 0.99), weight_decay=0.0)
-    held = torch.arange(n_train, len(data))
+    held = torch.arange(len(data) - a.held, len(data))
+    one_step, own_steps = flow.euler_grid(1), flow.euler_grid(a.euler_steps)
 
     def report(step: int, seconds: float) -> dict:
         model.eval()
         one, own = [], []
-        with torch.no_grad():
-            for c in held.split(128):
-                cond = data.text_of(c)
-                first = euler(model, noise[c], cond, 1)
-                one.append((first - x0[c]).pow(2).flatten(1).mean(1))
-                own.append((first - euler(model, noise[c], cond, a.euler_steps)).pow(2).flatten(1).mean(1))
+        for c in held.split(128):
+            cond = data.text_of(c)
+            first = euler(model, noise[c], one_step, cond)
+            one.append((first - x0[c]).pow(2).flatten(1).mean(1))
+            own.append((first - euler(model, noise[c], own_steps, cond)).pow(2).flatten(1).mean(1))
         model.train()
         row = {"step": step, "onestep_vs_pairs": torch.cat(one).mean().item(),
                "onestep_vs_own": torch.cat(own).mean().item(), "seconds": round(seconds, 1)}

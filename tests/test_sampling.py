@@ -74,3 +74,17 @@ def test_a_euler_step_keeps_the_predicted_noise_and_a_renoise_step_draws_it_afre
         torch.testing.assert_close(step(sampler, x, v, t, torch.tensor(0.0), noise), x0)
     with pytest.raises(ValueError, match="unknown sampler"):
         step("heun", x, v, t, t_next)
+
+
+def test_euler_follows_a_straight_flow_exactly_and_a_curved_one_only_with_steps():
+    """What benchmarks/reflow.py measures straightness with: 1 Euler step is exact on straight lines only."""
+    from types import SimpleNamespace
+
+    z, x = torch.randn(3, 2, 4, 4), torch.randn(3, 2, 4, 4)
+    straight = SimpleNamespace(velocity=lambda x_t, t, cond: z - x)  # the velocity of x_t = (1 - t) x + t z
+    for steps in (1, 4):
+        assert torch.allclose(euler(straight, z, flow.euler_grid(steps), None), x, atol=1e-5)
+    curved = SimpleNamespace(velocity=lambda x_t, t, cond: x_t * t.view(-1, 1, 1, 1))  # x(0) = x(1) exp(-1/2)
+    exact = z * torch.exp(torch.tensor(-0.5))
+    one, many = euler(curved, z, flow.euler_grid(1), None), euler(curved, z, flow.euler_grid(200), None)
+    assert torch.allclose(many, exact, atol=1e-2) and not torch.allclose(one, exact, atol=1e-1)
