@@ -88,3 +88,29 @@ def test_euler_follows_a_straight_flow_exactly_and_a_curved_one_only_with_steps(
     exact = z * torch.exp(torch.tensor(-0.5))
     one, many = euler(curved, z, flow.euler_grid(1), None), euler(curved, z, flow.euler_grid(200), None)
     assert torch.allclose(many, exact, atol=1e-2) and not torch.allclose(one, exact, atol=1e-1)
+
+
+def test_sampler_eta_family_spans_renoise_and_euler_and_scales_the_start(tiny_teacher, tiny_cond):
+    """benchmarks/sampler_eta.py: eta = 1 is LADD's re-noising sampler (the same fresh noise drawn), eta = 0 Euler
+    (DDIM on the flow), and ``noise_scale`` multiplies the starting noise."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from sampler_eta import partial_renoise
+
+    cond = tiny_cond(2)
+    noise = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+    times = flow.euler_grid(3)
+
+    def gens():
+        return [torch.Generator().manual_seed(k) for k in (1, 2)]
+
+    torch.testing.assert_close(partial_renoise(1.0)(tiny_teacher, noise, times, cond, generator=gens()),
+                               renoise(tiny_teacher, noise, times, cond, generator=gens()))
+    torch.testing.assert_close(partial_renoise(0.0)(tiny_teacher, noise, times, cond, generator=gens()),
+                               euler(tiny_teacher, noise, times, cond), rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(partial_renoise(1.0, 0.5)(tiny_teacher, noise, times, cond, generator=gens()),
+                               renoise(tiny_teacher, 0.5 * noise, times, cond, generator=gens()))
+    assert not torch.allclose(partial_renoise(1.0, 0.5)(tiny_teacher, noise, times, cond, generator=gens()),
+                              renoise(tiny_teacher, noise, times, cond, generator=gens()))
