@@ -40,6 +40,7 @@ def test_default_probs_per_grid(steps):
 
 @pytest.mark.parametrize("preset", ["configs/nano.yaml", "configs/nano-1step.yaml", "configs/nano-ladd-hybrid-long.yaml",
                                     "configs/nano-ladd-real.yaml", "configs/nano-ladd-long-reals.yaml",
+                                    "configs/nano-ladd-8k.yaml",
                                     "configs/nano-ladd-fast.yaml", "configs/nano-ladd-plain.yaml",
                                     "configs/tiny.yaml"])
 def test_presets_load(preset):
@@ -48,7 +49,7 @@ def test_presets_load(preset):
     assert cfg.train.micro_batch(1) * cfg.train.grad_accum == cfg.train.batch_size
 
 
-def test_one_step_preset_is_the_shipped_recipe_on_a_one_step_grid():
+def test_one_step_preset_is_the_long_reals_recipe_on_a_one_step_grid():
     one, base = (load_distill_config(f"configs/{name}.yaml") for name in ("nano-1step", "nano-ladd-long-reals"))
     assert (one.student.steps, one.student.probs, one.eval.student_steps) == (1, [1.0], [1])
     assert base.student.sample_shifts and one.student.sample_shifts == {}  # `{}` clears the base's 2-step grid
@@ -123,6 +124,16 @@ def test_long_reals_preset_is_the_long_hybrid_with_real_reals_for_the_heads():
     assert reals.student == long.student
     assert reals.train == long.train and reals.paths.run_dir != long.paths.run_dir
     assert reals.ladd.loss.regression_weight > 0  # the teacher's pairs stay; only the heads' reals are real
+
+
+def test_8k_preset_is_the_long_reals_recipe_on_8x_the_pairs_at_half_the_regression_weight():
+    big, reals = (load_distill_config(f"configs/nano-ladd-{name}.yaml") for name in ("8k", "long-reals"))
+    assert (big.data.num_samples, reals.data.num_samples) == (8192, 1024)
+    assert big.ladd.loss.regression_weight == reals.ladd.loss.regression_weight / 2 > 0
+    big.ladd.loss.regression_weight = reals.ladd.loss.regression_weight
+    assert big.ladd == reals.ladd and big.optim == reals.optim and big.train == reals.train
+    assert big.student == reals.student and big.paths.reals == reals.paths.reals
+    assert big.paths.data != reals.paths.data and big.paths.run_dir != reals.paths.run_dir  # 8,192 pairs elsewhere
 
 
 def test_numeric_strings_from_the_command_line():
