@@ -17,6 +17,7 @@ Prints one JSON line per setting and writes OUT/results.json.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 from pathlib import Path
 
@@ -73,19 +74,17 @@ def main() -> None:
         p.error(f"--noise-scale takes positive factors, got {args.noise_scale}")
     gen = load_generator(args.model)  # a missing folder fails here, before any sampling
     rows = []
-    for scale in args.noise_scale:
-        for eta in args.eta:
-            # evaluate() looks the sampler up by name: the re-noising slot (its grid) runs this eta
-            sampling.SAMPLERS["renoise"] = partial_renoise(eta, scale)
-            for steps in args.steps:
-                name = "-".join(f"{e:g}" for e in eta) if isinstance(eta, list) else f"{eta:g}"
-                name += f"-scale{scale:g}" if scale != 1 else ""
-                cfg = EvalConfig(model=args.model, prompts=args.prompts, per_prompt=4, steps=steps,
-                                 sampler="renoise", seed=args.seed, out=str(Path(args.out) / f"eta{name}-{steps}step"))
-                r = evaluate(cfg, generator=gen)
-                rows.append({"model": args.model, "eta": eta, "noise_scale": scale, "steps": steps,
-                             "alignment": r["alignment"], "fd": r["fd"], "diversity": r["diversity"]})
-                print(json.dumps(rows[-1]), flush=True)
+    for scale, eta, steps in itertools.product(args.noise_scale, args.eta, args.steps):
+        # evaluate() looks the sampler up by name: the re-noising slot (its grid) runs this eta and scale
+        sampling.SAMPLERS["renoise"] = partial_renoise(eta, scale)
+        name = "-".join(f"{e:g}" for e in eta) if isinstance(eta, list) else f"{eta:g}"
+        name += f"-scale{scale:g}" if scale != 1 else ""
+        cfg = EvalConfig(model=args.model, prompts=args.prompts, per_prompt=4, steps=steps, sampler="renoise",
+                         seed=args.seed, out=str(Path(args.out) / f"eta{name}-{steps}step"))
+        r = evaluate(cfg, generator=gen)
+        rows.append({"model": args.model, "eta": eta, "noise_scale": scale, "steps": steps,
+                     "alignment": r["alignment"], "fd": r["fd"], "diversity": r["diversity"]})
+        print(json.dumps(rows[-1]), flush=True)
     Path(args.out).mkdir(parents=True, exist_ok=True)
     (Path(args.out) / "results.json").write_text(json.dumps(rows, indent=2) + "\n")
 
