@@ -160,6 +160,8 @@ def test_numeric_strings_from_the_command_line():
     ("student.steps=3", "student.probs"),
     ("student.sampler=heun", "student.sampler"),
     ("student.grid=karras", "student.grid"),
+    ("student.start_time=0.75", "student.start_time"),
+    ("student.start_time=1.5", "student.start_time"),
     ("student.sample_shifts=3", "student.sample_shifts"),
     ("student.sample_shifts={0: 3}", "student.sample_shifts"),
     ("student.sample_shifts={2: 0}", r"student.sample_shifts\[2\]"),
@@ -310,6 +312,7 @@ def test_method_selects_its_section_and_optimizers():
     (["optim.heads.warmup_steps=10"], r"optim\.heads\.warmup_steps: is ignored by schedule 'constant'"),
     (["disc.noise_m=0"], r"disc: is now the section ladd\.disc"),
     (["train.steps=true"], r"train\.steps must be int, got True"),
+    (["method=lcm", "student.start_time=0.9"], r"student\.start_time: got 0\.9 with method=lcm"),
 ])
 def test_method_and_optimizer_errors(overrides, message):
     with pytest.raises(ConfigError, match=message):

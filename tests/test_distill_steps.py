@@ -119,6 +119,24 @@ def test_paired_noise_is_the_students_input_only_where_it_starts_from_noise():
     assert not torch.allclose(paired[0][at_one], plain[0][at_one])
 
 
+def test_the_first_time_reads_pure_noise_below_one_too():
+    """student.start_time: the first grid time's input is the starting noise itself, labelled with that time
+    (x0_hat = noise - 0.9 G(noise, 0.9)); the later times keep their noised data latents; the paired terms take the
+    first time's samples."""
+    _, teacher, student, _, x0, cond = setup()
+    grid, noise = flow.student_grid(4, start=0.9), torch.randn_like(x0)
+    probs = torch.tensor([0.5, 0.0, 0.5, 0.0])
+    x0_hat, t_s = student_forward(student, x0, cond, grid, probs, torch.Generator().manual_seed(3), noise)
+    first = t_s == grid[0]
+    assert torch.allclose(grid[0], torch.tensor(0.9)) and set(t_s.tolist()) == {grid[0].item(), 0.5}
+    assert first.any() and (~first).any()
+    with torch.no_grad():
+        expected = noise[first] - 0.9 * student(noise[first], t_s[first], cond[first])
+    assert torch.allclose(x0_hat[first], expected, atol=1e-5)
+    plain = student_forward(student, x0, cond, flow.student_grid(4), probs, torch.Generator().manual_seed(3), noise)
+    assert torch.equal(x0_hat[~first], plain[0][~first])  # the data latent noised at 0.5, the same draws
+
+
 def test_regression_term_pulls_the_one_step_output_to_the_teachers_sample():
     cfg, teacher, student, disc, x0, cond = setup("ladd.loss.regression_weight=2.0")
     noise = torch.randn_like(x0)

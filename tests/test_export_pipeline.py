@@ -108,6 +108,45 @@ def test_pipeline_export_default_call_is_the_student(tmp_path, monkeypatch, samp
     torch.testing.assert_close(latents, ours, atol=1e-4, rtol=1e-4)
 
 
+def test_pipeline_export_of_a_student_with_a_start_time(tmp_path, monkeypatch):
+    """student.start_time=0.9: the card says so, ladd samples from 0.9, and the pipeline called with the sigmas the
+    card gives samples the same latents on the same noise."""
+    from diffusers import StableDiffusion3Pipeline
+
+    from ladd import flow
+    from ladd.cli import main
+    from ladd.distill.run import distill
+    from ladd.models import text_encoder as te
+    from ladd.models.registry import load_generator
+    from ladd.sampling import get_sampler
+    from helpers import FakeEncoder, make_assets, tiny_overrides
+
+    monkeypatch.setattr(te, "load_text_encoder", lambda name="minilm", max_length=32, **_: FakeEncoder(max_length))
+    make_assets(tmp_path)
+    distill("configs/tiny.yaml", tiny_overrides(tmp_path, "train.steps=2", "student.start_time=0.9"))
+    out = tmp_path / "shipped"
+    assert main(["export", str(tmp_path / "run"), "--out", str(out), "--pipeline"]) == 0
+    assert "starting noise read at time 0.9" in (out / "card.md").read_text()
+    grid = json.loads((out / "ladd.json").read_text())["ladd_pipeline_grid"]
+    assert not grid["exact"] and grid["sigmas"] == [0.9, 0.75, 0.5, 0.25]
+    none = {p: None for p in ("text_encoder", "text_encoder_2", "text_encoder_3", "tokenizer", "tokenizer_2",
+                              "tokenizer_3")}
+    pipe = StableDiffusion3Pipeline.from_pretrained(out, **none)
+    pipe.set_progress_bar_config(disable=True)
+    cond = FakeEncoder().encode(PROMPTS)
+    noise = torch.randn(len(PROMPTS), 4, 8, 8, generator=torch.Generator().manual_seed(0))
+    torch.manual_seed(7)
+    latents = pipe(prompt_embeds=cond.tokens, pooled_prompt_embeds=cond.pooled, num_inference_steps=4,
+                   sigmas=grid["sigmas"], guidance_scale=1.0, height=64, width=64, latents=noise.clone(),
+                   output_type="latent").images
+    gen = load_generator(str(out))
+    assert gen.recommended["start"] == 0.9
+    times = flow.sampling_times("renoise", 4, start=gen.recommended["start"])
+    torch.testing.assert_close(times, torch.tensor([0.9, 0.75, 0.5, 0.25, 0.0]))
+    ours = get_sampler("renoise")(gen.model, noise, times, cond, generator=torch.Generator().manual_seed(7))
+    torch.testing.assert_close(latents, ours, atol=1e-4, rtol=1e-4)
+
+
 @pytest.mark.parametrize("shift,grid", [(1.0, "uniform"), (3.0, "uniform"), (3.0, "diffusers")])
 def test_the_cards_fewer_step_sigmas_sample_its_grid_in_diffusers(shift, grid):
     """The export's scheduler stretches every call to end where the 4-step grid ends ([1, .5] becomes [1, .25]),

@@ -1,3 +1,4 @@
+import pytest
 import torch
 
 from ladd import flow
@@ -27,3 +28,13 @@ def test_grids_and_densities():
     t = flow.logit_normal(20000, m=1.0, s=1.0, generator=torch.Generator().manual_seed(0))
     assert 0 < t.min() and t.max() < 1
     assert abs(t.median().item() - torch.sigmoid(torch.tensor(1.0)).item()) < 0.01  # median sigmoid(m) = 0.73
+
+
+def test_the_student_grid_from_another_start_time():
+    torch.testing.assert_close(flow.student_grid(1, start=0.9), torch.tensor([0.9]))
+    torch.testing.assert_close(flow.student_grid(4, start=0.9), torch.tensor([0.9, 0.75, 0.5, 0.25]))
+    torch.testing.assert_close(flow.sampling_times("euler", 2, start=0.8), torch.tensor([0.8, 0.5, 0.0]))
+    torch.testing.assert_close(flow.sampling_times("euler", 2), flow.euler_grid(2))
+    for bad in (0.75, 1.2):
+        with pytest.raises(ValueError, match="start must lie in"):
+            flow.student_grid(4, start=bad)

@@ -64,17 +64,26 @@ def euler_grid(steps: int, shift: float = 1.0) -> torch.Tensor:
     return shift_times(torch.linspace(1.0, 0.0, steps + 1), shift)
 
 
-def student_grid(steps: int, shift: float = 1.0, grid: str = "uniform") -> torch.Tensor:
+def student_grid(steps: int, shift: float = 1.0, grid: str = "uniform", start: float = 1.0) -> torch.Tensor:
     """The student's ``steps`` input times. ``uniform``: ``{1, 1 - 1/n, ..., 1/n}`` then shifted, e.g. 4 steps:
     ``[1, .75, .5, .25]``, shift 3 ``[1, .9, .75, .5]``; ``diffusers``: the stock scheduler's default
-    (``diffusers_grid``), e.g. 4 steps shift 3 ``[1, .928, .799, .5]``."""
+    (``diffusers_grid``), e.g. 4 steps shift 3 ``[1, .928, .799, .5]``. ``start`` replaces the first time: the
+    time at which the student reads its starting noise (``student.start_time``; the input there is pure noise
+    whatever the time, so ``start < 1`` reads it as a noised latent of the zero latent, as SiD's generator does)."""
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
     if grid == "diffusers":
-        return torch.tensor(diffusers_grid(steps, float(shift)))
-    if grid != "uniform":
+        times = torch.tensor(diffusers_grid(steps, float(shift)))
+    elif grid == "uniform":
+        times = shift_times(torch.arange(steps, 0, -1, dtype=torch.float32) / steps, shift)
+    else:
         raise ValueError(f"grid must be one of {GRIDS}, got {grid!r}")
-    return shift_times(torch.arange(steps, 0, -1, dtype=torch.float32) / steps, shift)
+    if start != 1.0:
+        if not (times[1] if steps > 1 else 0.0) < start <= 1:
+            raise ValueError(f"start must lie in ({float(times[1]) if steps > 1 else 0.0:g}, 1], above the grid's "
+                             f"second time, got {start}")
+        times[0] = start
+    return times
 
 
 def grid_terminal(steps: int, shift: float = 1.0) -> float | None:
@@ -95,10 +104,11 @@ def diffusers_grid(steps: int, shift: float = 1.0) -> tuple[float, ...]:
     return tuple(float(t) for t in scheduler.sigmas[:-1])
 
 
-def sampling_times(sampler: str, steps: int, shift: float = 1.0, grid: str = "uniform") -> torch.Tensor:
+def sampling_times(sampler: str, steps: int, shift: float = 1.0, grid: str = "uniform",
+                   start: float = 1.0) -> torch.Tensor:
     """The ``steps + 1`` times a sampler (ladd.sampling) runs over, ending at 0: the Euler grid for ``euler``, the
     student grid plus 0 for ``renoise``; both shifted by ``shift``. ``grid="diffusers"``: the stock scheduler's
-    default times (``student_grid``) plus 0, for either sampler."""
-    if sampler == "euler" and grid == "uniform":
+    default times (``student_grid``) plus 0, for either sampler. ``start``: the first time (``student_grid``)."""
+    if sampler == "euler" and grid == "uniform" and start == 1.0:
         return euler_grid(steps, shift)
-    return torch.cat([student_grid(steps, shift, grid), torch.zeros(1)])
+    return torch.cat([student_grid(steps, shift, grid, start), torch.zeros(1)])

@@ -36,7 +36,7 @@ def generate(gen: Generator, prompts: list[str], seeds: list[int], steps: int, g
     if shift is not None and shift <= 0:
         raise ValueError(f"shift must be > 0 (1 = no shift, > 1 = more steps at high noise), got {shift}")
     times = flow.sampling_times(sampler, steps, recommended_shift(gen.recommended, steps) if shift is None else shift,
-                                gen.recommended.get("grid", "uniform"))
+                                gen.recommended.get("grid", "uniform"), gen.recommended.get("start", 1.0))
     cond_all = gen.text_encoder.encode(prompts)
     uncond_one = gen.text_encoder.encode([""])
     device = torch.device(gen.device)

@@ -197,6 +197,9 @@ class DistillConfig(_Sections):
         if self.student.warmup_steps > self.train.steps:
             fail("student.warmup_steps", f"{self.student.warmup_steps} > train.steps={self.train.steps}",
                  "shorten the warm-up")
+        if self.student.start_time != 1.0 and self.method in ("lcm", "few_step"):
+            fail("student.start_time", f"got {self.student.start_time} with method={self.method}, which samples "
+                 "from t = 1", "leave it at 1 for this method (LADD, ADD and DMD2 read it)")
 
     def __getattr__(self, name: str):
         """``cfg.ladd`` (the section of the selected method, by its name)."""

@@ -121,20 +121,26 @@ def model_card(info: dict, table: str | None = None) -> str:
         f"- wall time: {info['seconds'] / 60:.1f} min on {info['device']}",
         f"- use: {info['student_steps']} step{'s' * (info['student_steps'] > 1)}, no guidance, "
         f"{SAMPLER_WORDS[info.get('student_sampler', 'renoise')]} "
-        f"(`ladd sample --model <this folder> --prompt ...`){_other_grids(info)}", "",
+        f"(`ladd sample --model <this folder> --prompt ...`){_start(info)}{_other_grids(info)}", "",
     ]
     if table:
         lines += ["## Evaluation", "", table, ""]
     return "\n".join(lines)
 
 
+def _start(info: dict) -> str:
+    """The card's words for ``student.start_time`` below 1, e.g. "; its starting noise read at time 0.9"."""
+    start = info.get("student_start", 1.0)
+    return "" if start == 1.0 else f"; its starting noise read at time {start:g} (`student.start_time`)"
+
+
 def _other_grids(info: dict) -> str:
     """The card's words for its grids at other step counts (``student.sample_shifts``), e.g. "; at 2 steps its
     grid shifted by 3 (times 1, 0.75; ...)"."""
-    grid = info.get("student_grid", "uniform")
+    grid, start = info.get("student_grid", "uniform"), info.get("student_start", 1.0)
     return "".join(f"; at {k} step{'s' * (k > 1)} its grid shifted by {v:g} (times "
-                   f"{', '.join(format(float(t), '.3g') for t in student_grid(k, v, grid))}; `student.sample_shifts`)"
-                   for k, v in sorted(info.get("sample_shifts", {}).items()))
+                   f"{', '.join(format(float(t), '.3g') for t in student_grid(k, v, grid, start))}; "
+                   f"`student.sample_shifts`)" for k, v in sorted(info.get("sample_shifts", {}).items()))
 
 
 def load_run_student(run_dir: str | Path, use_ema: bool = True, extra_ema: str | None = None):

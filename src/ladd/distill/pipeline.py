@@ -47,11 +47,11 @@ def student_scheduler(steps: int, shift: float = 1.0, sampler: str = "renoise"):
                                            stochastic_sampling=sampler == "renoise")
 
 
-def default_grid_is_exact(steps: int, shift: float, grid: str = "uniform") -> bool:
-    """Whether ``student_scheduler(steps, shift)`` samples the student's ``grid`` by default."""
+def default_grid_is_exact(steps: int, shift: float, grid: str = "uniform", start: float = 1.0) -> bool:
+    """Whether ``student_scheduler(steps, shift)`` samples the student's ``grid`` (from ``start``) by default."""
     s = student_scheduler(steps, shift)
     s.set_timesteps(steps)
-    return torch.allclose(s.sigmas[:-1], flow.student_grid(steps, shift, grid).float(), atol=1e-5)
+    return torch.allclose(s.sigmas[:-1], flow.student_grid(steps, shift, grid, start).float(), atol=1e-5)
 
 
 def fewer_step_sigmas(steps: int, shift: float, recommended: dict) -> dict[str, list[float]]:
@@ -66,7 +66,8 @@ def fewer_step_sigmas(steps: int, shift: float, recommended: dict) -> dict[str, 
     sampler, grid = recommended.get("sampler", "renoise"), recommended.get("grid", "uniform")
     out = {}
     for k in range(1, steps):
-        times = flow.sampling_times(sampler, k, recommended_shift(recommended, k), grid)[:-1].double()
+        times = flow.sampling_times(sampler, k, recommended_shift(recommended, k), grid,
+                                    recommended.get("start", 1.0))[:-1].double()
         out[str(k)] = [round(float(t), 6) for t in flow.shift_times(times, 1 / shift)]
     return out
 
@@ -105,10 +106,13 @@ def write_pipeline(transformer, tmp: Path, *, vae_dir: Path, teacher_dir: Path, 
                 _place(teacher_dir / part, tmp / part, copy)
                 index[part] = teacher_index[part]
         (tmp / "model_index.json").write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
-    grid = {"exact": default_grid_is_exact(steps, shift, recommended.get("grid", "uniform")),
+    times = flow.student_grid(steps, shift, recommended.get("grid", "uniform"), recommended.get("start", 1.0))
+    grid = {"exact": default_grid_is_exact(steps, shift, recommended.get("grid", "uniform"),
+                                           recommended.get("start", 1.0)),
             "fewer_steps": fewer_step_sigmas(steps, shift, recommended)}
-    if not grid["exact"]:  # a shifted uniform grid: the sigmas to pass, unshifted (the scheduler shifts them)
-        grid["sigmas"] = [round(float(t), 6) for t in flow.student_grid(steps)]
+    if not grid["exact"]:  # a shifted uniform grid or a start below 1: the sigmas to pass, unshifted (the
+        # scheduler shifts them)
+        grid["sigmas"] = [round(float(t), 6) for t in flow.shift_times(times.double(), 1 / shift)]
     (tmp / LADD_META).write_text(json.dumps({**meta, "ladd_pipeline_grid": grid}, indent=2, sort_keys=True) + "\n")
     return grid
 

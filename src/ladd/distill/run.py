@@ -283,7 +283,8 @@ def _run(cfg: DistillConfig, gen: dict, run_dir: Path, state, text_encoder, comm
     if preview is not None:
         hooks.append((cfg.train.sample_every, lambda model, step: save_preview(
             model, vae, preview, cfg.student.steps, data.latent_shape, run_dir / "samples" / f"{step:06d}.png",
-            shift=cfg.student.shift, sampler=cfg.student.sampler, grid=cfg.student.grid)))
+            shift=cfg.student.shift, sampler=cfg.student.sampler, grid=cfg.student.grid,
+            start=cfg.student.start_time)))
     if trains and cfg.eval.val_every:
         from ladd.distill.validate import Validator
 
@@ -326,7 +327,7 @@ def _card_info(cfg: DistillConfig, gen: dict, result, command: str) -> dict:
              else f"{platform.machine()} CPU, {torch.get_num_threads()} threads")
     return {"teacher": cfg.paths.teacher, "steps_trained": result.step, "student_steps": cfg.student.steps,
             "student_sampler": cfg.student.sampler, "sample_shifts": cfg.student.sample_shifts,
-            "student_grid": cfg.student.grid,
+            "student_grid": cfg.student.grid, "student_start": cfg.student.start_time,
             "seconds": result.seconds, "command": command, "data": gen, "batch_size": cfg.train.batch_size,
             "n_params": sum(p.numel() for n, p in model.named_parameters() if "lora_" not in n), "method": cfg.method,
             "ema_decay": cfg.train.ema_decay, "device": where, "lora": _lora_info(cfg.student),
@@ -361,7 +362,7 @@ def _export(cfg: DistillConfig, run_dir: Path, result, info: dict, recommended: 
 
 @torch.no_grad()
 def save_preview(model, vae, cond, steps: int, latent_shape, path: Path, seed: int = 0, shift: float = 1.0,
-                 sampler: str = "renoise", grid: str = "uniform") -> Path:
+                 sampler: str = "renoise", grid: str = "uniform", start: float = 1.0) -> Path:
     """The student's samples of fixed prompts ``cond`` (its ``sampler`` over its ``steps``-step ``grid`` shifted
     by ``shift``, no guidance, fixed noise) decoded by ``vae``, as one row of a PNG grid."""
     from ladd.images import save_grid, to_uint8
@@ -370,7 +371,7 @@ def save_preview(model, vae, cond, steps: int, latent_shape, path: Path, seed: i
     device = next(model.parameters()).device
     gens = [torch.Generator().manual_seed(sample_seed(seed, i, 0x9E1D)) for i in range(len(cond))]
     noise = torch.stack([torch.randn(tuple(latent_shape), generator=g) for g in gens]).to(device)
-    times = flow.sampling_times(sampler, steps, shift, grid)
+    times = flow.sampling_times(sampler, steps, shift, grid, start)
     x0 = get_sampler(sampler)(model, noise, times, cond.to(device), generator=gens)
     vae_device = next(vae.parameters()).device
     return save_grid(to_uint8(vae.decode(x0.to(vae_device))), path, ncols=len(cond))

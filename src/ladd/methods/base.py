@@ -82,6 +82,12 @@ class StudentConfig:
     # default for student.steps (the same for shift 1; for another shift the exported pipeline's default call is
     # then the trained grid, docs/real-models.md)
     grid: str = "uniform"
+    # The time the student reads its starting noise at: the first grid time, whose input is pure noise (1: the
+    # paper's). Below 1 the noise is read as a noised latent of the zero latent, so that the copy of the teacher
+    # starts from a prediction that depends on the noise (at t = 1 the teacher's x0 is the prompt's mean image):
+    # SiD's sigma_init (Zhou et al. 2024, arXiv 2404.04057). Sampling at every step count starts there
+    # (docs/method.md, "The student's start time"; docs/experiments/student-gap.md, session 52).
+    start_time: float = 1.0
     # The sampler the student is distilled for and ships with (ladd.sampling): its backward-simulation rollouts and
     # its card's recommended sampler. "renoise": fresh noise at each step (docs/method.md, Inference); "euler": the
     # predicted noise kept (deterministic; stock diffusers' FlowMatchEulerDiscreteScheduler).
@@ -116,6 +122,11 @@ class StudentConfig:
         self.sample_shifts = _check_shifts(self.sample_shifts)
         if self.grid not in flow.GRIDS:
             fail("student.grid", f"got {self.grid!r}", f"use one of {', '.join(flow.GRIDS)}")
+        self.start_time = number("student.start_time", self.start_time)
+        second = float(flow.student_grid(self.steps, self.shift, self.grid)[1]) if self.steps > 1 else 0.0
+        if not second < self.start_time <= 1:
+            fail("student.start_time", f"got {self.start_time}",
+                 f"use a time in ({second:g}, 1], above the grid's second time (1: the paper's, e.g. 0.9)")
         if self.probs is None:
             if self.steps not in DEFAULT_PROBS:
                 fail("student.probs", f"has no default for student.steps={self.steps}",
@@ -130,7 +141,7 @@ class StudentConfig:
 
     def times(self) -> torch.Tensor:
         """The student's ``steps`` input times (ladd.flow.student_grid)."""
-        return flow.student_grid(self.steps, self.shift, self.grid)
+        return flow.student_grid(self.steps, self.shift, self.grid, self.start_time)
 
     def probs_at(self, step: int) -> list[float]:
         """The grid probabilities used at training iteration ``step``."""
@@ -248,7 +259,14 @@ class Method:
         ``cfg`` alone (``ladd export`` of a run folder builds no method): a distilled student takes its grid with
         no guidance and the sampler it was distilled for (``student.sampler``; docs/method.md, Inference)."""
         return {"steps": student_cfg.steps, "guidance": 1.0, "sampler": student_cfg.sampler,
-                "shift": student_cfg.shift, "grid": student_cfg.grid, **sample_shifts(student_cfg)}
+                "shift": student_cfg.shift, "grid": student_cfg.grid, **start_time(student_cfg),
+                **sample_shifts(student_cfg)}
+
+
+def start_time(student_cfg: StudentConfig) -> dict:
+    """``student.start_time`` as a card's ``ladd_recommended`` entry (``{"start": 0.9}``; empty at 1): the time every
+    sampler of the model reads its starting noise at."""
+    return {} if student_cfg.start_time == 1.0 else {"start": student_cfg.start_time}
 
 
 def sample_shifts(student_cfg: StudentConfig) -> dict:

@@ -135,9 +135,9 @@ def generator_step(student, teacher, disc, x0: torch.Tensor, cond: TextEmbedding
         loss = loss + cfg.loss.distill_weight * distill
         metrics["g_distill"] = distill.detach()
     if paired_terms:
-        # the paired terms average over the samples whose chain started from their own noise (t_s = 1, or every
-        # rollout); the others add nothing
-        paired = (torch.ones_like(t_s) if along else (t_s == 1)).to(x0_hat.dtype)
+        # the paired terms average over the samples whose chain started from their own noise (the first time, or
+        # every rollout); the others add nothing
+        paired = (torch.ones_like(t_s) if along else (t_s == grid[0])).to(x0_hat.dtype)
     if cfg.loss.regression_weight > 0:
         per_sample = regression_distance(x0_hat.float() - x0.float(), cfg.loss.regression_huber_c).flatten(1).mean(1)
         regression = _masked_mean(per_sample, paired)

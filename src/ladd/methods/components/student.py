@@ -81,9 +81,10 @@ def student_forward(student, x0: torch.Tensor, cond: TextEmbeddings, grid: torch
                     backward: bool = False, paired_rollouts: bool = False, sampler: str = "renoise",
                     paths: str = "grid", needed: torch.Tensor | None = None):
     """``(x0_hat [B, C, h, w], t_s [B])``: ``t_s ~ probs`` over ``grid`` (e.g. ``[1, .75, .5, .25]``),
-    ``x_t = (1 - t_s) x0 + t_s eps``, ``x0_hat = x_t - t_s G(x_t, t_s)`` (docs/method.md, step 2). At ``t_s = 1``
-    ``x_t`` is pure noise; below, it is the noised *data* latent, as in training with the sampler's inputs.
-    ``noise`` (``[B, C, h, w]``, each latent's own starting noise) replaces ``eps`` where ``t_s = 1``: the
+    ``x_t = (1 - t_s) x0 + t_s eps``, ``x0_hat = x_t - t_s G(x_t, t_s)`` (docs/method.md, step 2). At the grid's
+    first time (1, or ``student.start_time``) ``x_t`` is pure noise; below, it is the noised *data* latent, as in
+    training with the sampler's inputs.
+    ``noise`` (``[B, C, h, w]``, each latent's own starting noise) replaces ``eps`` at the first time: the
     student's input is then the noise from which the teacher made ``x0``. ``backward`` (backward simulation,
     DMD2): below ``t_s = 1`` the input is instead the state the student's own ``sampler`` reaches from ``eps``
     (``rollout``, no grad), what it meets when sampling. ``paired_rollouts`` (with ``backward`` and
@@ -97,18 +98,19 @@ def student_forward(student, x0: torch.Tensor, cond: TextEmbeddings, grid: torch
     t_s = grid.to(idx.device)[idx].to(x0.device, x0.dtype)
     eps = draws.randn(x0)  # drawn in any case: the same random stream with and without ``noise``
     if noise is not None:
-        own = torch.ones_like(t_s, dtype=torch.bool) if backward and paired_rollouts else t_s == 1
+        own = torch.ones_like(t_s, dtype=torch.bool) if backward and paired_rollouts else idx == 0
         eps = torch.where(own.view(-1, *[1] * (x0.dim() - 1)), noise.to(eps), eps)
     if needed is not None:
         # worked out on the host from one copy of the draws (the batch's shape depends on them: one host sync, and
         # the rollout's own copy of its plan is then of host-made indices)
         idx_h = idx.cpu()
-        needed = needed.cpu() | (grid.cpu()[idx_h] == 1)  # t_s = 1: run in any case (the paired terms)
+        needed = needed.cpu() | (idx_h == 0)  # the first time: run in any case (the paired terms)
         idx = torch.where(needed, idx_h, torch.zeros_like(idx_h))  # the skipped rows: no rollout
     if backward:
         x_t = rollout(student, eps, cond, grid.to(x0.device, x0.dtype), idx.to(x0.device), draws, sampler, paths)
-    else:
-        x_t = flow.add_noise(x0, eps, t_s)
+    else:  # pure noise at the first time, which may lie below 1 (student.start_time)
+        first = (idx == 0).to(x0.device).view(-1, *[1] * (x0.dim() - 1))
+        x_t = torch.where(first, eps, flow.add_noise(x0, eps, t_s))
     if needed is None:
         return flow.x0_from_v(x_t, velocity(student, x_t, t_s, cond), t_s), t_s
     rows = needed.nonzero().squeeze(1).to(x0.device)
