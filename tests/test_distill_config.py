@@ -40,7 +40,7 @@ def test_default_probs_per_grid(steps):
 
 @pytest.mark.parametrize("preset", ["configs/nano.yaml", "configs/nano-1step.yaml", "configs/nano-ladd-hybrid-long.yaml",
                                     "configs/nano-ladd-real.yaml", "configs/nano-ladd-long-reals.yaml",
-                                    "configs/nano-ladd-8k.yaml",
+                                    "configs/nano-ladd-8k.yaml", "configs/nano-1step-start.yaml",
                                     "configs/nano-ladd-fast.yaml", "configs/nano-ladd-plain.yaml",
                                     "configs/tiny.yaml"])
 def test_presets_load(preset):
@@ -55,6 +55,13 @@ def test_one_step_preset_is_the_long_reals_recipe_on_a_one_step_grid():
     assert base.student.sample_shifts and one.student.sample_shifts == {}  # `{}` clears the base's 2-step grid
     assert one.ladd == base.ladd and (one.paths.data, one.paths.reals) == (base.paths.data, base.paths.reals)
     assert one.optim == base.optim and one.train == base.train and one.paths.run_dir != base.paths.run_dir
+
+
+def test_start_time_preset_is_the_one_step_preset_from_the_shipped_student_read_at_0_9():
+    start, one = (load_distill_config(f"configs/{name}.yaml") for name in ("nano-1step-start", "nano-1step"))
+    assert (start.student.start_time, start.student.init, start.train.steps) == (0.9, "assets/nano/student", 800)
+    assert start.ladd == one.ladd and start.optim == one.optim and start.student.steps == 1
+    assert start.student.times().tolist() == [pytest.approx(0.9)]
 
 
 def test_default_run_and_fast_preset_are_plain_ladd_with_a_cheaper_game_and_the_free_terms():
