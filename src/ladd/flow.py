@@ -69,7 +69,7 @@ def student_grid(steps: int, shift: float = 1.0, grid: str = "uniform", start: f
     ``[1, .75, .5, .25]``, shift 3 ``[1, .9, .75, .5]``; ``diffusers``: the stock scheduler's default
     (``diffusers_grid``), e.g. 4 steps shift 3 ``[1, .928, .799, .5]``. ``start`` replaces the first time: the
     time at which the student reads its starting noise (``student.start_time``; the input there is pure noise
-    whatever the time, so ``start < 1`` reads it as a noised latent of the zero latent, as SiD's generator does)."""
+    whatever the time, read at ``start < 1`` as a noised latent, as SiD's generator does)."""
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
     if grid == "diffusers":

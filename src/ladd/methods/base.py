@@ -83,7 +83,7 @@ class StudentConfig:
     # then the trained grid, docs/real-models.md)
     grid: str = "uniform"
     # The time the student reads its starting noise at: the first grid time, whose input is pure noise (1: the
-    # paper's). Below 1 the noise is read as a noised latent of the zero latent, so that the copy of the teacher
+    # paper's). Below 1 the (unit) noise is read as a noised latent at that time, so that the copy of the teacher
     # starts from a prediction that depends on the noise (at t = 1 the teacher's x0 is the prompt's mean image):
     # SiD's sigma_init (Zhou et al. 2024, arXiv 2404.04057). Sampling at every step count starts there
     # (docs/method.md, "The student's start time"; docs/experiments/student-gap.md, session 52).
