@@ -98,7 +98,7 @@ def student_forward(student, x0: torch.Tensor, cond: TextEmbeddings, grid: torch
     t_s = grid.to(idx.device)[idx].to(x0.device, x0.dtype)
     eps = draws.randn(x0)  # drawn in any case: the same random stream with and without ``noise``
     if noise is not None:
-        own = torch.ones_like(t_s, dtype=torch.bool) if backward and paired_rollouts else idx == 0
+        own = torch.ones_like(t_s, dtype=torch.bool) if backward and paired_rollouts else (idx == 0).to(x0.device)
         eps = torch.where(own.view(-1, *[1] * (x0.dim() - 1)), noise.to(eps), eps)
     if needed is not None:
         # worked out on the host from one copy of the draws (the batch's shape depends on them: one host sync, and
