@@ -106,13 +106,13 @@ def write_pipeline(transformer, tmp: Path, *, vae_dir: Path, teacher_dir: Path, 
                 _place(teacher_dir / part, tmp / part, copy)
                 index[part] = teacher_index[part]
         (tmp / "model_index.json").write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
-    times = flow.student_grid(steps, shift, recommended.get("grid", "uniform"), recommended.get("start", 1.0))
-    grid = {"exact": default_grid_is_exact(steps, shift, recommended.get("grid", "uniform"),
-                                           recommended.get("start", 1.0)),
+    kind, start = recommended.get("grid", "uniform"), recommended.get("start", 1.0)
+    grid = {"exact": default_grid_is_exact(steps, shift, kind, start),
             "fewer_steps": fewer_step_sigmas(steps, shift, recommended)}
     if not grid["exact"]:  # a shifted uniform grid or a start below 1: the sigmas to pass, unshifted (the
         # scheduler shifts them)
-        grid["sigmas"] = [round(float(t), 6) for t in flow.shift_times(times.double(), 1 / shift)]
+        times = flow.student_grid(steps, shift, kind, start).double()
+        grid["sigmas"] = [round(float(t), 6) for t in flow.shift_times(times, 1 / shift)]
     (tmp / LADD_META).write_text(json.dumps({**meta, "ladd_pipeline_grid": grid}, indent=2, sort_keys=True) + "\n")
     return grid
 

@@ -123,10 +123,10 @@ class StudentConfig:
         if self.grid not in flow.GRIDS:
             fail("student.grid", f"got {self.grid!r}", f"use one of {', '.join(flow.GRIDS)}")
         self.start_time = number("student.start_time", self.start_time)
-        second = float(flow.student_grid(self.steps, self.shift, self.grid)[1]) if self.steps > 1 else 0.0
-        if not second < self.start_time <= 1:
-            fail("student.start_time", f"got {self.start_time}",
-                 f"use a time in ({second:g}, 1], above the grid's second time (1: the paper's, e.g. 0.9)")
+        try:  # the grid says which starts it takes (ladd.flow.student_grid)
+            self.times()
+        except ValueError as e:
+            fail("student.start_time", f"got {self.start_time}: {e}", "use 1 (the paper's) or just below, e.g. 0.9")
         if self.probs is None:
             if self.steps not in DEFAULT_PROBS:
                 fail("student.probs", f"has no default for student.steps={self.steps}",

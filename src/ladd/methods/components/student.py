@@ -97,9 +97,10 @@ def student_forward(student, x0: torch.Tensor, cond: TextEmbeddings, grid: torch
     idx = draws.choice(probs, x0.shape[0])
     t_s = grid.to(idx.device)[idx].to(x0.device, x0.dtype)
     eps = draws.randn(x0)  # drawn in any case: the same random stream with and without ``noise``
+    first = (idx == 0).to(x0.device).view(-1, *[1] * (x0.dim() - 1))  # pure noise there, even below t = 1
     if noise is not None:
-        own = torch.ones_like(t_s, dtype=torch.bool) if backward and paired_rollouts else (idx == 0).to(x0.device)
-        eps = torch.where(own.view(-1, *[1] * (x0.dim() - 1)), noise.to(eps), eps)
+        own = torch.ones_like(first) if backward and paired_rollouts else first
+        eps = torch.where(own, noise.to(eps), eps)
     if needed is not None:
         # worked out on the host from one copy of the draws (the batch's shape depends on them: one host sync, and
         # the rollout's own copy of its plan is then of host-made indices)
@@ -108,8 +109,7 @@ def student_forward(student, x0: torch.Tensor, cond: TextEmbeddings, grid: torch
         idx = torch.where(needed, idx_h, torch.zeros_like(idx_h))  # the skipped rows: no rollout
     if backward:
         x_t = rollout(student, eps, cond, grid.to(x0.device, x0.dtype), idx.to(x0.device), draws, sampler, paths)
-    else:  # pure noise at the first time, which may lie below 1 (student.start_time)
-        first = (idx == 0).to(x0.device).view(-1, *[1] * (x0.dim() - 1))
+    else:
         x_t = torch.where(first, eps, flow.add_noise(x0, eps, t_s))
     if needed is None:
         return flow.x0_from_v(x_t, velocity(student, x_t, t_s, cond), t_s), t_s
