@@ -3,6 +3,7 @@ and sample it, evaluate student and teacher with the real nano evaluator on 3 pr
 and bad config values fail with a message naming the field before any model is loaded."""
 
 import json
+import shutil
 
 import pytest
 import torch
@@ -334,3 +335,22 @@ def test_reals_from_their_own_folder_through_the_pipeline(tmp_path, fake_text_en
     assert "teacher samples" in card and "the discriminator's reals: 10 real ShapeWorld images" in card
     assert shards.complete_generation(tmp_path / "real")["source"] == "real"
 
+
+
+def test_an_export_folder_knows_its_run_wherever_the_checkout_moves(tmp_path, monkeypatch):
+    """ladd_export.json names a relative run folder relative to the export (no machine's path in a shipped
+    folder): re-exporting the same run into it is allowed from a moved checkout; older absolute markers still
+    count; another run's folder is refused."""
+    from ladd.distill.export import MARKER, check_export_target
+
+    for name in ("runs/r", "runs/other", "assets/s"):
+        (tmp_path / "a" / name).mkdir(parents=True)
+    (tmp_path / "a" / "assets/s" / MARKER).write_text(json.dumps({"run_dir": "../../runs/r"}))
+    shutil.copytree(tmp_path / "a", tmp_path / "b")
+    for checkout in ("a", "b"):
+        monkeypatch.chdir(tmp_path / checkout)
+        check_export_target("runs/r", "assets/s")
+        with pytest.raises(ConfigError, match="not an export of runs/other"):
+            check_export_target("runs/other", "assets/s")
+    (tmp_path / "b" / "assets/s" / MARKER).write_text(json.dumps({"run_dir": str(tmp_path / "b" / "runs/r")}))
+    check_export_target("runs/r", "assets/s")

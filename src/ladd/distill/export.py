@@ -79,7 +79,9 @@ def export_student(model: torch.nn.Module, out_dir: str | Path, *, steps: int, t
         student_scheduler(steps, shift, recommended["sampler"]).save_pretrained(tmp / "lora" / "scheduler")
     (tmp / "card.md").write_text(card)
     if run_dir is not None:
-        marker = {"run_dir": str(Path(run_dir).resolve()), "trained_steps": trained_steps}
+        # the run as the command named it: a relative run folder stays relative to the export (no machine's path
+        # in a shipped folder); check_export_target resolves it from there
+        marker = {"run_dir": _reference(run_dir, out_dir), "trained_steps": trained_steps}
         (tmp / MARKER).write_text(json.dumps(marker, indent=1) + "\n")
     return replace_dir(tmp, out_dir)
 
@@ -210,7 +212,8 @@ def check_export_target(run_dir: str | Path, out_dir: str | Path, overwrite: boo
     if not out.is_dir() or not any(out.iterdir()) or overwrite:
         return
     marker = out / MARKER
-    if marker.is_file() and json.loads(marker.read_text()).get("run_dir") == str(run):
+    earlier = json.loads(marker.read_text()).get("run_dir") if marker.is_file() else None
+    if earlier and (out / earlier).resolve() == run:  # relative to the export, or absolute (older exports)
         return  # an earlier export of the same run: replaced atomically
     raise ConfigError(f"--out {out_dir} is not empty and is not an export of {run_dir}; its files would be "
                       f"replaced. Use a new folder, or --overwrite to replace it")
