@@ -27,7 +27,7 @@ def fake_text_encoder(monkeypatch):
     monkeypatch.setattr(te, "load_text_encoder", lambda name="minilm", max_length=32, **_: FakeEncoder(max_length))
 
 
-def test_distill_end_to_end(tmp_path, fake_text_encoder):
+def test_distill_end_to_end(tmp_path, fake_text_encoder, monkeypatch):
     from safetensors.torch import load_file
 
     from ladd.models.registry import load_generator
@@ -125,6 +125,11 @@ def test_distill_end_to_end(tmp_path, fake_text_encoder):
     assert main(["export", str(run), "--out", str(tmp_path / "older")]) == 0
     assert json.loads((tmp_path / "older" / "ladd_export.json").read_text())["trained_steps"] == 2
     assert sorted(p.relative_to(run) for p in run.rglob("*")) == before
+
+    # a relative run folder is named relative to the export: no machine's path in a shipped folder
+    monkeypatch.chdir(tmp_path)
+    assert main(["export", "run", "--out", "out/rel"]) == 0
+    assert json.loads((tmp_path / "out" / "rel" / "ladd_export.json").read_text())["run_dir"] == "../../run"
 
 
 @pytest.fixture
@@ -334,7 +339,6 @@ def test_reals_from_their_own_folder_through_the_pipeline(tmp_path, fake_text_en
     card = (tmp_path / "r" / "export" / "card.md").read_text()
     assert "teacher samples" in card and "the discriminator's reals: 10 real ShapeWorld images" in card
     assert shards.complete_generation(tmp_path / "real")["source"] == "real"
-
 
 
 def test_an_export_folder_knows_its_run_wherever_the_checkout_moves(tmp_path, monkeypatch):
