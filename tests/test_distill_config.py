@@ -340,3 +340,11 @@ def test_warmup_schedule_scales_the_learning_rate():
         opt.step()
         schedule.step()
     assert lrs == pytest.approx([0.0, 0.5, 1.0, 0.75, 0.5, 0.25])
+
+
+def test_a_sampling_shift_that_puts_the_start_below_the_second_time_fails_at_config_time():
+    """The start time is the first time of every sampling grid: at 2 steps, shift 10 puts the second at 0.91."""
+    with pytest.raises(ConfigError, match=r"student\.sample_shifts\[2\]: got 10 with student\.start_time=0\.9"):
+        load_distill_config("configs/nano.yaml", ["student.start_time=0.9", "student.sample_shifts={2: 10}"])
+    cfg = load_distill_config("configs/nano.yaml", ["student.start_time=0.9", "student.sample_shifts={2: 3}"])
+    assert cfg.student.sample_shifts == {2: 3.0}

@@ -127,6 +127,12 @@ class StudentConfig:
             self.times()
         except ValueError as e:
             fail("student.start_time", f"got {self.start_time}: {e}", "use 1 (the paper's) or just below, e.g. 0.9")
+        for steps, shift in self.sample_shifts.items():  # the start is every sampling grid's first time
+            try:
+                flow.student_grid(steps, shift, self.grid, self.start_time)
+            except ValueError as e:
+                fail(f"student.sample_shifts[{steps}]", f"got {shift:g} with student.start_time={self.start_time:g}: "
+                     f"{e}", f"use a smaller shift for {steps} steps or a start time above its second time")
         if self.probs is None:
             if self.steps not in DEFAULT_PROBS:
                 fail("student.probs", f"has no default for student.steps={self.steps}",
