@@ -123,16 +123,13 @@ class StudentConfig:
         if self.grid not in flow.GRIDS:
             fail("student.grid", f"got {self.grid!r}", f"use one of {', '.join(flow.GRIDS)}")
         self.start_time = number("student.start_time", self.start_time)
-        try:  # the grid says which starts it takes (ladd.flow.student_grid)
-            self.times()
-        except ValueError as e:
-            fail("student.start_time", f"got {self.start_time}: {e}", "use 1 (the paper's) or just below, e.g. 0.9")
-        for steps, shift in self.sample_shifts.items():  # the start is every sampling grid's first time
-            try:
-                flow.student_grid(steps, shift, self.grid, self.start_time)
-            except ValueError as e:
-                fail(f"student.sample_shifts[{steps}]", f"got {shift:g} with student.start_time={self.start_time:g}: "
-                     f"{e}", f"use a smaller shift for {steps} steps or a start time above its second time")
+        # the start is the first time of the training grid and of every sampling grid: each says which it takes
+        self._check_start("student.start_time", self.steps, self.shift, f"got {self.start_time}",
+                          "use 1 (the paper's) or just below, e.g. 0.9")
+        for steps, shift in self.sample_shifts.items():
+            self._check_start(f"student.sample_shifts[{steps}]", steps, shift,
+                              f"got {shift:g} with student.start_time={self.start_time:g}",
+                              f"use a smaller shift for {steps} steps or a start time above its second time")
         if self.probs is None:
             if self.steps not in DEFAULT_PROBS:
                 fail("student.probs", f"has no default for student.steps={self.steps}",
@@ -144,6 +141,14 @@ class StudentConfig:
         if self.warmup_steps < 0 or (self.warmup_steps > 0 and self.warmup_probs is None):
             fail("student.warmup_steps", f"got {self.warmup_steps}",
                  "use 0, or a positive count together with student.warmup_probs")
+
+    def _check_start(self, name: str, steps: int, shift: float, got: str, hint: str) -> None:
+        """Fail on ``name`` when the ``steps``-step grid at ``shift`` does not take ``start_time``
+        (ladd.flow.student_grid)."""
+        try:
+            flow.student_grid(steps, shift, self.grid, self.start_time)
+        except ValueError as e:
+            fail(name, f"{got}: {e}", hint)
 
     def times(self) -> torch.Tensor:
         """The student's ``steps`` input times (ladd.flow.student_grid)."""
