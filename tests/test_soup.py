@@ -1,21 +1,21 @@
-"""benchmarks/soup.py: the weight average of exported students, a folder that loads like any export."""
+"""``ladd soup``: the weight average of exported students, a folder that loads like any export."""
 
-import subprocess
-import sys
+import shlex
 from pathlib import Path
 
 from safetensors.torch import load_file, save_file
 
 from helpers import make_assets
+from ladd.cli import main
 from ladd.models.registry import model_settings, vae_folder
 
-ROOT = Path(__file__).parents[1]
 WEIGHTS = "diffusion_pytorch_model.safetensors"
+ROOT = Path(__file__).parents[1]
 
 
-def _soup(*args):
-    return subprocess.run([sys.executable, str(ROOT / "benchmarks" / "soup.py"), *map(str, args)],
-                          capture_output=True, text=True, timeout=300, cwd=ROOT)
+def _soup(capsys, *args) -> tuple[int, str]:
+    code = main(["soup", *map(str, args)])
+    return code, capsys.readouterr().err
 
 
 def _two_exports(tmp_path):
@@ -32,27 +32,59 @@ def _two_exports(tmp_path):
     return a, b
 
 
-def test_soup_is_the_weighted_mean_with_the_first_folders_setting(tmp_path):
+def test_soup_is_the_weighted_mean_with_the_first_folders_setting(tmp_path, capsys):
     a, b = _two_exports(tmp_path)
     state = load_file(a / WEIGHTS)
     save_file({k: v + 1.0 for k, v in state.items()}, b / WEIGHTS)  # b = a + 1 everywhere
-    proc = _soup(a, b, "--weights", "0.25,0.75", "--out", tmp_path / "nested" / "soup")
-    assert proc.returncode == 0, proc.stderr
     soup = tmp_path / "nested" / "soup"
+    code, err = _soup(capsys, a, b, "--weights", "0.25,0.75", "--out", soup)
+    assert code == 0, err
     mixed = load_file(soup / WEIGHTS)
     for k, v in state.items():
         assert (mixed[k] - (v + 0.75)).abs().max() < 1e-5, k
     assert model_settings(soup)[0] == model_settings(a)[0]  # the first's card setting
     assert vae_folder(soup).resolve() == vae_folder(a).resolve()  # its relative paths still reach the VAE
     assert "0.75 x" in (soup / "card.md").read_text()
+    # re-running replaces the earlier soup (a recipe resumes); another non-empty folder needs --overwrite
+    assert _soup(capsys, a, b, "--out", soup)[0] == 0
+    again = load_file(soup / WEIGHTS)
+    assert all((again[k] - (v + 0.5)).abs().max() < 1e-5 for k, v in state.items())
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "notes.txt").write_text("keep")
+    code, err = _soup(capsys, a, b, "--out", other)
+    assert code == 2 and "not an earlier soup" in err and (other / "notes.txt").is_file()
+    assert _soup(capsys, a, b, "--out", other, "--overwrite")[0] == 0 and (other / WEIGHTS).is_file()
 
 
-def test_soup_refuses_mismatched_students_and_writes_nothing(tmp_path):
+def test_soup_refuses_bad_input_and_writes_nothing(tmp_path, capsys):
     a, b = _two_exports(tmp_path)
     state = load_file(a / WEIGHTS)
     save_file(dict(list(state.items())[1:]), b / WEIGHTS)  # one tensor fewer
-    proc = _soup(a, b, "--out", tmp_path / "soup")
-    assert proc.returncode != 0 and "names or shapes differ" in proc.stderr
-    assert not (tmp_path / "soup").exists()
-    proc = _soup(a, b, "--weights", "0.5,0.6", "--out", tmp_path / "soup")
-    assert proc.returncode != 0 and "summing to 1" in proc.stderr
+    out = tmp_path / "soup"
+    for args, message in [((a, b), "names or shapes differ"),
+                          ((a, b, "--weights", "0.5,0.6"), "summing to 1"),
+                          ((a, b, "--weights", "half,half"), "comma-separated numbers"),
+                          ((a,), "at least two"),
+                          ((a, tmp_path), "not exported students"),
+                          ((a, b, "--out", a), "one of the students")]:
+        code, err = _soup(capsys, *args, *(() if "--out" in args else ("--out", out)))
+        assert code == 2 and message in err, (args, err)
+        assert not out.exists()
+
+
+def test_the_shipped_students_recipe_runs_two_valid_presets_and_averages_them():
+    """recipes/nano-student.sh (the shipped student's one command) stays in step with the presets it names."""
+    from ladd.distill.config import load_distill_config
+
+    lines = [shlex.split(line.replace("$OUT", "runs/x")) for line in
+             (ROOT / "recipes" / "nano-student.sh").read_text().splitlines() if line.startswith("ladd ")]
+    runs = [args for args in lines if args[1] == "distill"]
+    weights, exports = [], []
+    for args in runs:
+        overrides = [a for a in args[2:] if "=" in a]
+        cfg = load_distill_config(ROOT / args[args.index("--config") + 1], overrides)
+        weights.append(cfg.ladd.loss.regression_weight)
+        exports.append(f"{cfg.paths.run_dir}/export")
+    assert weights == [0.5, 0.25]
+    assert lines[-1][:2] == ["ladd", "soup"] and lines[-1][2:4] == exports

@@ -1,4 +1,5 @@
-"""Argument parsers for ``ladd synth`` and ``ladd distill``; each calls one library function.
+"""Argument parsers for ``ladd synth``, ``ladd distill``, ``ladd export`` and ``ladd soup``; each calls one library
+function.
 
 Both take a preset (``--config``, default configs/nano.yaml) and dotted ``key=value`` overrides of
 ladd.distill.config.DistillConfig, e.g. ``ladd distill --config configs/tiny.yaml train.steps=10 eval.enabled=false``.
@@ -66,6 +67,20 @@ def add(sub) -> None:
                    help="with --pipeline: copy the teacher's text encoders and tokenizers instead of linking them")
     p.set_defaults(func=run_export)
 
+    p = sub.add_parser(
+        "soup", help="average the weights of several exported students of one teacher into a new model folder",
+        description="Write the weighted mean of the students' weights (a model soup) to --out, a folder that "
+                    "ladd eval / ladd sample / diffusers load like any export, with the first student's setting "
+                    "(steps, sampler, grid). The students must come from one initialisation (the teacher, or one "
+                    "student.init) and share the architecture.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("folders", nargs="+", metavar="STUDENT", help="exported students (ladd export folders)")
+    p.add_argument("--out", required=True, help="the new model folder: new, empty or an earlier soup")
+    p.add_argument("--weights", default=None,
+                   help="comma-separated weights, one per student, summing to 1 (default: equal)")
+    p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out that is not an earlier soup")
+    p.set_defaults(func=run_soup)
+
 
 def run_synth(args) -> None:
     from ladd.config import ConfigError
@@ -111,3 +126,15 @@ def run_export(args) -> None:
     out = export_run(args.run_dir, args.out, use_ema=not args.raw, overwrite=args.overwrite,
                      pipeline=args.pipeline, copy_text_encoders=args.copy_text_encoders, extra_ema=args.ema)
     print(f"wrote {out}")
+
+
+def run_soup(args) -> None:
+    from ladd.config import ConfigError
+    from ladd.distill.soup import make_soup
+
+    try:
+        weights = None if args.weights is None else [float(w) for w in args.weights.split(",")]
+    except ValueError:
+        raise ConfigError(f"--weights {args.weights}: give comma-separated numbers, e.g. 0.5,0.5") from None
+    out = make_soup(args.folders, args.out, weights, overwrite=args.overwrite)
+    print(f"wrote {out}: the mean of {len(args.folders)} students")
