@@ -36,6 +36,7 @@ def test_soup_is_the_weighted_mean_with_the_first_folders_setting(tmp_path, caps
     a, b = _two_exports(tmp_path)
     state = load_file(a / WEIGHTS)
     save_file({k: v + 1.0 for k, v in state.items()}, b / WEIGHTS)  # b = a + 1 everywhere
+    (a / "lora").mkdir()  # a LoRA run's adapters: the first's only, so not the soup's
     soup = tmp_path / "nested" / "soup"
     code, err = _soup(capsys, a, b, "--weights", "0.25,0.75", "--out", soup)
     assert code == 0, err
@@ -44,7 +45,7 @@ def test_soup_is_the_weighted_mean_with_the_first_folders_setting(tmp_path, caps
         assert (mixed[k] - (v + 0.75)).abs().max() < 1e-5, k
     assert model_settings(soup)[0] == model_settings(a)[0]  # the first's card setting
     assert vae_folder(soup).resolve() == vae_folder(a).resolve()  # its relative paths still reach the VAE
-    assert "0.75 x" in (soup / "card.md").read_text()
+    assert "0.75 x" in (soup / "card.md").read_text() and not (soup / "lora").exists()
     # re-running replaces the earlier soup (a recipe resumes); another non-empty folder needs --overwrite
     assert _soup(capsys, a, b, "--out", soup)[0] == 0
     again = load_file(soup / WEIGHTS)

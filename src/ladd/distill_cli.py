@@ -1,7 +1,7 @@
 """Argument parsers for ``ladd synth``, ``ladd distill``, ``ladd export`` and ``ladd soup``; each calls one library
 function.
 
-Both take a preset (``--config``, default configs/nano.yaml) and dotted ``key=value`` overrides of
+``synth`` and ``distill`` take a preset (``--config``, default configs/nano.yaml) and dotted ``key=value`` overrides of
 ladd.distill.config.DistillConfig, e.g. ``ladd distill --config configs/tiny.yaml train.steps=10 eval.enabled=false``.
 Several processes: ``torchrun --nproc_per_node 2 $(which ladd) distill ...`` (or ``accelerate launch``).
 """

@@ -78,7 +78,8 @@ def make_soup(folders: list[str | Path], out: str | Path, weights: list[float] |
     tmp = out.with_name(out.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     first = folders[0]
-    shutil.copytree(first, tmp, ignore=shutil.ignore_patterns(WEIGHTS, "card.md", "ladd_export.json"))
+    # not the first's LoRA adapters (lora/, of a LoRA run's export): the average is of the merged weights only
+    shutil.copytree(first, tmp, ignore=shutil.ignore_patterns(WEIGHTS, "card.md", "ladd_export.json", "lora"))
     save_file(state, tmp / WEIGHTS)
     meta = json.loads((first / LADD_META).read_text())
     for key in PATHS:  # relative to the first folder -> relative to the soup
