@@ -1,4 +1,4 @@
-"""Issue 19's two measurements of distilled students, side by side in one run (docs/experiments/student-gap.md).
+"""Issue 19's measurements of distilled students, side by side in one run (docs/experiments/student-gap.md).
 
 ``--protocol val`` (selection): each student at 1, 2 and 4 steps with its own sampler (its card's; ``--sampler``
 to override) on the validation
@@ -8,6 +8,11 @@ objects / wrong attributes / too few) that say what it gets wrong.
 ``--protocol issue`` (final tables only): the same students on prompts/nano-eval.jsonl and prompts/nano-unseen.jsonl
 (4 images per prompt) beside the teacher at its recommended setting and at 4 steps, with each row's ratios to the
 teacher's recommended setting.
+
+``--protocol phrasing`` (selection for unseen phrasings): the validation prompts and the same kind of prompts in a
+phrasing that neither the training captions nor nano-unseen use (prompts/nano-val-shifted.jsonl, 240 x 4), each
+beside the teacher's recommended setting: a student's ratios on the second file no worse than on the first is
+issue 19's "no worse on unseen phrasings", chosen without the evaluation files.
 
     python benchmarks/student_eval.py --protocol val pu=runs/s25/pu/export m0=runs/s25/m0/export --out runs/s25/val
     python benchmarks/student_eval.py --protocol issue shipped=nano-student --out runs/s25/issue
@@ -29,6 +34,8 @@ from ladd.models.registry import resolve
 
 VAL = ("prompts/nano-val.jsonl",)
 ISSUE = ("prompts/nano-eval.jsonl", "prompts/nano-unseen.jsonl")
+PHRASING = ("prompts/nano-val.jsonl", "prompts/nano-val-shifted.jsonl")
+PROTOCOLS = {"val": VAL, "issue": ISSUE, "phrasing": PHRASING}
 
 
 def failure_counts(out: str) -> dict:
@@ -69,7 +76,7 @@ def table(rows: list[dict], prompts: str, reference: dict | None) -> str:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("students", nargs="+", metavar="NAME=MODEL", help="a label and a model (a folder or a name)")
-    p.add_argument("--protocol", choices=["val", "issue"], default="val")
+    p.add_argument("--protocol", choices=sorted(PROTOCOLS), default="val")
     p.add_argument("--steps", type=int, nargs="+", default=[1, 2, 4])
     p.add_argument("--sampler", choices=["renoise", "euler"], default=None,
                    help="the students' sampler (default: each one's own, from its card)")
@@ -88,11 +95,13 @@ def main() -> None:
         students.append((label, model))
     out = Path(args.out)
     rows, parts = [], []
-    for prompts in (VAL if args.protocol == "val" else ISSUE):
+    for prompts in PROTOCOLS[args.protocol]:
         block, reference = [], None
-        if args.protocol == "issue":
+        if args.protocol != "val":
             reference = run("teacher", args.teacher, prompts, None, None, out, args.seed)
-            block += [reference, run("teacher", args.teacher, prompts, 4, None, out, args.seed)]
+            block.append(reference)
+        if args.protocol == "issue":
+            block.append(run("teacher", args.teacher, prompts, 4, None, out, args.seed))
         for label, model in students:
             block += [run(label, model, prompts, s, args.sampler, out, args.seed, args.shift) for s in args.steps]
         rows += block

@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 
 import pytest
 
@@ -84,6 +85,35 @@ def test_unseen_phrasing_is_disjoint_from_the_training_captions(version):
         assert not any(phrase in c for c in captions), phrase
     unseen = make_prompts(10, seed=4321, phrasing="unseen")
     assert len(unseen) == 60 and all(any(p in u["prompt"] for p in new_phrases) for u in unseen)
+
+
+def test_the_shifted_validation_phrasing_is_disjoint_from_the_captions_and_from_unseen(tmp_path):
+    """prompts/nano-val-shifted.jsonl selects for unseen phrasings without nano-unseen's words; it is made by the
+    command docs/evaluation.md gives."""
+    from ladd.cli import main
+    import numpy as np
+
+    from ladd.nano.prompts import SHIFTED, UNSEEN, caption, make_prompts, read_prompts
+    from ladd.nano.shapeworld import sample_scene, scene_rng
+
+    captions = [caption(sample_scene(scene_rng(1, i)), np.random.default_rng(i), v)[0]
+                for v in (2, 3, 4) for i in range(1500)]
+    unseen = " | ".join(p["prompt"] for p in make_prompts(60, seed=4321, phrasing="unseen"))
+    new = [f.replace("{}", "").strip(" :,.") for f in SHIFTED.frames] + [j.strip() for j in SHIFTED.joins]
+    new += [w for words in (SHIFTED.cell_words, SHIFTED.size_words, SHIFTED.number_words) for ws in words.values()
+            for w in ws]
+    new += [pair[0] for shape, pairs in SHIFTED.shape_words.items() for pair in pairs if pair[0] != shape]
+    for phrase in new:
+        assert not any(phrase in c for c in captions) and phrase not in unseen, phrase
+    assert not set(SHIFTED.frames) & set(UNSEEN.frames)
+    shipped = read_prompts("prompts/nano-val-shifted.jsonl")
+    assert len(shipped) == 240 and all(any(p in s["prompt"] for p in new) for s in shipped)
+    others = {p["prompt"] for f in ("nano-eval", "nano-unseen", "nano-val") for p in read_prompts(f"prompts/{f}.jsonl")}
+    assert not others & {s["prompt"] for s in shipped}
+    assert main(["nano", "make-prompts", "--phrasing", "shifted", "--per-category", "40", "--seed", "5678", "--exclude",
+                 "prompts/nano-eval.jsonl,prompts/nano-unseen.jsonl,prompts/nano-val.jsonl",
+                 "--out", str(tmp_path / "v.jsonl")]) == 0
+    assert (tmp_path / "v.jsonl").read_text() == Path("prompts/nano-val-shifted.jsonl").read_text()
 
 
 def test_captions_3_use_many_more_words_than_captions_2():

@@ -62,7 +62,26 @@ UNSEEN = Phrasing(
     number_words={1: ("a single",), 2: ("a pair of",), 3: ("a trio of",)},
     joins=(" next to ", " as well as "),
 )
-PHRASINGS = {"training": TRAINING, "unseen": UNSEEN}
+# A third phrasing for selection (prompts/nano-val-shifted.jsonl): shares no frame, position phrase, join, size or
+# number word with the training captions (captions 2-4) nor with UNSEEN, and half its shape words are new synonyms,
+# so that a setting can be chosen for unseen phrasings without looking at prompts/nano-unseen.jsonl.
+SHIFTED = Phrasing(
+    frames=("a view of {}", "visible here: {}", "the panel shows {}", "an artwork featuring {}", "look: {}",
+            "{}, as a doodle"),
+    shape_words={"circle": (("circle", "circles"), ("roundel", "roundels")),
+                 "square": (("square", "squares"), ("squarish patch", "squarish patches")),
+                 "triangle": (("triangle", "triangles"), ("three-cornered figure", "three-cornered figures")),
+                 "cross": (("cross", "crosses"), ("plus mark", "plus marks"))},
+    size_words={"small": ("petite", "teeny"), "large": ("jumbo", "hefty")},
+    cell_words={"top left": ("up and to the left",), "top": ("along the top border",),
+                "top right": ("up and to the right",), "left": ("along the left border",),
+                "center": ("dead center",), "right": ("along the right border",),
+                "bottom left": ("down and to the left",), "bottom": ("along the bottom border",),
+                "bottom right": ("down and to the right",)},
+    number_words={1: ("just one",), 2: ("a couple of",), 3: ("a set of three",)},
+    joins=(" beside ", " alongside "),
+)
+PHRASINGS = {"training": TRAINING, "unseen": UNSEEN, "shifted": SHIFTED}
 
 # Captions 3: the training words and many more frames, synonyms, position phrases and word orders, so that a
 # teacher learns the meaning rather than the templates. Nothing here is in UNSEEN, which stays a held-out test
@@ -232,7 +251,8 @@ class MakePromptsConfig:
     out: str = "prompts/nano-eval.jsonl"
     per_category: int = 60
     seed: int = 1234
-    phrasing: str = "training"   # "training" (the captions' words) or "unseen" (prompts/nano-unseen.jsonl)
+    # "training" (the captions' words), "unseen" (prompts/nano-unseen.jsonl) or "shifted" (nano-val-shifted.jsonl)
+    phrasing: str = "training"
     exclude: str | None = None   # comma-separated prompt files whose prompt texts must not recur (a validation file)
 
 
