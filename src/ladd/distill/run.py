@@ -140,6 +140,11 @@ def check_config(cfg: DistillConfig, num_processes: int = 1, trains: bool = True
     method_class(cfg.method).check(cfg.section, teacher_cfg)
     if cfg.student.init is not None:
         check_student_init(cfg.student.init, cfg.paths.teacher, teacher_cfg)
+    if cfg.student.frozen:
+        from ladd.methods.components.student import frozen_names
+        from ladd.models.teacher import meta_transformer
+
+        frozen_names(meta_transformer(teacher_cfg), cfg.student.frozen)
     if cfg.student.lora_rank > 0:
         from ladd.models.lora import check_targets_in_config
 

@@ -102,6 +102,11 @@ class StudentConfig:
     lora_alpha: float | None = None          # LoRA scale alpha / rank; None = rank (scale 1)
     # module names or name suffixes; default: the joint blocks' attention projections (diffusers' SD3 LoRA script)
     lora_targets: list[str] = field(default_factory=lambda: list(LORA_TARGETS))
+    # Parameters kept at their starting values: those whose name (in the transformer, e.g.
+    # transformer_blocks.0.ff_context.net.2.weight) contains one of these parts, e.g. [context, attn.add_,
+    # to_add_out, norm_added, text_embedder] for the text stream; only the rest trains, as with LoRA's base.
+    # Checked against the teacher's architecture before any work starts (docs/method.md). Empty: every weight trains.
+    frozen: list[str] = field(default_factory=list)
     # The weights the student starts from: null = the teacher's (docs/method.md, Components); a folder holding a
     # model of the teacher's architecture (an exported student such as assets/nano/student, a diffusers transformer
     # or pipeline folder) to go on distilling it, or to start a student of fewer steps from one of more
@@ -110,6 +115,11 @@ class StudentConfig:
 
     def __post_init__(self):
         self._check_lora()
+        if isinstance(self.frozen, str) or any(not isinstance(p, str) or not p.strip() for p in self.frozen):
+            fail("student.frozen", f"got {self.frozen!r}", "give a list of parts of parameter names, e.g. [ff_context], or []")
+        if self.frozen and self.lora_rank > 0:
+            fail("student.frozen", "with student.lora_rank > 0 only the adapters train already",
+                 "use one of the two: student.frozen=[] or student.lora_rank=0")
         if self.init is not None and (not isinstance(self.init, str) or not self.init.strip()):
             fail("student.init", f"got {self.init!r}", "give a model folder, e.g. assets/nano/student, or null")
         if self.sampler not in ("renoise", "euler"):

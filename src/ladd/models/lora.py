@@ -45,11 +45,9 @@ def check_targets(transformer: torch.nn.Module, targets: list[str]) -> None:
 
 def check_targets_in_config(config: dict, targets: list[str]) -> None:
     """``check_targets`` on the architecture a teacher's config.json describes (meta tensors: no weights)."""
-    from diffusers import SD3Transformer2DModel
+    from ladd.models.teacher import meta_transformer
 
-    with torch.device("meta"):
-        model = SD3Transformer2DModel.from_config({k: v for k, v in config.items() if not k.startswith("ladd_")})
-    check_targets(model, targets)
+    check_targets(meta_transformer(config), targets)
 
 
 def add_lora(model: torch.nn.Module, rank: int, alpha: float | None, targets: list[str]) -> torch.nn.Module:

@@ -111,6 +111,13 @@ class _Tapped(Exception):
     """Raised by the last tapped block's hook: the features are all taken, the rest of the forward is skipped."""
 
 
+def meta_transformer(config: dict) -> SD3Transformer2DModel:
+    """The architecture a teacher's config.json describes, with parameters on the meta device (no weights, no
+    memory): for checking names (LoRA targets, frozen parameters) before any work starts."""
+    with torch.device("meta"):
+        return SD3Transformer2DModel.from_config({k: v for k, v in config.items() if not k.startswith("ladd_")})
+
+
 def build_nano_teacher(**overrides) -> SD3Adapter:
     return SD3Adapter(SD3Transformer2DModel.from_config({**NANO_TEACHER_CONFIG, **overrides}))
 

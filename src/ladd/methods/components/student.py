@@ -14,6 +14,7 @@ from contextlib import contextmanager
 import torch
 
 from ladd import flow
+from ladd.config import ConfigError
 from ladd.draws import Draws, as_draws
 from ladd.models.lora import add_lora
 from ladd.models.teacher import load_teacher
@@ -60,7 +61,24 @@ def init_student(teacher: torch.nn.Module, cfg=None) -> torch.nn.Module:
         load_init(student, cfg.init)
     if cfg is not None and cfg.lora_rank > 0:
         add_lora(student, cfg.lora_rank, cfg.lora_alpha, cfg.lora_targets)
+    if cfg is not None and cfg.frozen:
+        kept = set(frozen_names(student.transformer, cfg.frozen))
+        for name, p in student.transformer.named_parameters():
+            if name in kept:
+                p.requires_grad_(False)
     return student
+
+
+def frozen_names(transformer: torch.nn.Module, parts: list[str]) -> list[str]:
+    """``student.frozen``: the names of ``transformer``'s parameters that contain one of ``parts`` (names such as
+    ``transformer_blocks.0.ff_context.net.2.weight``); a part that no name contains is a ``ConfigError`` (a typo
+    would otherwise freeze nothing)."""
+    names = [name for name, _ in transformer.named_parameters()]
+    for part in parts:
+        if not any(part in name for name in names):
+            raise ConfigError(f"student.frozen: {part!r} is in no parameter name of the teacher (names look like "
+                              f"{names[0]!r} or {names[len(names) // 2]!r}); give parts of names, e.g. ff_context")
+    return [name for name in names if any(part in name for part in parts)]
 
 
 def load_init(student: torch.nn.Module, folder: str) -> None:
