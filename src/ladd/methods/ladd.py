@@ -39,7 +39,7 @@ from ladd.methods.components import gan_losses as losses
 from ladd.methods.components.distribution_matching import dm_loss, fake_score_loss
 from ladd.methods.components.heads import build_discriminator
 from ladd.methods.components.perceptual import feature_distance
-from ladd.methods.components.student import (check_frozen, init_student, param_grads_off, renoise,
+from ladd.methods.components.student import (check_frozen, init_student, jitter_text, param_grads_off, renoise,
                                              shuffled_prompts, student_forward, teacher_x0, teacher_x0_pair)
 from ladd.methods.ladd_config import LADDConfig
 from ladd.models.text_encoder import TextEmbeddings
@@ -106,7 +106,8 @@ def generator_step(student, teacher, disc, x0: torch.Tensor, cond: TextEmbedding
         raise ValueError("ladd.loss.dm_weight needs the fake score (the method's 'fake_score' module)")
     along = cfg.loss.regression_on == "rollout"
     n_adv = _share(cfg.loss.adversarial_fraction, len(cond))  # the whole batch by default
-    x0_hat, t_s = student_forward(student, x0, cond, grid, probs, generator,
+    seen = jitter_text(cond, cfg.text_noise, generator) if cfg.text_noise > 0 else cond  # the student's prompts
+    x0_hat, t_s = student_forward(student, x0, seen, grid, probs, generator,
                                   noise if paired_terms else None, cfg.backward_simulation, along,
                                   student_cfg.sampler, cfg.rollout_paths, rows_below_one(cfg, len(cond)))
     x0_adv, cond_adv = x0_hat[:n_adv], cond[:n_adv]

@@ -123,6 +123,10 @@ class LADDConfig:
     rollout_paths: str = "grid"
     # the heads' update (the discriminator phase) every N iterations, the student's every iteration: D:G = 1:N
     disc_every: int = 1
+    # Noise on the student's prompt embeddings in the G step (not in the paper; 0 = off): each token state and the
+    # pooled vector plus Gaussian noise of this many times its RMS, the targets' and the heads' prompts left clean,
+    # so that the student draws the same image for nearby embeddings (other phrasings; NEFTune's noisy embeddings).
+    text_noise: float = 0.0
     # With ladd.loss.dm_weight: the fake score's updates per iteration (DMD2's two time-scale rule, its default 5).
     # The first is the D step's (on the G step's outputs); each other one comes before it, on samples the student
     # draws afresh under no_grad, as DMD2's critic updates do.
@@ -143,6 +147,9 @@ class LADDConfig:
             fail("ladd.disc.shared_t", "gives each real its fake's noise level, and ladd.loss.adversarial_fraction < 1 "
                  "leaves fewer fakes than reals", "set ladd.disc.shared_t=false or ladd.loss.adversarial_fraction=1")
         positive_ints("ladd", self, ("disc_every", "critic_updates"))
+        self.text_noise = number("ladd.text_noise", self.text_noise)
+        if self.text_noise < 0:
+            fail("ladd.text_noise", f"got {self.text_noise}", "use 0 (off) or a scale such as 0.1")
         if self.critic_updates > 1 and self.loss.dm_weight == 0:
             fail("ladd.critic_updates", "updates the fake score of the distribution-matching term, which is off",
                  "set ladd.loss.dm_weight above 0, or leave ladd.critic_updates=1")

@@ -69,6 +69,19 @@ def init_student(teacher: torch.nn.Module, cfg=None) -> torch.nn.Module:
     return student
 
 
+def jitter_text(cond: TextEmbeddings, scale: float, generator: torch.Generator | Draws | None) -> TextEmbeddings:
+    """The prompts' embeddings with Gaussian noise of ``scale`` times each vector's RMS added (each token state and
+    the pooled vector; zero padding stays zero): the student's conditioning perturbed, the targets' not, so that
+    nearby embeddings (other phrasings of a prompt) give the same image (NEFTune's noisy embeddings, Jain et al.
+    2023, on the text encoder's outputs; ``ladd.text_noise``)."""
+    draws = as_draws(generator)
+
+    def jitter(x: torch.Tensor) -> torch.Tensor:
+        return x + scale * x.pow(2).mean(-1, keepdim=True).sqrt() * draws.randn(x)
+
+    return TextEmbeddings(jitter(cond.tokens), jitter(cond.pooled))
+
+
 def frozen_names(transformer: torch.nn.Module, parts: list[str]) -> list[str]:
     """``student.frozen``: the names of ``transformer``'s parameters that contain one of ``parts`` (names such as
     ``transformer_blocks.0.ff_context.net.2.weight``); a part that no name contains is a ``ConfigError`` (a typo
