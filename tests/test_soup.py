@@ -1,5 +1,6 @@
 """``ladd soup``: the weight average of exported students, a folder that loads like any export."""
 
+import json
 import shlex
 from pathlib import Path
 
@@ -71,7 +72,36 @@ def test_soup_refuses_bad_input_and_writes_nothing(tmp_path, capsys):
                           ((a, b, "--out", a), "one of the students")]:
         code, err = _soup(capsys, *args, *(() if "--out" in args else ("--out", out)))
         assert code == 2 and message in err, (args, err)
-        assert not out.exists()
+        assert not out.exists() and not out.with_name("soup.tmp").exists()
+
+
+def _shard(folder):
+    """Re-save ``folder``'s weights as save_pretrained does for a large model: two shards and their index."""
+    state = load_file(folder / WEIGHTS)
+    names = sorted(state)
+    halves = {"diffusion_pytorch_model-00001-of-00002.safetensors": names[::2],
+              "diffusion_pytorch_model-00002-of-00002.safetensors": names[1::2]}
+    for file, keys in halves.items():
+        save_file({k: state[k] for k in keys}, folder / file, metadata={"format": "pt"})
+    (folder / f"{WEIGHTS}.index.json").write_text(json.dumps(
+        {"metadata": {}, "weight_map": {k: file for file, keys in halves.items() for k in keys}}))
+    (folder / WEIGHTS).unlink()
+
+
+def test_soup_of_sharded_exports_keeps_the_first_ones_files(tmp_path, capsys):
+    """A large model's export is sharded (SD3.5-large): the soup reads and writes it one file at a time, in the
+    first student's layout, and loads like it."""
+    from ladd.models.teacher import load_teacher
+
+    a, b = _two_exports(tmp_path)
+    state = load_file(a / WEIGHTS)
+    save_file({k: v + 1.0 for k, v in state.items()}, b / WEIGHTS)
+    _shard(b)
+    for first, second, out in ((b, a, tmp_path / "sharded"), (a, b, tmp_path / "single")):
+        assert _soup(capsys, first, second, "--out", out)[0] == 0
+        assert (out / f"{WEIGHTS}.index.json").is_file() == (first == b) and (out / WEIGHTS).is_file() == (first == a)
+        mixed = load_teacher(out).transformer.state_dict()
+        assert mixed.keys() == state.keys() and all((mixed[k] - (v + 0.5)).abs().max() < 1e-5 for k, v in state.items())
 
 
 def test_the_shipped_students_recipe_runs_two_valid_presets_and_averages_them():

@@ -4,7 +4,8 @@
 The students must share the architecture (same tensor names and shapes) and their initialisation (every ladd
 student starts as a copy of its teacher, or from ``student.init``), or the average is meaningless. The soup takes
 the first folder's config, scheduler and card setting (``ladd.json``: steps, sampler, grid shifts), with its relative
-paths (``ladd_vae``, ``ladd_teacher``) rewritten for the new folder, and its card says what it averages. Measured in
+paths (``ladd_vae``, ``ladd_teacher``) rewritten for the new folder, and its weight files' layout (one file, or a
+large model's shards and their index, averaged one file at a time); its card says what it averages. Measured in
 docs/experiments/student-gap.md (sessions 37 and 54): two runs of one recipe that differ in the regression weight
 average to a student more aligned than either at 2 and 4 steps. No training, no data: seconds on a CPU.
 """
@@ -14,15 +15,17 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from contextlib import ExitStack
 from pathlib import Path
 
-import torch
-from safetensors.torch import load_file, save_file
+from safetensors import safe_open
+from safetensors.torch import save_file
 
 from ladd.config import ConfigError
 from ladd.models.io import LADD_META, AssetError, replace_dir
 
 WEIGHTS = "diffusion_pytorch_model.safetensors"
+INDEX = WEIGHTS + ".index.json"  # save_pretrained's map of a sharded model (large models: SD3.5-large)
 PATHS = ("ladd_vae", "ladd_teacher")  # ladd.json entries relative to the model folder
 SOUP_MARK = "# A weight average of"  # the first line of a soup's card: an earlier soup may be replaced
 
@@ -37,15 +40,42 @@ def soup_weights(weights: list[float] | None, count: int) -> list[float]:
     return list(weights)
 
 
-def average(folders: list[Path], weights: list[float]) -> dict[str, torch.Tensor]:
-    """The weighted mean of the folders' weights, tensor by tensor, in float64 then cast back."""
-    states = [load_file(f / WEIGHTS) for f in folders]
-    first = states[0]
-    for f, s in zip(folders[1:], states[1:]):
-        if s.keys() != first.keys() or any(s[k].shape != first[k].shape for k in first):
-            raise AssetError(f"{f} does not hold the tensors of {folders[0]} (names or shapes differ): a soup needs "
-                             "students of one architecture, exported by `ladd export`")
-    return {k: sum(w * s[k].double() for w, s in zip(weights, states)).to(first[k].dtype) for k in first}
+def weight_files(folder: Path) -> dict[str, str] | None:
+    """Tensor name -> weight file (relative to ``folder``) of an export, one file or save_pretrained's shards;
+    ``None`` when ``folder`` holds neither."""
+    if (folder / WEIGHTS).is_file():
+        with safe_open(folder / WEIGHTS, "pt") as f:
+            return dict.fromkeys(f.keys(), WEIGHTS)
+    if (folder / INDEX).is_file():
+        return dict(json.loads((folder / INDEX).read_text())["weight_map"])
+    return None
+
+
+def average(folders: list[Path], weights: list[float], out: Path) -> None:
+    """Write into ``out`` the weighted mean of the folders' weights, tensor by tensor (in float64, cast back), in
+    the first folder's files (one, or its shards with its index): one file's tensors in memory at a time."""
+    maps = [weight_files(f) for f in folders]
+    with ExitStack() as stack:
+        files = {}
+
+        def tensor_file(i: int, name: str):
+            path = folders[i] / maps[i][name]
+            if path not in files:
+                files[path] = stack.enter_context(safe_open(path, "pt"))
+            return files[path]
+
+        first = maps[0]
+        for i, f in enumerate(folders[1:], 1):
+            if maps[i].keys() != first.keys() or any(tensor_file(i, k).get_slice(k).get_shape()
+                                                     != tensor_file(0, k).get_slice(k).get_shape() for k in first):
+                raise AssetError(f"{f} does not hold the tensors of {folders[0]} (names or shapes differ): a soup "
+                                 "needs students of one architecture, exported by `ladd export`")
+        for name in sorted(set(first.values())):
+            part = {}
+            for k in (k for k, v in first.items() if v == name):
+                tensors = [tensor_file(i, k).get_tensor(k) for i in range(len(folders))]
+                part[k] = sum(w * t.double() for w, t in zip(weights, tensors)).to(tensors[0].dtype).contiguous()
+            save_file(part, out / name, metadata={"format": "pt"})
 
 
 def _check_out(out: Path, folders: list[Path], overwrite: bool) -> None:
@@ -67,20 +97,25 @@ def make_soup(folders: list[str | Path], out: str | Path, weights: list[float] |
     folders, out = [Path(f) for f in folders], Path(out)
     if len(folders) < 2:
         raise ConfigError("give at least two exported students to average")
-    missing = [str(f) for f in folders if not (f / WEIGHTS).is_file() or not (f / LADD_META).is_file()]
+    missing = [str(f) for f in folders if weight_files(f) is None or not (f / LADD_META).is_file()]
     if missing:
-        raise AssetError(f"{', '.join(missing)}: not exported students (no {WEIGHTS} or {LADD_META}); pass "
-                         "`ladd export` folders or a run's export/")
+        raise AssetError(f"{', '.join(missing)}: not exported students (no {WEIGHTS}, or {INDEX} with its shards, "
+                         f"or no {LADD_META}); pass `ladd export` folders or a run's export/")
     weights = soup_weights(weights, len(folders))
     _check_out(out, folders, overwrite)
-    state = average(folders, weights)  # before anything is written
 
     tmp = out.with_name(out.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     first = folders[0]
-    # not the first's LoRA adapters (lora/, of a LoRA run's export): the average is of the merged weights only
-    shutil.copytree(first, tmp, ignore=shutil.ignore_patterns(WEIGHTS, "card.md", "ladd_export.json", "lora"))
-    save_file(state, tmp / WEIGHTS)
+    # not the first's weights, nor its LoRA adapters (lora/, of a LoRA run's export): the average is of the merged
+    # weights only
+    shutil.copytree(first, tmp, ignore=shutil.ignore_patterns("diffusion_pytorch_model*.safetensors", "card.md",
+                                                              "ladd_export.json", "lora"))
+    try:
+        average(folders, weights, tmp)
+    except BaseException:  # a mismatch or an interruption leaves nothing behind
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     meta = json.loads((first / LADD_META).read_text())
     for key in PATHS:  # relative to the first folder -> relative to the soup
         if key in meta and not os.path.isabs(meta[key]):

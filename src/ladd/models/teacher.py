@@ -130,7 +130,9 @@ def load_teacher(path: str | Path, weights: bool = True, device=None) -> SD3Adap
     every process of a launch that samples with the whole teacher (``ladd synth`` under torchrun, ``ladd eval``)
     costs the host only the page cache that they share."""
     path = Path(path)
-    diffusers_folder = (path / "diffusion_pytorch_model.safetensors").exists() or (path / "transformer").is_dir()
+    # one weights file, save_pretrained's shards (a large model), or a pipeline folder
+    files = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.safetensors.index.json")
+    diffusers_folder = any((path / f).exists() for f in files) or (path / "transformer").is_dir()
     sub = "transformer" if (path / "transformer").is_dir() else None
     on = torch.device(device) if device is not None else torch.device("cpu")
     if diffusers_folder and weights:
