@@ -102,6 +102,9 @@ def test_soup_of_sharded_exports_keeps_the_first_ones_files(tmp_path, capsys):
         assert (out / f"{WEIGHTS}.index.json").is_file() == (first == b) and (out / WEIGHTS).is_file() == (first == a)
         mixed = load_teacher(out).transformer.state_dict()
         assert mixed.keys() == state.keys() and all((mixed[k] - (v + 0.5)).abs().max() < 1e-5 for k, v in state.items())
+    (b / "diffusion_pytorch_model-00002-of-00002.safetensors").unlink()  # an incomplete copy: said, nothing written
+    code, err = _soup(capsys, b, a, "--out", tmp_path / "broken")
+    assert code == 2 and "shards that are missing" in err and not (tmp_path / "broken").exists()
 
 
 def test_the_shipped_students_recipe_runs_two_valid_presets_and_averages_them():

@@ -22,10 +22,9 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from ladd.config import ConfigError
+from ladd.data.provenance import weights_files
 from ladd.models.io import LADD_META, AssetError, replace_dir
 
-WEIGHTS = "diffusion_pytorch_model.safetensors"
-INDEX = WEIGHTS + ".index.json"  # save_pretrained's map of a sharded model (large models: SD3.5-large)
 PATHS = ("ladd_vae", "ladd_teacher")  # ladd.json entries relative to the model folder
 SOUP_MARK = "# A weight average of"  # the first line of a soup's card: an earlier soup may be replaced
 
@@ -40,42 +39,40 @@ def soup_weights(weights: list[float] | None, count: int) -> list[float]:
     return list(weights)
 
 
-def weight_files(folder: Path) -> dict[str, str] | None:
-    """Tensor name -> weight file (relative to ``folder``) of an export, one file or save_pretrained's shards;
-    ``None`` when ``folder`` holds neither."""
-    if (folder / WEIGHTS).is_file():
-        with safe_open(folder / WEIGHTS, "pt") as f:
-            return dict.fromkeys(f.keys(), WEIGHTS)
-    if (folder / INDEX).is_file():
-        return dict(json.loads((folder / INDEX).read_text())["weight_map"])
-    return None
+def weight_map(folder: Path) -> dict[str, Path]:
+    """Tensor name -> the file holding it, over the export's weight files (one file or save_pretrained's shards,
+    ladd.data.provenance.weights_files: AssetError for a folder without weights or with a shard missing)."""
+    out = {}
+    for path in weights_files(folder):
+        with safe_open(path, "pt") as f:
+            out.update(dict.fromkeys(f.keys(), path))
+    return out
 
 
 def average(folders: list[Path], weights: list[float], out: Path) -> None:
     """Write into ``out`` the weighted mean of the folders' weights, tensor by tensor (in float64, cast back), in
     the first folder's files (one, or its shards with its index): one file's tensors in memory at a time."""
-    maps = [weight_files(f) for f in folders]
+    maps = [weight_map(f) for f in folders]
+    first = maps[0]
     with ExitStack() as stack:
-        files = {}
+        opened = {}
 
-        def tensor_file(i: int, name: str):
-            path = folders[i] / maps[i][name]
-            if path not in files:
-                files[path] = stack.enter_context(safe_open(path, "pt"))
-            return files[path]
+        def tensor(m: dict[str, Path], name: str):  # a lazy handle on one tensor of one student
+            if m[name] not in opened:
+                opened[m[name]] = stack.enter_context(safe_open(m[name], "pt"))
+            return opened[m[name]]
 
-        first = maps[0]
-        for i, f in enumerate(folders[1:], 1):
-            if maps[i].keys() != first.keys() or any(tensor_file(i, k).get_slice(k).get_shape()
-                                                     != tensor_file(0, k).get_slice(k).get_shape() for k in first):
+        for f, m in zip(folders[1:], maps[1:]):
+            if m.keys() != first.keys() or any(tensor(m, k).get_slice(k).get_shape()
+                                               != tensor(first, k).get_slice(k).get_shape() for k in first):
                 raise AssetError(f"{f} does not hold the tensors of {folders[0]} (names or shapes differ): a soup "
                                  "needs students of one architecture, exported by `ladd export`")
-        for name in sorted(set(first.values())):
+        for path in sorted(set(first.values())):
             part = {}
-            for k in (k for k, v in first.items() if v == name):
-                tensors = [tensor_file(i, k).get_tensor(k) for i in range(len(folders))]
-                part[k] = sum(w * t.double() for w, t in zip(weights, tensors)).to(tensors[0].dtype).contiguous()
-            save_file(part, out / name, metadata={"format": "pt"})
+            for k in (k for k, v in first.items() if v == path):
+                ts = [tensor(m, k).get_tensor(k) for m in maps]
+                part[k] = sum(w * t.double() for w, t in zip(weights, ts)).to(ts[0].dtype).contiguous()
+            save_file(part, out / path.name, metadata={"format": "pt"})
 
 
 def _check_out(out: Path, folders: list[Path], overwrite: bool) -> None:
@@ -97,10 +94,10 @@ def make_soup(folders: list[str | Path], out: str | Path, weights: list[float] |
     folders, out = [Path(f) for f in folders], Path(out)
     if len(folders) < 2:
         raise ConfigError("give at least two exported students to average")
-    missing = [str(f) for f in folders if weight_files(f) is None or not (f / LADD_META).is_file()]
+    missing = [str(f) for f in folders if not (f / LADD_META).is_file()]
     if missing:
-        raise AssetError(f"{', '.join(missing)}: not exported students (no {WEIGHTS}, or {INDEX} with its shards, "
-                         f"or no {LADD_META}); pass `ladd export` folders or a run's export/")
+        raise AssetError(f"{', '.join(missing)}: not exported students (no {LADD_META}); pass `ladd export` folders "
+                         "or a run's export/")
     weights = soup_weights(weights, len(folders))
     _check_out(out, folders, overwrite)
 

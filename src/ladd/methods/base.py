@@ -116,7 +116,8 @@ class StudentConfig:
     def __post_init__(self):
         self._check_lora()
         if isinstance(self.frozen, str) or any(not isinstance(p, str) or not p.strip() for p in self.frozen):
-            fail("student.frozen", f"got {self.frozen!r}", "give a list of parts of parameter names, e.g. [ff_context], or []")
+            fail("student.frozen", f"got {self.frozen!r}",
+                 "give a list of parts of parameter names, e.g. [ff_context], or []")
         if self.frozen and self.lora_rank > 0:
             fail("student.frozen", "with student.lora_rank > 0 only the adapters train already",
                  "use one of the two: student.frozen=[] or student.lora_rank=0")
