@@ -9,12 +9,17 @@ Each model is ``NAME=MODEL:STEPS:GUIDANCE:SAMPLER``. Per image: the squared Maha
 features under the Gaussian of the real images' features (real ShapeWorld images of the same prompts, other seeds;
 the FD reference); an image is an *outlier* when its distance exceeds the largest distance of any real image. Writes
 OUT/results.json, OUT/results.md and OUT/<name>.png (the 16 furthest images, furthest first).
+
+``--without WORD ...`` adds the FD over the prompts that use none of these words (whole words; the reference
+restricted to the same prompts): e.g. ``--prompts prompts/nano-unseen.jsonl --without tile`` leaves out the prompts
+with a synonym the teacher cannot read (session 55).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -35,6 +40,11 @@ def mahalanobis(feats: np.ndarray, mu: np.ndarray, precision: np.ndarray) -> np.
     return np.einsum("nd,de,ne->n", d, precision, d)
 
 
+def uses_any(text: str, words: list[str]) -> bool:
+    """Whether ``text`` holds one of ``words`` as a whole word (or phrase), ignoring case."""
+    return any(re.search(rf"\b{re.escape(w)}\b", text, re.IGNORECASE) for w in words)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("models", nargs="+", help="NAME=MODEL:STEPS:GUIDANCE:SAMPLER")
@@ -42,6 +52,7 @@ def main() -> None:
     p.add_argument("--max-prompts", type=int, default=None, help="the first N prompts (default: all)")
     p.add_argument("--per-prompt", type=int, default=4)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--without", nargs="*", default=[], help="also the FD over the prompts without these words")
     p.add_argument("--out", default="runs/outliers")
     args = p.parse_args()
     specs = [parse(s) for s in args.models]  # bad input fails before anything loads
@@ -64,6 +75,10 @@ def main() -> None:
     precision = np.linalg.inv(sigma + 1e-3 * np.eye(len(mu)))  # regularised: 480 images, a wide feature vector
     limit = float(mahalanobis(real, mu, precision).max())
     texts = [prompts[i]["prompt"] for i, _ in index]
+    kept = np.array([not uses_any(t, args.without) for t in texts]) if args.without else None
+    if kept is not None and kept.sum() <= real.shape[1]:
+        raise SystemExit(f"--without {' '.join(args.without)} leaves {int(kept.sum())} images, too few for a "
+                         f"{real.shape[1]}-dimensional feature covariance: use more --per-prompt or fewer words")
     seeds = [image_seed(args.seed, i, k) for i, k in index]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -79,6 +94,9 @@ def main() -> None:
                      "fd": metrics.frechet_distance(*metrics.feature_stats(feats), mu, sigma),
                      "fd_without_outliers": metrics.frechet_distance(*metrics.feature_stats(feats[~bad]), mu, sigma),
                      "median_distance": float(np.median(dist)),
+                     **({} if kept is None else {"fd_without_words": metrics.frechet_distance(
+                         *metrics.feature_stats(feats[kept]), *metrics.feature_stats(real[kept])),
+                         "images_without_words": int(kept.sum())}),
                      "furthest": [[*index[j], round(float(dist[j]), 1)] for j in order[:16]]})
         save_grid(images[order[:16]], out / f"{name}.png", ncols=8, scale=1)
         print(f"{name}: {rows[-1]['outliers']} outliers of {len(index)}, FD {rows[-1]['fd']:.2f}, without them "
@@ -89,6 +107,10 @@ def main() -> None:
              "|---|---|---|---|---|---|---|---|"]
     lines += [f"| {r['name']} | {r['steps']} | {r['guidance']:g} | {r['sampler']} | {r['outliers']} | {r['fd']:.2f} | "
               f"{r['fd_without_outliers']:.2f} | {r['median_distance']:.0f} |" for r in rows]
+    if kept is not None:
+        lines[2:4] = [lines[2][:-1] + f" FD without prompts using {', '.join(args.without)} |", lines[3] + "---|"]
+        lines[4:] = [line + f" {r['fd_without_words']:.2f} ({r['images_without_words']} images) |"
+                     for line, r in zip(lines[4:], rows)]
     print("\n".join(lines))
     (out / "results.md").write_text("\n".join(lines) + "\n")
     (out / "results.json").write_text(json.dumps({"prompts": args.prompts, "limit": limit, "rows": rows}, indent=2)
