@@ -108,7 +108,7 @@ def main() -> None:
     lines += [f"| {r['name']} | {r['steps']} | {r['guidance']:g} | {r['sampler']} | {r['outliers']} | {r['fd']:.2f} | "
               f"{r['fd_without_outliers']:.2f} | {r['median_distance']:.0f} |" for r in rows]
     if kept is not None:
-        lines[2:4] = [lines[2][:-1] + f" FD without prompts using {', '.join(args.without)} |", lines[3] + "---|"]
+        lines[2:4] = [lines[2] + f" FD without prompts using {', '.join(args.without)} |", lines[3] + "---|"]
         lines[4:] = [line + f" {r['fd_without_words']:.2f} ({r['images_without_words']} images) |"
                      for line, r in zip(lines[4:], rows)]
     print("\n".join(lines))
