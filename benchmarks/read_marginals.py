@@ -49,12 +49,12 @@ def total_variation(a: dict, b: dict) -> float:
     return 0.5 * sum(abs(a.get(k, 0.0) - b.get(k, 0.0)) for k in set(a) | set(b))
 
 
-def real_rows(prompts: list[dict], per_prompt: int, seed: int) -> list[dict]:
+def real_rows(evaluator, prompts: list[dict], per_prompt: int, seed: int) -> list[dict]:
     """Readbacks of real renders of the prompts (``per_prompt`` each, the evaluation's seeds)."""
-    from ladd.evaluation.evaluate import load_evaluator, read_back, render_real
+    from ladd.evaluation.evaluate import read_back, render_real
 
     index = [(i, k) for i in range(len(prompts)) for k in range(per_prompt)]
-    reads, _ = read_back(load_evaluator()[0], render_real(prompts, index, seed, 64, 64))
+    reads, _ = read_back(evaluator, render_real(prompts, index, seed, 64, 64))
     return [{"prompt_index": i, "k": k, "read": r} for (i, k), r in zip(index, reads)]
 
 
@@ -81,16 +81,13 @@ def render_with_shares(prompts: list[dict], per_prompt: int, seed: int, chosen: 
     return np.stack(images)
 
 
-def fd_to_reference(prompts: list[dict], per_prompt: int, seed: int, images: np.ndarray) -> float:
-    """FD of ``images`` against the evaluation's reference (real renders of the same prompts, other seeds)."""
+def reference_stats(evaluator, prompts: list[dict], per_prompt: int, seed: int):
+    """The evaluation's FD reference: feature mean and covariance of real renders of the prompts, other seeds."""
     from ladd.evaluation import metrics
-    from ladd.evaluation.evaluate import REAL_SEED_OFFSET, load_evaluator, read_back, render_real
+    from ladd.evaluation.evaluate import REAL_SEED_OFFSET, read_back, render_real
 
-    evaluator = load_evaluator()[0]
     index = [(i, k) for i in range(len(prompts)) for k in range(per_prompt)]
-    _, ref = read_back(evaluator, render_real(prompts, index, seed + REAL_SEED_OFFSET, 64, 64))
-    _, feats = read_back(evaluator, images)
-    return metrics.frechet_distance(*metrics.feature_stats(feats), *metrics.feature_stats(ref))
+    return metrics.feature_stats(read_back(evaluator, render_real(prompts, index, seed + REAL_SEED_OFFSET, 64, 64))[1])
 
 
 def main() -> None:
@@ -106,8 +103,15 @@ def main() -> None:
     specs = [m.split("=", 1) for m in args.models]
     if any(len(s) != 2 for s in specs):
         raise SystemExit("give each model as NAME=FOLDER")
+    unknown = [n for n in args.fd_of if n not in ["real", *(n for n, _ in specs)]]
+    if unknown:
+        raise SystemExit(f"--fd-of {' '.join(unknown)}: not among the models given ({', '.join(n for n, _ in specs)})")
     prompts = [json.loads(line) for line in Path(args.prompts).read_text().splitlines() if line.strip()]
-    models = {"real": real_rows(prompts, args.per_prompt, args.seed), **{n: read_rows(f) for n, f in specs}}
+    from ladd.evaluation.evaluate import load_evaluator
+
+    evaluator = load_evaluator()[0]
+    models = {"real": real_rows(evaluator, prompts, args.per_prompt, args.seed),
+              **{n: read_rows(f) for n, f in specs}}
     result = {}
     for attribute in ATTRIBUTES:
         keep = open_prompts(prompts, attribute) if args.unspecified else None
@@ -123,13 +127,15 @@ def main() -> None:
             print(f"| {n} | " + " | ".join(f"{t.get(v, 0.0):.3f}" for v in values) + f" | {tv:.3f} |")
             result.setdefault(n, {})[attribute] = {"shares": t, "tv_to_real": tv}
     if args.fd_of:
+        from ladd.evaluation import metrics
+        from ladd.evaluation.evaluate import read_back
+
+        ref = reference_stats(evaluator, prompts, args.per_prompt, args.seed)
         print("\n| real renders with the open colors and sizes of | FD to the reference |\n|---|---|")
         for name in ["real", *args.fd_of]:
-            if name not in models:
-                raise SystemExit(f"--fd-of {name}: not one of the models given ({', '.join(models)})")
             chosen = {a: shares(models[name], a, open_prompts(prompts, a)) for a in ("color", "size")}
-            fd = fd_to_reference(prompts, args.per_prompt, args.seed,
-                                 render_with_shares(prompts, args.per_prompt, args.seed, chosen))
+            _, feats = read_back(evaluator, render_with_shares(prompts, args.per_prompt, args.seed, chosen))
+            fd = metrics.frechet_distance(*metrics.feature_stats(feats), *ref)
             print(f"| {name} | {fd:.2f} |")
             result.setdefault(name, {})["fd_of_shares"] = fd
     if args.out:

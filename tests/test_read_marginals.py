@@ -50,15 +50,20 @@ def test_read_marginals_script_prints_the_tables_and_writes_json(tmp_path):
     (tmp_path / "m").mkdir()
     (tmp_path / "m" / "readback.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "read_marginals.py"), "--prompts", str(prompts),
-                           "--per-prompt", "2", "--unspecified", f"m={tmp_path / 'm'}", "--out", str(tmp_path / "o")],
+                           "--per-prompt", "2", "--unspecified", f"m={tmp_path / 'm'}", "--out", str(tmp_path / "o"),
+                           "--fd-of", "m"],
                           capture_output=True, text=True, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr
     out = json.loads((tmp_path / "o" / "results.json").read_text())
     assert out["m"]["color"]["shares"] == {"orange": 1.0} and out["m"]["color"]["tv_to_real"] > 0.5
     assert "shape" not in out["m"]  # every prompt states its shapes: no choice to count
+    assert out["m"]["fd_of_shares"] > out["real"]["fd_of_shares"]  # all-orange open colors are further from real
     bad = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "read_marginals.py"), "--prompts", str(prompts),
                           f"m={tmp_path / 'none'}"], capture_output=True, text=True, cwd=ROOT)
     assert bad.returncode != 0 and "readback.jsonl" in bad.stderr
+    unknown = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "read_marginals.py"), "--prompts", str(prompts),
+                              f"m={tmp_path / 'm'}", "--fd-of", "x"], capture_output=True, text=True, cwd=ROOT)
+    assert unknown.returncode != 0 and "--fd-of x" in unknown.stderr
 
 
 def test_background_classifier_tells_the_four_kinds_apart():

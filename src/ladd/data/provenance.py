@@ -18,7 +18,7 @@ import logging
 import os
 from pathlib import Path
 
-from ladd.models.io import AssetError
+from ladd.models.io import DIFFUSERS_WEIGHTS, AssetError
 
 log = logging.getLogger(__name__)
 CHUNK = 8 << 20
@@ -34,8 +34,7 @@ def model_folder(model_dir: str | Path) -> Path:
 def weights_file(model_dir: str | Path) -> Path:
     """The weights file of a ladd asset folder or a diffusers model or pipeline folder (the index file of sharded
     weights, e.g. SD3.5-Large's transformer)."""
-    for name in ("model.safetensors", "diffusion_pytorch_model.safetensors",
-                 "diffusion_pytorch_model.safetensors.index.json"):
+    for name in ("model.safetensors", *DIFFUSERS_WEIGHTS):
         if (model_folder(model_dir) / name).is_file():
             return model_folder(model_dir) / name
     raise AssetError(f"{model_dir} holds no model.safetensors or diffusion_pytorch_model.safetensors")

@@ -68,6 +68,8 @@ def from_pretrained(cls, path: Path, what: str, **kwargs):
                          f"re-export it (ladd export) or restore it") from e
 
 
+# a diffusers model folder's weights: one file, or save_pretrained's shards listed by an index (a large model)
+DIFFUSERS_WEIGHTS = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.safetensors.index.json")
 LADD_META = "ladd.json"  # ladd's keys of an exported diffusers folder (ladd_recommended, ...), beside config.json
 
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from diffusers import SD3Transformer2DModel
 
-from ladd.models.io import from_pretrained, load_state, read_config
+from ladd.models.io import DIFFUSERS_WEIGHTS, from_pretrained, load_state, read_config
 from ladd.models.text_encoder import TextEmbeddings
 from ladd.models.wrap import is_sharded
 
@@ -131,8 +131,7 @@ def load_teacher(path: str | Path, weights: bool = True, device=None) -> SD3Adap
     costs the host only the page cache that they share."""
     path = Path(path)
     # one weights file, save_pretrained's shards (a large model), or a pipeline folder
-    files = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.safetensors.index.json")
-    diffusers_folder = any((path / f).exists() for f in files) or (path / "transformer").is_dir()
+    diffusers_folder = any((path / f).exists() for f in DIFFUSERS_WEIGHTS) or (path / "transformer").is_dir()
     sub = "transformer" if (path / "transformer").is_dir() else None
     on = torch.device(device) if device is not None else torch.device("cpu")
     if diffusers_folder and weights:
