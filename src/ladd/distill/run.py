@@ -140,6 +140,13 @@ def check_config(cfg: DistillConfig, num_processes: int = 1, trains: bool = True
     method_class(cfg.method).check(cfg.section, teacher_cfg)
     if cfg.student.init is not None:
         check_student_init(cfg.student.init, cfg.paths.teacher, teacher_cfg)
+    if cfg.student.extra_blocks:
+        from ladd.models.grow import check_growth
+
+        try:
+            check_growth(teacher_cfg, cfg.student.extra_blocks)
+        except ValueError as e:
+            raise ConfigError(str(e)) from e
     if cfg.student.frozen:
         from ladd.methods.components.student import frozen_names
         from ladd.models.teacher import meta_transformer

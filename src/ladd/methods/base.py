@@ -112,6 +112,13 @@ class StudentConfig:
     # or pipeline folder) to go on distilling it, or to start a student of fewer steps from one of more
     # (progressive distillation). Read once, when the run starts; a resumed run takes its checkpoint's weights.
     init: str | None = None
+    # Zero-gated copies of this many of the teacher's blocks, each inserted after its original (ladd.models.grow;
+    # docs/method.md, "A deeper student"): a deeper student that starts as the teacher's function. Its forward
+    # costs (num_layers + extra_blocks) / num_layers of the teacher's. 0 = the teacher's architecture.
+    extra_blocks: int = 0
+    # The inserted blocks' gates as a fraction of their originals' (0: the teacher's function exactly; e.g. 0.1:
+    # open from the start, a student within ~10-20% of the teacher's velocity).
+    extra_gate: float = 0.0
 
     def __post_init__(self):
         self._check_lora()
@@ -123,6 +130,15 @@ class StudentConfig:
                  "use one of the two: student.frozen=[] or student.lora_rank=0")
         if self.init is not None and (not isinstance(self.init, str) or not self.init.strip()):
             fail("student.init", f"got {self.init!r}", "give a model folder, e.g. assets/nano/student, or null")
+        if isinstance(self.extra_blocks, bool) or not isinstance(self.extra_blocks, int) or self.extra_blocks < 0:
+            fail("student.extra_blocks", f"got {self.extra_blocks!r}", "use 0 (the teacher's depth) or a count of "
+                 "blocks to add, e.g. 2")
+        if self.extra_blocks and self.lora_rank > 0:
+            fail("student.extra_blocks", "with student.lora_rank > 0 the inserted blocks' own weights would stay "
+                 "frozen (only adapters train)", "use one of the two: student.extra_blocks=0 or student.lora_rank=0")
+        self.extra_gate = number("student.extra_gate", self.extra_gate)
+        if not 0 <= self.extra_gate <= 1:
+            fail("student.extra_gate", f"got {self.extra_gate}", "use a fraction in [0, 1], e.g. 0 or 0.1")
         if self.sampler not in ("renoise", "euler"):
             fail("student.sampler", f"got {self.sampler!r}", "use renoise or euler")
         if isinstance(self.steps, bool) or self.steps < 1:

@@ -16,6 +16,7 @@ import torch
 from ladd import flow
 from ladd.config import ConfigError
 from ladd.draws import Draws, as_draws
+from ladd.models.grow import insert_blocks
 from ladd.models.lora import add_lora
 from ladd.models.teacher import load_teacher
 from ladd.models.text_encoder import TextEmbeddings
@@ -54,11 +55,15 @@ def check_frozen(teacher) -> None:
 
 def init_student(teacher: torch.nn.Module, cfg=None) -> torch.nn.Module:
     """The student G: a copy of the teacher's weights (docs/method.md, Components), or with ``cfg.init`` (a
-    StudentConfig) of that folder's model, all trainable, or with ``cfg.lora_rank > 0`` frozen under trainable LoRA
+    StudentConfig) of that folder's model, with ``cfg.extra_blocks`` zero-gated blocks inserted (ladd.models.grow),
+    all trainable, or with ``cfg.lora_rank > 0`` frozen under trainable LoRA
     adapters (ladd.models.lora)."""
     student = copy.deepcopy(unwrap(teacher)).train().requires_grad_(True)
     if cfg is not None and cfg.init is not None:
         load_init(student, cfg.init)
+    if cfg is not None and cfg.extra_blocks:
+        student.transformer = insert_blocks(student.transformer, cfg.extra_blocks,
+                                            cfg.extra_gate).train().requires_grad_(True)
     if cfg is not None and cfg.lora_rank > 0:
         add_lora(student, cfg.lora_rank, cfg.lora_alpha, cfg.lora_targets)
     if cfg is not None and cfg.frozen:
