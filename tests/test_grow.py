@@ -61,10 +61,13 @@ def test_the_deeper_student_starts_as_the_teachers_function_and_its_new_blocks_t
         assert not torch.allclose(student.velocity(x, t, cond), same, atol=1e-4)
 
 
-def test_insert_blocks_keeps_every_weight_of_the_original():
+def test_insert_blocks_keeps_every_weight_of_the_original_and_gradient_checkpointing():
     torch.manual_seed(1)
     transformer = build_nano_teacher(**TINY_TEACHER).transformer
+    assert not insert_blocks(transformer, 1).is_gradient_checkpointing
+    transformer.enable_gradient_checkpointing()
     deeper = insert_blocks(transformer, 1)
+    assert deeper.is_gradient_checkpointing
     old, new = transformer.state_dict(), deeper.state_dict()
     assert all(torch.equal(old[k], new[k]) for k in old if not k.startswith("transformer_blocks."))
     assert all(torch.equal(old[f"transformer_blocks.1.{k}"], v) for k, v in

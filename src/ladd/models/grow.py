@@ -70,4 +70,6 @@ def insert_blocks(transformer: SD3Transformer2DModel, extra: int, gate: float = 
     for i, block in enumerate(grown):
         state.update({f"transformer_blocks.{i}.{k}": v for k, v in block.state_dict().items()})
     deeper.load_state_dict(state, assign=True)  # the weights themselves (also a meta model's, under FSDP)
+    if transformer.is_gradient_checkpointing:  # train.gradient_checkpointing, set on the teacher before the copy
+        deeper.enable_gradient_checkpointing()
     return deeper
