@@ -8,6 +8,8 @@ line per report and writes JSON. docs/experiments/student-gap.md, session 23.
 
     python benchmarks/map_fit.py --data /tmp/baserun/synth --steps 1500 --out runs/s23/fit-1e-3.json
     python benchmarks/map_fit.py --data runs/s17/synth4k --n-train 1920 --steps 600 --out runs/s23/fit-1920.json
+    python benchmarks/map_fit.py --data runs/nano-synth --steps 600 --extra-blocks 5 --extra-gate 0.1 \
+        --out runs/s56/fit-deep5g.json      # a deeper copy (session 56)
 """
 
 from __future__ import annotations
@@ -21,7 +23,10 @@ import torch
 
 from ladd import flow
 from ladd.data.shards import ShardDataset
+from ladd.methods.base import StudentConfig
 from ladd.methods.components.student import freeze, init_student
+from ladd.models.grow import check_growth
+from ladd.models.io import read_config
 from ladd.models.teacher import load_teacher
 
 
@@ -34,6 +39,9 @@ def pair_arguments(p: argparse.ArgumentParser, lr: float, steps: int, held: int)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--n-train", type=int, default=None, help="train on the first N pairs (default: all but --held)")
     p.add_argument("--held", type=int, default=held, help="the last HELD pairs are held out")
+    p.add_argument("--extra-blocks", type=int, default=0,
+                   help="a deeper copy: student.extra_blocks (docs/method.md, 'A deeper student')")
+    p.add_argument("--extra-gate", type=float, default=0.0, help="student.extra_gate of the inserted blocks")
 
 
 def pairs_and_copy(p: argparse.ArgumentParser, a: argparse.Namespace):
@@ -46,7 +54,12 @@ def pairs_and_copy(p: argparse.ArgumentParser, a: argparse.Namespace):
     n_train = a.n_train or len(data) - a.held
     if not 0 < n_train <= len(data) - a.held:
         p.error(f"--n-train {n_train} and --held {a.held} do not fit in {len(data)} samples")
-    model = init_student(freeze(load_teacher(a.teacher)))
+    try:
+        student_cfg = StudentConfig(extra_blocks=a.extra_blocks, extra_gate=a.extra_gate)
+        check_growth(read_config(a.teacher), a.extra_blocks)
+    except ValueError as e:  # ConfigError too
+        p.error(str(e))
+    model = init_student(freeze(load_teacher(a.teacher)), student_cfg)
     opt = torch.optim.AdamW(model.parameters(), lr=a.lr, betas=(0.9, 0.99), weight_decay=0.0)
     return data, n_train, model, opt
 
@@ -83,6 +96,7 @@ def main() -> None:
             print(rows[-1], flush=True)
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     Path(a.out).write_text(json.dumps({"data": a.data, "n_train": n_train, "held": a.held, "lr": a.lr,
+                                       "extra_blocks": a.extra_blocks, "extra_gate": a.extra_gate,
                                        "rows": rows}, indent=1))
     print(f"wrote {a.out}")
 
