@@ -103,6 +103,15 @@ def test_a_run_with_extra_blocks_trains_resumes_and_exports_the_deeper_model(roo
         assert torch.allclose(model.velocity(x, t, cond), ema, atol=1e-5)
 
 
+def test_the_card_says_how_many_blocks_the_student_has_beyond_its_teacher():
+    from ladd.distill.export import model_card
+
+    info = dict(n_params=1e6, teacher="t", command="c", steps_trained=1, batch_size=2, ema_decay=0.9, seconds=60,
+                device="cpu", student_steps=1, data={"source": "real", "num_samples": 1, "seed": 0, "vae": "v"})
+    assert "joint block" not in model_card(info) and "joint block" not in model_card({**info, "extra_blocks": 0})
+    assert "1.00M parameters (5 joint blocks more than its teacher's" in model_card({**info, "extra_blocks": 5})
+
+
 @pytest.mark.parametrize("extra, message", [
     ("2", "student.extra_blocks: got 2, the teacher has 2 blocks; use 0 to 1"),
     ("-1", "student.extra_blocks: got -1"),

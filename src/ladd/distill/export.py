@@ -112,7 +112,7 @@ def model_card(info: dict, table: str | None = None) -> str:
         data += f"; the discriminator's reals: {_data_line(info['reals'])}"
     lines = [
         "# LADD student", "",
-        f"diffusers `SD3Transformer2DModel`, {info['n_params'] / 1e6:.2f}M parameters, distilled from "
+        f"diffusers `SD3Transformer2DModel`, {info['n_params'] / 1e6:.2f}M parameters{_deeper(info)}, distilled from "
         f"`{info['teacher']}` by Latent Adversarial Diffusion Distillation (Sauer et al. 2024).", "",
         f"- command: `{info['command']}`",
         f"- data: {data}",
@@ -128,6 +128,14 @@ def model_card(info: dict, table: str | None = None) -> str:
     if table:
         lines += ["## Evaluation", "", table, ""]
     return "\n".join(lines)
+
+
+def _deeper(info: dict) -> str:
+    """The card's words for ``student.extra_blocks``, e.g. " (5 joint blocks more than its teacher's, inserted as
+    copies: `student.extra_blocks`)"."""
+    k = info.get("extra_blocks", 0)
+    return f" ({k} joint block{'s' * (k > 1)} more than its teacher's, inserted as copies: `student.extra_blocks`)" \
+        if k else ""
 
 
 def _start(info: dict) -> str:

@@ -340,7 +340,7 @@ def _card_info(cfg: DistillConfig, gen: dict, result, command: str) -> dict:
     return {"teacher": cfg.paths.teacher, "steps_trained": result.step, "student_steps": cfg.student.steps,
             "student_sampler": cfg.student.sampler, "sample_shifts": cfg.student.sample_shifts,
             "student_grid": cfg.student.grid, "student_start": cfg.student.start_time,
-            "seconds": result.seconds, "command": command, "data": gen, "batch_size": cfg.train.batch_size,
+            "extra_blocks": cfg.student.extra_blocks, "seconds": result.seconds, "command": command, "data": gen, "batch_size": cfg.train.batch_size,
             "n_params": sum(p.numel() for n, p in model.named_parameters() if "lora_" not in n), "method": cfg.method,
             "ema_decay": cfg.train.ema_decay, "device": where, "lora": _lora_info(cfg.student),
             "reals": shards.complete_generation(cfg.paths.reals) if cfg.paths.reals else None}

@@ -112,7 +112,7 @@ class StudentConfig:
     # or pipeline folder) to go on distilling it, or to start a student of fewer steps from one of more
     # (progressive distillation). Read once, when the run starts; a resumed run takes its checkpoint's weights.
     init: str | None = None
-    # Zero-gated copies of this many of the teacher's blocks, each inserted after its original (ladd.models.grow;
+    # Copies of this many of the teacher's blocks, each inserted after its original with its gates at zero (ladd.models.grow;
     # docs/method.md, "A deeper student"): a deeper student that starts as the teacher's function. Its forward
     # costs (num_layers + extra_blocks) / num_layers of the teacher's. 0 = the teacher's architecture.
     extra_blocks: int = 0

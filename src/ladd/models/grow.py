@@ -47,7 +47,7 @@ def scale_gates(norm: torch.nn.Module, scale: float) -> None:
 def insert_blocks(transformer: SD3Transformer2DModel, extra: int, gate: float = 0.0) -> SD3Transformer2DModel:
     """A new ``SD3Transformer2DModel`` with ``extra`` more joint blocks (its config's ``num_layers`` says so): each
     a copy of a block (``twin_positions``) with its gates at ``gate`` times the original's, right after it; every
-    other weight is ``transformer``'s. At ``gate = 0`` the two compute the same function; above, the copies' gates
+    other weight is ``transformer``'s (the same tensors: ``transformer`` is to be dropped). At ``gate = 0`` the two compute the same function; above, the copies' gates
     are open from the start (zero gates get no gradient into their block's other weights until they move)."""
     check_growth(transformer.config, extra)
     if extra == 0:

@@ -55,7 +55,7 @@ def check_frozen(teacher) -> None:
 
 def init_student(teacher: torch.nn.Module, cfg=None) -> torch.nn.Module:
     """The student G: a copy of the teacher's weights (docs/method.md, Components), or with ``cfg.init`` (a
-    StudentConfig) of that folder's model, with ``cfg.extra_blocks`` zero-gated blocks inserted (ladd.models.grow),
+    StudentConfig) of that folder's model, with ``cfg.extra_blocks`` copies of its blocks inserted (ladd.models.grow),
     all trainable, or with ``cfg.lora_rank > 0`` frozen under trainable LoRA
     adapters (ladd.models.lora)."""
     student = copy.deepcopy(unwrap(teacher)).train().requires_grad_(True)
